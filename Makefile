@@ -1,0 +1,76 @@
+# Neuro Radix: chest-CT AI node for Orthanc / DICOMweb.
+# `make demo` sets everything up on a fresh Debian 12 machine and runs the main job; `make test` runs the tests.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+VAR ?= var
+TORCH_VERSION ?= 2.13.0
+DEBIAN_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-gdcm dicom3tools dcmtk chromium poppler-utils
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup system-deps venv viewer-deps demo test test-fast up down status bench viewer train-smoke clean
+
+help:
+	@echo "make demo        set up, start the node, send a real chest CT, print the stored results"
+	@echo "make test        run the test suite (unit + real Orthanc + browser)"
+	@echo "make up / down   run / stop the node in the background (writes $(VAR)/node.env)"
+	@echo "make viewer      open the node's results in OHIF (http://127.0.0.1:8080)"
+	@echo "make bench       stage timings, written to docs/benchmarks.md"
+	@echo "make train-smoke train all three stages on a miniature dataset (CPU, minutes)"
+
+setup: system-deps venv viewer-deps
+
+# Debian packages: Orthanc and its plugins, the DICOM validator, dcmtk, chromium for the viewer test.
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+# torch first and pinned (an unpinned torch pulls a multi-GB CUDA build), then the project.
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[worker,training,dev]'
+	touch $@
+
+# OHIF's prebuilt viewer from npm (no browser download: the test drives Debian's chromium).
+viewer-deps: viewer/node_modules/.installed
+viewer/node_modules/.installed: viewer/package.json viewer/package-lock.json
+	cd viewer && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(PY) -m neuroradix.cli demo --var $(VAR)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not integration and not browser and not slow"
+
+up: setup
+	$(PY) -m neuroradix.cli up --var $(VAR)
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m neuroradix.cli down --var $(VAR); else echo "nothing to stop"; fi
+
+status: venv
+	$(PY) -m neuroradix.cli status --var $(VAR)
+
+viewer: up
+	$(PY) -m neuroradix.cli viewer --var $(VAR)
+
+bench: setup
+	$(PY) scripts/bench.py --out docs/benchmarks.md
+
+train-smoke: venv
+	$(PY) -m neuroradix.cli train-smoke --out $(VAR)/train-smoke
+
+clean: down
+	rm -rf $(VAR)

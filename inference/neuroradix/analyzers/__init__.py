@@ -1,0 +1,1 @@
+"""Analyzers: ``analyze(volume) -> StudyResult``, pure functions of the CT volume."""

@@ -1,0 +1,157 @@
+"""``neuroradix``: one command line for the node, standalone analysis, weights and training."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from .node.launcher import up  # noqa: PLC0415
+
+    config = up(args.var)
+    print(f"Node is up. Orthanc {config.orthanc_url} (DICOM {config.aet}@127.0.0.1:{config.dicom_port}), "
+          f"sidecar {config.sidecar_url}.\nCredentials and URLs: {args.var.resolve() / 'node.env'}")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from .node.launcher import down  # noqa: PLC0415
+
+    stopped = down(args.var)
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .node.launcher import dump_status  # noqa: PLC0415
+
+    print(dump_status(args.var))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .node.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(args.var)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .config import load_settings  # noqa: PLC0415
+    from .node.serve import serve  # noqa: PLC0415
+
+    serve(load_settings(), args.host, args.port)
+    return 0
+
+
+def _cmd_worker(_args: argparse.Namespace) -> int:
+    from .config import load_settings  # noqa: PLC0415
+    from .worker import Worker  # noqa: PLC0415
+
+    Worker(load_settings()).run_forever()
+    return 0
+
+
+def _cmd_reconcile(_args: argparse.Namespace) -> int:
+    from .config import load_settings  # noqa: PLC0415
+    from .dicom.dicomweb import PacsClient  # noqa: PLC0415
+    from .ledger import Ledger  # noqa: PLC0415
+    from .reconciler import sweep  # noqa: PLC0415
+
+    settings = load_settings()
+    pacs = PacsClient(settings.dicomweb_url, settings.orthanc_user, settings.orthanc_password.get_secret_value())
+    print(f"enqueued {sweep(settings, Ledger(settings.resolved_ledger_url), pacs)} study(ies)")
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from .analyzers.registry import build_analyzers  # noqa: PLC0415
+    from .config import PipelineSettings  # noqa: PLC0415
+    from .errors import NeuroRadixError  # noqa: PLC0415
+    from .standalone import analyze_datasets, archive_entries, groups_from_outcome, read_folder, read_zip, write_folder  # noqa: PLC0415
+
+    overrides: dict = {}
+    if args.analyzers:
+        overrides["analyzers"] = args.analyzers
+    if args.weights:
+        overrides["weights_dir"] = args.weights
+    if args.allow_untrained:
+        overrides["allow_untrained"] = True
+    if args.seg_type:
+        overrides["seg_type"] = args.seg_type
+    settings = PipelineSettings(**overrides)
+    try:
+        source = Path(args.input)
+        datasets = read_zip(source, settings.max_upload_bytes) if source.is_file() else read_folder(source)
+        outcome = analyze_datasets(datasets, settings, build_analyzers(settings))
+    except NeuroRadixError as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    written = write_folder(args.out, archive_entries(groups_from_outcome(outcome), outcome.document))
+    for path in written:
+        print(path)
+    print(json.dumps({a: s for a, s in outcome.document["analyzers"].items()}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuroradix", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, func, text in (
+        ("up", _cmd_up, "start Orthanc and the sidecar in the background; write var/node.env"),
+        ("down", _cmd_down, "stop what 'up' started"),
+        ("status", _cmd_status, "show whether the node runs"),
+        ("demo", _cmd_demo, "start the node, send the sample CT, print the results"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--var", type=Path, default=Path("var"), help="state directory (default ./var)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("serve", help="run the sidecar (API + workers) in the foreground")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_cmd_serve)
+    sub.add_parser("worker", help="run one worker process").set_defaults(func=_cmd_worker)
+    sub.add_parser("reconcile", help="one reconciler sweep").set_defaults(func=_cmd_reconcile)
+
+    p = sub.add_parser("analyze", help="analyze a folder or zip of DICOM files without a PACS")
+    p.add_argument("input", help="folder of DICOM files, or a zip of them (one study)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (DICOM objects, results.json, labels)")
+    p.add_argument("--analyzers", help="comma-separated: lung-hu, deep (default lung-hu)")
+    p.add_argument("--weights", type=Path, help="weights release folder for the deep analyzer")
+    p.add_argument("--allow-untrained", action="store_true", help="TEST ONLY: run an untrained release")
+    p.add_argument("--seg-type", choices=["BINARY", "LABELMAP"])
+    p.set_defaults(func=_cmd_analyze)
+
+    for module in ("neuroradix.models.cli", "neuroradix.viewer", "neuroradix_train.cli"):
+        try:
+            register = __import__(module, fromlist=["register"]).register
+        except ModuleNotFoundError as exc:  # that part is not installed; anything else is a bug
+            if exc.name is None or not module.startswith(exc.name):
+                raise
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

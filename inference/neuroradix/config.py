@@ -1,0 +1,123 @@
+"""The sidecar's one settings object, read once from the environment and passed down.
+
+Every setting has an environment variable ``NEURORADIX_<NAME>``; the connection settings also
+accept the names ``make up`` writes to ``var/node.env`` (``ORTHANC_URL``, ``SIDECAR_TOKEN`` ...),
+so ``set -a; . var/node.env`` is enough to point a script or a worker at a running node.
+"""
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Optional
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from . import __version__
+
+
+class SegType(str, enum.Enum):
+    """How the DICOM SEG is encoded (see docs/dicom-conformance.md)."""
+
+    BINARY = "BINARY"
+    LABELMAP = "LABELMAP"
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(f"NEURORADIX_{name}", name)
+
+
+class PipelineSettings(BaseSettings):
+    """What the pipeline needs to analyze a volume and encode the results (no PACS, no secrets).
+
+    Used as is by ``neuroradix analyze`` (a folder of DICOM files, no node).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NEURORADIX_", extra="ignore", frozen=True)
+
+    analyzers: tuple[str, ...] = ("lung-hu",)
+    weights_dir: Optional[Path] = None  # release folder for the deep-learning analyzer
+    allow_untrained: bool = False  # test-only: run random weights, marked UNTRAINED - TEST OUTPUT
+    seg_type: SegType = SegType.BINARY
+    # Input limits (a huge study fails with a reason instead of exhausting memory)
+    max_series_instances: int = 2000
+    max_volume_voxels: int = 600 * 512 * 512
+    max_upload_bytes: int = 2 * 1024**3
+
+    @field_validator("weights_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("analyzers", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _check_analyzers(self) -> "PipelineSettings":
+        known = {"lung-hu", "deep"}
+        unknown = set(self.analyzers) - known
+        if unknown or not self.analyzers:
+            raise ValueError(f"analyzers must be a non-empty subset of {sorted(known)}, got {list(self.analyzers)}")
+        return self
+
+    @property
+    def pipeline_version(self) -> str:
+        """Identifies what produced a result; part of every output UID and of the job key."""
+        parts = [f"neuroradix-{__version__}", *sorted(self.analyzers), self.seg_type.value.lower()]
+        if "deep" in self.analyzers and self.weights_dir is not None:
+            parts.append(f"weights-{Path(self.weights_dir).resolve().name}")
+        return "/".join(parts)
+
+
+class Settings(PipelineSettings):
+    """Settings of the sidecar (API, worker, reconciler): the pipeline's plus the node's.
+
+    Secrets have no defaults: a node started without ``ORTHANC_PASSWORD`` or ``SIDECAR_TOKEN``
+    fails at start with the name of what is missing.
+    """
+
+    # Where the PACS is (Orthanc's REST root; DICOMweb lives under /dicom-web).
+    orthanc_url: str = Field(validation_alias=_env("ORTHANC_URL"))
+    orthanc_user: str = Field(validation_alias=_env("ORTHANC_USER"))
+    orthanc_password: SecretStr = Field(validation_alias=_env("ORTHANC_PASSWORD"))
+    # Bearer token clients must present to the sidecar's API.
+    sidecar_token: SecretStr = Field(validation_alias=_env("SIDECAR_TOKEN"))
+
+    var_dir: Path = Path("var")
+    ledger_url: Optional[str] = None  # default: sqlite file under var_dir
+    # Jobs
+    lease_seconds: float = 120.0
+    max_attempts: int = 5
+    retry_base_seconds: float = 5.0
+    retry_max_seconds: float = 300.0
+    poll_seconds: float = 1.0
+    workers: int = 1
+    reconcile_interval_seconds: float = 60.0
+    http_timeout_seconds: float = 120.0
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if len(self.sidecar_token.get_secret_value()) < 16:
+            raise ValueError("SIDECAR_TOKEN must be a real secret of 16+ characters (make up generates one)")
+        if not self.orthanc_password.get_secret_value():
+            raise ValueError("ORTHANC_PASSWORD must not be empty")
+        if self.lease_seconds <= 3 * self.poll_seconds:
+            raise ValueError("lease_seconds must be well above poll_seconds")
+        return self
+
+    @property
+    def dicomweb_url(self) -> str:
+        return self.orthanc_url.rstrip("/") + "/dicom-web"
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{(self.var_dir / 'ledger.sqlite').resolve()}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings once; a missing required one raises with its name."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,35 @@
+"""One exception hierarchy for the whole node.
+
+The worker loop is the only place that catches broadly; it maps each class to what happens
+to the job: :class:`TransientError` is retried with backoff, :class:`BadInputError` fails the
+job at once with the message as the reason, :class:`NotEligibleError` ends it as "skipped".
+"""
+from __future__ import annotations
+
+
+class NeuroRadixError(Exception):
+    """Base class of every error the node raises on purpose."""
+
+
+class TransientError(NeuroRadixError):
+    """Something outside the node is down or busy (PACS unreachable, timeout): try again later."""
+
+
+class BadInputError(NeuroRadixError):
+    """The study cannot be processed as it is (corrupt file, missing slices ...): fail with the reason."""
+
+
+class NotEligibleError(NeuroRadixError):
+    """The study is not for this node (no CT series, only localizers ...): skip with the reason."""
+
+
+class NotConfiguredError(NeuroRadixError):
+    """An analyzer lacks what it needs to run (no verified weights): nothing is written."""
+
+
+class ConfigError(NeuroRadixError):
+    """A setting or data file is missing or invalid."""
+
+
+class WeightsError(ConfigError):
+    """A weights release does not match its manifest (hash, config, class scheme)."""

@@ -1,0 +1,153 @@
+"""Run Debian's Orthanc in the foreground with the project's ``orthanc.json``.
+
+The committed ``orthanc.json`` holds no secrets and paths for the Docker image; this module writes
+a runtime copy (mode 0600) with the local data directory, ports, the generated user and the
+absolute path of the plugin, and starts ``Orthanc`` with it. Used by ``make up`` and by the
+integration-test fixtures alike.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+LOG = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+ORTHANC_BINARY = "Orthanc"
+PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class OrthancSpec:
+    """Everything that differs between one local Orthanc and another."""
+
+    data_dir: Path
+    http_port: int
+    dicom_port: int
+    user: str
+    password: str
+    sidecar_url: str
+    sidecar_token: str
+    stable_age: int = 5
+    aet: str = "NEURORADIX"
+    base_config: Path = REPO_ROOT / "orthanc.json"
+    plugin_script: Path = REPO_ROOT / "plugin" / "neuroradix_plugin.py"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def runtime_config(self) -> dict:
+        config = json.loads(self.base_config.read_text(encoding="utf-8"))
+        storage = str((self.data_dir / "db").resolve())
+        config.update(
+            {
+                "StorageDirectory": storage,
+                "IndexDirectory": storage,
+                "HttpPort": self.http_port,
+                "DicomPort": self.dicom_port,
+                "DicomAet": self.aet,
+                "RegisteredUsers": {self.user: self.password},
+                "StableAge": int(self.stable_age),
+                "PythonScript": str(self.plugin_script.resolve()),
+                "Plugins": [str(PLUGIN_DIR)],
+            }
+        )
+        config["DicomWeb"] = {**config.get("DicomWeb", {}), "Host": f"127.0.0.1:{self.http_port}"}
+        config["NeuroRadix"] = {**config.get("NeuroRadix", {}), "SidecarUrl": self.sidecar_url}
+        config.update(self.extra)
+        return config
+
+
+class OrthancProcess:
+    """A local Orthanc started from an :class:`OrthancSpec`."""
+
+    def __init__(self, spec: OrthancSpec) -> None:
+        if shutil.which(ORTHANC_BINARY) is None:
+            raise FileNotFoundError(
+                "Orthanc is not installed: apt-get install orthanc orthanc-python orthanc-dicomweb orthanc-gdcm"
+            )
+        self.spec = spec
+        self.process: Optional[subprocess.Popen] = None
+        self.config_path = spec.data_dir / "orthanc.runtime.json"
+        self.log_path = spec.data_dir / "orthanc.log"
+
+    def write_config(self) -> Path:
+        self.spec.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(self.spec.runtime_config(), fh, indent=2)
+        return self.config_path
+
+    def start(self, timeout: float = 60.0, detach: bool = False) -> "OrthancProcess":
+        self.write_config()
+        env = {
+            **os.environ,
+            "NEURORADIX_SIDECAR_URL": self.spec.sidecar_url,
+            "NEURORADIX_SIDECAR_TOKEN": self.spec.sidecar_token,
+        }
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [ORTHANC_BINARY, "--verbose", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.spec.data_dir,
+            start_new_session=detach,
+        )
+        log.close()
+        self.wait_ready(timeout)
+        return self
+
+    def request(self, method: str, path: str, body: Optional[bytes] = None, timeout: float = 30.0) -> bytes:
+        token = base64.b64encode(f"{self.spec.user}:{self.spec.password}".encode()).decode()
+        req = urllib.request.Request(
+            self.spec.url + path, data=body, method=method, headers={"Authorization": f"Basic {token}"}
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.read()
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited at start (code {self.process.returncode}); see {self.log_path}")
+            try:
+                self.request("GET", "/system", timeout=2)
+                return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        raise TimeoutError(f"Orthanc did not answer within {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            self.request("POST", "/tools/shutdown", b"", timeout=5)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,140 @@
+"""Result routes of the API: the one-call results zip, and analysis of an uploaded study."""
+from __future__ import annotations
+
+import io
+import logging
+from typing import Callable, Optional
+
+import numpy as np
+import pydicom
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from .analyzers.registry import build_analyzers
+from .errors import BadInputError, NotConfiguredError, NotEligibleError
+from .ledger import JobState
+from .results import results_document
+from .standalone import (
+    ArchiveGroup,
+    analyze_datasets,
+    archive_entries,
+    groups_from_outcome,
+    label_map_nifti,
+    read_zip,
+    zip_bytes,
+)
+from .uids import short_hash
+
+LOG = logging.getLogger(__name__)
+
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+LABELMAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
+
+
+def seg_label_map(seg: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Rebuild a label map (and its affine) from a stored SEG, on the SEG's own frame grid."""
+    import highdicom as hd  # noqa: PLC0415
+
+    segmentation = hd.seg.Segmentation.from_dataset(seg)
+    volume = segmentation.get_volume(combine_segments=True, relabel=False)
+    return np.asarray(volume.array), np.asarray(volume.affine)
+
+
+def _zip_response(data: bytes, filename: str) -> Response:
+    return Response(
+        content=data,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def add_result_routes(app: FastAPI, authorized: Callable) -> None:
+    settings, ledger, pacs = app.state.settings, app.state.ledger, app.state.pacs
+    analyzers_cache: dict = {}
+
+    @app.get(
+        "/v1/studies/{study_uid}/results.zip",
+        tags=["results"],
+        dependencies=[Depends(authorized)],
+        responses={200: {"content": {"application/zip": {}}}, 404: {"description": "no results (job state given)"}},
+    )
+    def results_zip(study_uid: str) -> Response:
+        """SEG, SR, Parametric Maps and PDF as ``.dcm``, ``results.json`` and the label map as NIfTI."""
+        from .api import valid_uid  # noqa: PLC0415
+
+        try:
+            valid_uid(study_uid)
+        except ValueError as exc:
+            raise HTTPException(422, f"study_uid {exc}") from exc
+        jobs = ledger.find(study_uid, settings.pipeline_version)
+        if not jobs or jobs[0].state != JobState.SUCCEEDED:
+            state = jobs[0].state.value if jobs else None
+            reason = jobs[0].error_message if jobs else "no job for this study and pipeline version"
+            return JSONResponse(
+                status_code=404,
+                content={"detail": "no results for this study", "job_state": state, "reason": reason},
+            )
+        job = jobs[0]
+        groups: dict[str, list] = {}
+        for record in job.output_uids:
+            ds = pacs.retrieve_instance(study_uid, record["series_instance_uid"], record["sop_instance_uid"])
+            groups.setdefault(record["analyzer"], []).append(ds)
+        archive_groups = []
+        for analyzer, datasets in groups.items():
+            segs = [ds for ds in datasets if str(ds.SOPClassUID) in (SEG_STORAGE, LABELMAP_SEG_STORAGE)]
+            nifti: Optional[bytes] = None
+            if segs:
+                labels, affine = seg_label_map(segs[0])
+                nifti = label_map_nifti(labels, affine)
+            archive_groups.append(ArchiveGroup(analyzer, datasets, nifti))
+        first = next(iter(groups.values()))[0]
+        document = results_document(
+            first,
+            job.pipeline_version,
+            job.input_series_uid or "",
+            job.details.get("results", {}),
+            job.output_uids,
+            warnings=job.details.get("warnings", []),
+            analyzer_status=job.details.get("analyzers", {}),
+        )
+        LOG.info("results zip for study %s", short_hash(study_uid))
+        return _zip_response(zip_bytes(archive_entries(archive_groups, document)), "results.zip")
+
+    @app.post(
+        "/v1/analyze",
+        tags=["results"],
+        dependencies=[Depends(authorized)],
+        openapi_extra={"requestBody": {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}, "required": True}},
+        responses={200: {"content": {"application/zip": {}}}, 413: {"description": "upload too large"}},
+    )
+    async def analyze_upload(request: Request) -> Response:
+        """Analyze a zip of one DICOM study without a PACS; returns the results zip."""
+        if request.headers.get("content-type", "").split(";")[0].strip() not in ("application/zip", "application/octet-stream"):
+            raise HTTPException(415, "send the study as a zip with Content-Type: application/zip")
+        limit = settings.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPException(413, f"upload of {declared} bytes exceeds the limit of {limit}")
+        body = io.BytesIO()
+        async for chunk in request.stream():
+            body.write(chunk)
+            if body.tell() > limit:
+                raise HTTPException(413, f"upload exceeds the limit of {limit} bytes")
+        if body.tell() == 0:
+            raise HTTPException(400, "empty upload: send a zip of one DICOM study")
+
+        def work() -> bytes:
+            if "analyzers" not in analyzers_cache:
+                analyzers_cache["analyzers"] = build_analyzers(settings)
+            datasets = read_zip(body.getvalue(), limit)
+            outcome = analyze_datasets(datasets, settings, analyzers_cache["analyzers"])
+            return zip_bytes(archive_entries(groups_from_outcome(outcome), outcome.document))
+
+        try:
+            data = await run_in_threadpool(work)
+        except (BadInputError, NotEligibleError) as exc:
+            raise HTTPException(422, f"{type(exc).__name__}: {exc}") from exc
+        except NotConfiguredError as exc:
+            raise HTTPException(503, f"{type(exc).__name__}: {exc}") from exc
+        return _zip_response(data, "results.zip")

@@ -1,0 +1,111 @@
+"""SEG writer: round trip through a file, geometry, segment numbering, dciodvfy."""
+from dataclasses import replace
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from neuroradix.dicom.common import SegType
+from neuroradix.dicom.seg import LABELMAP_SEG_STORAGE, SEGMENTATION_STORAGE, build_seg, segment_number_for_label
+from writer_fixtures import AIRWAYS, LEFT, N_SLICES, RIGHT, dciodvfy
+
+
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_seg_round_trip_masks_per_source_instance(result, ctx, roundtrip, seg_type):
+    seg = build_seg(result, replace(ctx, seg_type=seg_type))
+    _, path = roundtrip(seg, f"seg-{seg_type}.dcm")
+    back = hd.seg.segread(path)
+    assert back.SOPClassUID == (SEGMENTATION_STORAGE if seg_type == "BINARY" else LABELMAP_SEG_STORAGE)
+    # Body (label 1) is empty and left out: Left 1, Right 2, Airways 3.
+    assert {back.get_segment_description(n).segment_label: n for n in back.segment_numbers} == {
+        "Left lung": 1, "Right lung": 2, "Airways": 3}
+    uids = [ds.SOPInstanceUID for ds in ctx.source]
+    for label in (LEFT, RIGHT, AIRWAYS):
+        number = segment_number_for_label(seg, result, label)
+        pixels = back.get_pixels_by_source_instance(uids, segment_numbers=[number], skip_overlap_checks=True)
+        assert pixels.shape == (N_SLICES, 32, 40, 1)
+        np.testing.assert_array_equal(pixels[..., 0].astype(bool), result.labels == label)
+
+
+def test_binary_seg_is_compressed_and_only_non_empty_frames(result, ctx):
+    seg = build_seg(result, ctx)
+    assert seg.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
+    expected = sum(int((result.labels == lab).any(axis=(1, 2)).sum()) for lab in (LEFT, RIGHT, AIRWAYS))
+    assert seg.NumberOfFrames == expected
+    uncompressed = build_seg(result, replace(ctx, seg_compress=False))
+    assert uncompressed.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+
+
+def test_left_lung_lies_on_patient_left(result, ctx, roundtrip):
+    """Frames must sit at their source instance's position: the left lung at x > 0."""
+    _, path = roundtrip(build_seg(result, ctx))
+    back = hd.seg.segread(path)
+    for label_name, sign in (("Left lung", 1), ("Right lung", -1)):
+        number = [n for n in back.segment_numbers if back.get_segment_description(n).segment_label == label_name][0]
+        volume = back.get_volume(segment_numbers=[number], combine_segments=True)
+        idx = np.argwhere(volume.array > 0)
+        points = idx @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+        assert len(points) == int((result.labels == (LEFT if sign > 0 else RIGHT)).sum())
+        assert np.all(np.sign(points[:, 0]) == sign)
+    # z of the frames equals the source slices' z (the SEG reorders frames; compare sets)
+    src_z = {round(float(ds.ImagePositionPatient[2]), 3) for ds in ctx.source}
+    seg_z = {round(float(f.PlanePositionSequence[0].ImagePositionPatient[2]), 3)
+             for f in back.PerFrameFunctionalGroupsSequence}
+    assert seg_z <= src_z
+
+
+def test_segment_codes_colour_and_algorithm(result, ctx):
+    seg = build_seg(result, ctx)
+    left = seg.SegmentSequence[0]
+    assert left.SegmentedPropertyTypeCodeSequence[0].CodeValue == "44029006"
+    assert left.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "123037004"
+    assert "SegmentedPropertyTypeModifierCodeSequence" not in left.SegmentedPropertyTypeCodeSequence[0]
+    assert left.SegmentAlgorithmType == "AUTOMATIC"
+    assert left.SegmentAlgorithmName == "Lung HU analyzer"
+    algorithm = left.SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmFamilyCodeSequence[0].CodeValue == result.analyzer.algorithm_family.value
+    assert algorithm.AlgorithmVersion == result.analyzer.version
+    assert len(left.RecommendedDisplayCIELabValue) == 3
+    assert seg.Manufacturer == "Neuro Radix"
+    assert seg.ContributingEquipmentSequence[0].PurposeOfReferenceCodeSequence[0].CodeMeaning == "Processing Algorithm"
+
+
+def test_laterality_modifier_when_type_is_not_lateral(result, ctx):
+    from neuroradix.types import Code, SegmentDescription
+    lung = Code("39607008", "SCT", "Lung")
+    segments = tuple(replace(s, type=lung) if s.label == LEFT else s for s in result.segments)
+    seg = build_seg(replace(result, segments=segments), ctx)
+    item = seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0]
+    assert item.CodeValue == "39607008"
+    assert item.SegmentedPropertyTypeModifierCodeSequence[0].CodeValue == "7771000"
+    assert isinstance(segments[0], SegmentDescription)
+
+
+def test_all_empty_returns_none(result, ctx):
+    empty = replace(result, labels=np.zeros_like(result.labels))
+    assert build_seg(empty, ctx) is None
+
+
+def test_undescribed_label_is_an_error(result, ctx):
+    labels = result.labels.copy()
+    labels[0, 0, 0] = 9
+    with pytest.raises(ValueError, match="without a segment description"):
+        build_seg(replace(result, labels=labels), ctx)
+
+
+def test_wrong_grid_is_an_error(result, ctx):
+    with pytest.raises(ValueError, match="shape"):
+        build_seg(replace(result, labels=result.labels[:-1]), ctx)
+
+
+def test_seg_type_is_validated(ctx):
+    assert replace(ctx, seg_type="LABELMAP").seg_type is SegType.LABELMAP
+    with pytest.raises(ValueError, match="seg_type"):
+        replace(ctx, seg_type="FRACTIONAL")
+
+
+def test_binary_seg_passes_dciodvfy(result, ctx, roundtrip):
+    _, path = roundtrip(build_seg(result, ctx))
+    errors, _ = dciodvfy(path)
+    assert errors == []

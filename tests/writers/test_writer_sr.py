@@ -1,0 +1,153 @@
+"""SR writer: findings, measurements, text and references read back from the file."""
+from dataclasses import replace
+
+import highdicom as hd
+import pytest
+
+from neuroradix.dicom.pmap import build_pmaps
+from neuroradix.dicom.seg import build_seg, segment_number_for_label
+from neuroradix.dicom.sr import build_sr
+from writer_fixtures import dciodvfy
+
+
+def _walk(items):
+    for item in items:
+        yield item
+        yield from _walk(item.get("ContentSequence", []))
+
+
+def _name(item) -> str:
+    return item.ConceptNameCodeSequence[0].CodeMeaning
+
+
+def _groups(ds):
+    return [item for item in _walk(ds.ContentSequence)
+            if item.ValueType == "CONTAINER" and _name(item) == "Measurement Group"]
+
+
+def _group_of(ds, finding_name):
+    for group in _groups(ds):
+        for item in group.ContentSequence:
+            if _name(item) == "Tracking Identifier" and item.TextValue == f"finding {finding_name}":
+                return group
+    raise AssertionError(f"no group for {finding_name}")
+
+
+def _nums(group):
+    return {_name(i): float(i.MeasuredValueSequence[0].NumericValue)
+            for i in group.ContentSequence if i.ValueType == "NUM"}
+
+
+@pytest.fixture
+def objects(result, ctx):
+    seg = build_seg(result, ctx)
+    pmaps = build_pmaps(result, ctx)
+    return seg, pmaps, build_sr(result, ctx, seg, pmaps)
+
+
+def test_findings_round_trip(result, objects, roundtrip):
+    seg, pmaps, sr = objects
+    back, _ = roundtrip(sr)
+    for finding in result.findings:
+        group = _group_of(back, finding.name)
+        nums = _nums(group)
+        assert nums["Probability"] == pytest.approx(finding.probability)
+        assert nums["Threshold Value"] == pytest.approx(finding.threshold)
+        codes = {_name(i): i.ConceptCodeSequence[0] for i in group.ContentSequence if i.ValueType == "CODE"}
+        ftype = codes["Finding"]
+        assert ftype.CodeMeaning == (finding.code.meaning if finding.code else finding.name)
+        presence = codes[ftype.CodeMeaning]
+        assert presence.CodeMeaning == ("Present" if finding.present else "Absent")
+        if finding.site:
+            assert codes["Finding Site"].CodeValue == finding.site.value
+    # threshold presence: Emphysema 0.83 present, Lung nodule 0.12 absent
+    assert [f.present for f in result.findings] == [True, False, True]
+
+
+def test_references_resolve_to_seg_and_pmap(result, objects, roundtrip):
+    seg, pmaps, sr = objects
+    back, _ = roundtrip(sr)
+    for finding in result.findings:
+        group = _group_of(back, finding.name)
+        segment_refs = [i for i in group.ContentSequence if _name(i) == "Referenced Segment"]
+        if finding.segment_labels:
+            ref = segment_refs[0].ReferencedSOPSequence[0]
+            assert ref.ReferencedSOPInstanceUID == seg.SOPInstanceUID
+            assert int(ref.ReferencedSegmentNumber) == segment_number_for_label(seg, result, finding.segment_labels[0])
+        else:
+            assert segment_refs == []
+        prob = [i for i in group.ContentSequence if i.ValueType == "NUM" and _name(i) == "Probability"][0]
+        sources = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in prob.get("ContentSequence", [])
+                   if i.ValueType == "IMAGE"]
+        expected = [pmaps[finding.attention_index].SOPInstanceUID] if finding.attention_index is not None else []
+        assert sources == expected
+    # Evidence lists the source series, the SEG and the map.
+    evidence = {ref.ReferencedSOPInstanceUID
+                for study in back.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    assert {seg.SOPInstanceUID, pmaps[0].SOPInstanceUID} <= evidence
+
+
+def test_measurements_round_trip(result, objects, roundtrip):
+    seg, _, sr = objects
+    back, _ = roundtrip(sr)
+    found = []
+    for group in _groups(back):
+        tracking = [i.TextValue for i in group.ContentSequence if _name(i) == "Tracking Identifier"][0]
+        if tracking.startswith("finding "):
+            continue
+        refs = [i.ReferencedSOPSequence[0] for i in group.ContentSequence if _name(i) == "Referenced Segment"]
+        for item in group.ContentSequence:
+            if item.ValueType == "NUM":
+                found.append((_name(item), float(item.MeasuredValueSequence[0].NumericValue),
+                              item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue,
+                              int(refs[0].ReferencedSegmentNumber) if refs else None))
+    expected = [(m.concept.meaning, m.value, m.unit.value,
+                 segment_number_for_label(seg, result, m.segment_label) if m.segment_label else None)
+                for m in result.measurements]
+    assert sorted(found, key=str) == sorted(expected, key=str)
+
+
+def test_text_flags_and_provenance(result, objects, roundtrip):
+    _, _, sr = objects
+    back, _ = roundtrip(sr)
+    texts = [i.TextValue for i in _walk(back.ContentSequence) if i.ValueType == "TEXT"]
+    assert any("Centrilobular emphysema" in t for t in texts)
+    assert any("Not for diagnostic use" in t for t in texts)
+    assert not any("UNTRAINED" in t for t in texts)
+    assert back.VerificationFlag == "UNVERIFIED"
+    assert back.Modality == "SR"
+    equipment = back.ContributingEquipmentSequence[0]
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+    assert equipment.Manufacturer == "Neuro Radix" and equipment.DeviceUID
+    assert back.PatientID == "NRX-0001" and back.StudyInstanceUID == result_study(back)
+
+
+def result_study(ds) -> str:
+    return "1.2.826.0.1.3680043.8.498.1"
+
+
+def test_highdicom_parses_the_report(objects, roundtrip):
+    _, _, sr = objects
+    _, path = roundtrip(sr)
+    report = hd.sr.srread(path)
+    template = report.content
+    assert len(template.get_volumetric_roi_measurement_groups()) == 3  # Emphysema, Lung nodule, two lung segments?
+    assert len(template.get_image_measurement_groups()) >= 2
+
+
+def test_without_seg_and_maps(result, ctx):
+    sr = build_sr(result, ctx, None, [])
+    groups = _groups(sr)
+    assert all(_name(i) != "Referenced Segment" for g in groups for i in g.ContentSequence)
+
+
+def test_needs_findings_or_measurements(result, ctx):
+    with pytest.raises(ValueError, match="nothing to report"):
+        build_sr(replace(result, findings=(), measurements=()), ctx, None, [])
+
+
+def test_sr_passes_dciodvfy(objects, roundtrip):
+    _, path = roundtrip(objects[2])
+    errors, _ = dciodvfy(path)
+    assert errors == []

@@ -1,0 +1,85 @@
+"""Pieces shared by the stage runners: model config from a stage config, a resumable sampler,
+the progress bar and the run-directory layout."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+
+from neuroradix.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def model_config(cfg: dict):
+    """``cfg["model"]`` (preprocess / backbone / head sections) as a validated ``ModelConfig``."""
+    from neuroradix.models.config import ModelConfig
+
+    section = dict(cfg.get("model") or {})
+    fs = (section.get("backbone") or {}).get("feature_size", 48)
+    head = dict(section.get("head") or {})
+    head.setdefault("embed_dim", 24 * int(fs))  # keep the head consistent with the backbone
+    section["head"] = head
+    try:
+        return ModelConfig.from_dict(section)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model config: {exc}") from exc
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Per-epoch permutation from ``(seed, epoch)``, sharded over ranks, started at any position.
+
+    Yields ``epoch * n + index`` so the dataset can derive a per-sample augmentation seed that
+    does not depend on worker count or on where a resumed run picked up.
+    """
+
+    def __init__(self, n: int, *, seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True) -> None:
+        if n < 1:
+            raise ConfigError("the dataset is empty")
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world_size
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+        self.per_rank = -(-n // world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch and skip its first ``start`` samples of this rank."""
+        self.epoch, self.start = int(epoch), int(start)
+
+    def _indices(self) -> list[int]:
+        order = np.random.default_rng(self.seed + 7919 * self.epoch).permutation(self.n) if self.shuffle else np.arange(self.n)
+        padded = np.concatenate([order, order[: self.per_rank * self.world - self.n]])
+        return padded[self.rank:: self.world].tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        for i in self._indices()[self.start:]:
+            yield self.epoch * self.n + int(i)
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.start)
+
+
+def progress(iterable, enabled: bool, **kwargs):
+    """A tqdm progress bar on rank 0 (plain iteration elsewhere or without tqdm)."""
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return iterable
+    return tqdm(iterable, dynamic_ncols=True, mininterval=2.0, **kwargs)
+
+
+def out_dir(cfg: dict) -> Path:
+    value = (cfg.get("train") or {}).get("out_dir")
+    if not value:
+        raise ConfigError("config key 'train.out_dir' must be set")
+    return Path(value)
+
+
+def set_threads(n: Optional[int]) -> None:
+    if n:
+        torch.set_num_threads(int(n))

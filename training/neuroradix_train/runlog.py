@@ -1,0 +1,58 @@
+"""Per-step JSONL and per-epoch CSV/JSONL metric logs (rank 0 only), appended so resumes continue them."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+
+def _clean(v):
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    return v
+
+
+class RunLog:
+    """Writes ``steps.jsonl`` and ``epochs.jsonl`` + ``epochs.csv`` under ``out_dir``.
+
+    On resume, lines for steps after the checkpoint's step are dropped first, so a run killed
+    between a log write and its next checkpoint leaves no duplicate steps.
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool = True, resume_step: Optional[int] = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.enabled = enabled
+        self.steps_path = self.out_dir / "steps.jsonl"
+        self.epochs_path = self.out_dir / "epochs.jsonl"
+        self.csv_path = self.out_dir / "epochs.csv"
+        if not enabled:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            for p in (self.steps_path, self.epochs_path, self.csv_path):
+                p.unlink(missing_ok=True)
+        elif self.steps_path.exists():
+            keep = [ln for ln in self.steps_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            self.steps_path.write_text("".join(ln + "\n" for ln in keep))
+
+    def step(self, **values) -> None:
+        if self.enabled:
+            with self.steps_path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps({k: _clean(v) for k, v in values.items()}) + "\n")
+
+    def epoch(self, **values) -> None:
+        if not self.enabled:
+            return
+        values = {k: _clean(v) for k, v in values.items()}
+        with self.epochs_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(values) + "\n")
+        rows = [json.loads(ln) for ln in self.epochs_path.read_text().splitlines() if ln.strip()]
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        with self.csv_path.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
