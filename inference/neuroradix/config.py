@@ -23,6 +23,18 @@ class SegType(str, enum.Enum):
     LABELMAP = "LABELMAP"
 
 
+class PmapGrid(str, enum.Enum):
+    """Where the attention Parametric Map is written (see docs/dicom-conformance.md).
+
+    SOURCE: on the CT grid, one frame per slice -- what OHIF 3.9-3.13 can overlay (about the
+    size of the CT in uint16). ATTENTION: on the map's own coarse grid -- about 60x smaller,
+    valid DICOM, but OHIF does not overlay it.
+    """
+
+    SOURCE = "SOURCE"
+    ATTENTION = "ATTENTION"
+
+
 def _env(name: str) -> AliasChoices:
     return AliasChoices(f"NEURORADIX_{name}", name)
 
@@ -39,6 +51,7 @@ class PipelineSettings(BaseSettings):
     weights_dir: Optional[Path] = None  # release folder for the deep-learning analyzer
     allow_untrained: bool = False  # test-only: run random weights, marked UNTRAINED - TEST OUTPUT
     seg_type: SegType = SegType.BINARY
+    pmap_grid: PmapGrid = PmapGrid.SOURCE
     # Input limits (a huge study fails with a reason instead of exhausting memory)
     max_series_instances: int = 2000
     max_volume_voxels: int = 600 * 512 * 512
@@ -67,7 +80,8 @@ class PipelineSettings(BaseSettings):
     @property
     def pipeline_version(self) -> str:
         """Identifies what produced a result; part of every output UID and of the job key."""
-        parts = [f"neuroradix-{__version__}", *sorted(self.analyzers), self.seg_type.value.lower()]
+        parts = [f"neuroradix-{__version__}", *sorted(self.analyzers), self.seg_type.value.lower(),
+                 f"pm-{self.pmap_grid.value.lower()}"]
         if "deep" in self.analyzers and self.weights_dir is not None:
             parts.append(f"weights-{Path(self.weights_dir).resolve().name}")
         return "/".join(parts)

@@ -7,7 +7,8 @@ origin as the DICOMweb API it reads. This module is that origin, a small Starlet
   reads, it never stores or deletes), with Orthanc's basic auth added here, so the browser
   holds no credential. Responses stream through, except DICOM JSON, where the absolute
   BulkDataURIs and RetrieveURLs that Orthanc writes with its own ``host:port``
-  (``DicomWeb.Host``) are rewritten to ``/dicom-web/...`` on this origin.
+  (``DicomWeb.Host``) are rewritten to ``/dicom-web/...`` on this origin. Whole instances are
+  asked for in their stored transfer syntax (see :func:`stored_syntax_accept`).
 * ``/app-config.js`` is the project's OHIF configuration (``viewer/app-config.js``).
 * everything else is OHIF's prebuilt ``dist/`` (npm package ``@ohif/app``, installed under
   ``viewer/node_modules`` by ``npm ci --prefix viewer``), with ``index.html`` for the
@@ -159,6 +160,27 @@ def rewrite_dicomweb_urls(body: bytes) -> bytes:
     return _ABSOLUTE_DICOMWEB_URL.sub(b'"' + DICOMWEB_PREFIX.encode() + b"/", body)
 
 
+def stored_syntax_accept(accept: str) -> str:
+    """Ask for instances in the transfer syntax Orthanc stored them in.
+
+    OHIF fetches a whole SEG (or other multi-frame object) with ``multipart/related;
+    type="application/dicom"`` and no transfer syntax, which means Explicit VR Little Endian.
+    Orthanc 1.10.1 transcodes a JPEG 2000 BINARY SEG to that with 8 bits per pixel instead of
+    1, and OHIF then rejects every frame. OHIF decodes every syntax the node stores (it ships
+    the codecs), so the proxy adds ``transfer-syntax=*`` to such requests: no transcoding.
+    Other Accept values pass unchanged.
+    """
+    parts = [p.strip() for p in accept.split(";")]
+    if (
+        parts
+        and parts[0].lower() == "multipart/related"
+        and any(p.replace(" ", "").lower() in ('type="application/dicom"', "type=application/dicom") for p in parts[1:])
+        and not any(p.lower().startswith("transfer-syntax") for p in parts[1:])
+    ):
+        return accept + "; transfer-syntax=*"
+    return accept
+
+
 class _SinglePageApp(StaticFiles):
     """OHIF's ``dist/``: files as they are, ``index.html`` for every other path."""
 
@@ -199,6 +221,9 @@ def create_app(settings: ViewerSettings) -> Starlette:
             # Passed on as the browser wrote it: Orthanc 1.10.1 does not decode it anyway.
             url += "?" + request.url.query
         headers = {k: v for k, v in request.headers.items() if k in _FORWARDED_REQUEST_HEADERS}
+        headers["accept-encoding"] = "identity"  # loopback: compressing costs more than it saves
+        if "accept" in headers:
+            headers["accept"] = stored_syntax_accept(headers["accept"])
         try:
             upstream = await client.send(client.build_request(request.method, url, headers=headers), stream=True)
         except httpx.HTTPError as exc:

@@ -14,7 +14,8 @@ def _frames(ds):
     shared = ds.SharedFunctionalGroupsSequence[0]
     iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, float)
     spacing = np.array(shared.PixelMeasuresSequence[0].PixelSpacing, float)
-    ipp = np.array([f.PlanePositionSequence[0].ImagePositionPatient for f in ds.PerFrameFunctionalGroupsSequence], float)
+    frames = ds.PerFrameFunctionalGroupsSequence
+    ipp = np.array([f.PlanePositionSequence[0].ImagePositionPatient for f in frames], float)
     return ds.pixel_array, ipp, iop, spacing
 
 

@@ -65,7 +65,9 @@ def ct_affine() -> np.ndarray:
     return aff
 
 
-def make_ct_series(study_uid: str = "1.2.826.0.1.3680043.8.498.1", series_uid: str = "1.2.826.0.1.3680043.8.498.2") -> list[Dataset]:
+def make_ct_series(
+    study_uid: str = "1.2.826.0.1.3680043.8.498.1", series_uid: str = "1.2.826.0.1.3680043.8.498.2"
+) -> list[Dataset]:
     """Single-frame CT Image Storage datasets, sorted by slice index."""
     aff = ct_affine()
     frame_of_reference = derive_uid("test-for", study_uid)
@@ -161,8 +163,10 @@ def make_result(untrained: bool = False) -> StudyResult:
         Finding("Abnormal", 0.9, attention_index=0),
     )
     measurements = (
-        Measurement("Left lung volume", 2450.5, ML, VOLUME, site=Code("44029006", "SCT", "Left lung"), segment_label=LEFT),
-        Measurement("Right lung volume", 2710.25, ML, VOLUME, site=Code("3341006", "SCT", "Right lung"), segment_label=RIGHT),
+        Measurement("Left lung volume", 2450.5, ML, VOLUME, site=Code("44029006", "SCT", "Left lung"),
+                    segment_label=LEFT),
+        Measurement("Right lung volume", 2710.25, ML, VOLUME, site=Code("3341006", "SCT", "Right lung"),
+                    segment_label=RIGHT),
         Measurement("LAA-950", 12.5, PERCENT, Code("LAA950", "99NRX", "Low attenuation area below -950 HU"), site=LUNG),
         Measurement("Mean lung density", -842.0, HU, Code("112031", "DCM", "Attenuation Coefficient"), site=LUNG,
                     derivation=Code("373098007", "SCT", "Mean")),

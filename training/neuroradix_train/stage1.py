@@ -108,23 +108,14 @@ def prepare_cache(cfg: dict, split: str, pcfg, *, need_labels: bool) -> list:
     return out
 
 
-def sliding_window_segment(model, image: torch.Tensor, pcfg, device, amp: bool) -> torch.Tensor:
-    """Segment one preprocessed ``[1, D, H, W]`` image with the global channel; returns ``[D, H, W]`` labels."""
-    from monai.inferers import sliding_window_inference
+def sliding_window_segment(model, image: torch.Tensor, pcfg, device, amp: bool) -> np.ndarray:
+    """Segment one preprocessed ``[1, D, H, W]`` image exactly as the node does; returns ``[D, H, W]`` labels."""
+    from neuroradix.models.backbone import forward_with_features
+    from neuroradix.models.sliding import SlidingOptions, sliding_segment
 
-    from neuroradix.models.transforms import AddGlobalResized
-
-    p = pcfg.patch_size
-    glob = AddGlobalResized(p)(image).to(device)[None]
-    x = image[None].to(device)
-
-    def predictor(win):
-        return model(torch.cat([win, glob.expand(win.shape[0], -1, -1, -1, -1).to(win.dtype)], dim=1))
-
-    with torch.no_grad(), D.autocast(device, amp):
-        logits = sliding_window_inference(x, (p, p, p), sw_batch_size=2, predictor=predictor,
-                                          overlap=pcfg.overlap, mode="gaussian", sigma_scale=pcfg.sigma_scale)
-    return logits.argmax(1)[0].cpu()
+    res = sliding_segment(image[0], lambda x: forward_with_features(model, x), pcfg.patch_size, pcfg.overlap,
+                          pcfg.sigma_scale, options=SlidingOptions(sw_batch_size=2, amp=amp), device=device)
+    return res.labels
 
 
 def validate(model, items: list, pcfg, device, amp: bool, num_classes: int) -> dict:
@@ -137,7 +128,7 @@ def validate(model, items: list, pcfg, device, amp: bool, num_classes: int) -> d
         with np.load(path) as z:
             image = torch.from_numpy(z["image"].astype(np.float32))[None]
             label = z["label"]
-        pred = sliding_window_segment(model, image, pcfg, device, amp).numpy()
+        pred = sliding_window_segment(model, image, pcfg, device, amp)
         for c, v in dice_per_class(pred, label, range(1, num_classes)).items():
             if not math.isnan(v):
                 per.setdefault(c, []).append(v)

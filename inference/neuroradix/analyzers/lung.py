@@ -71,7 +71,7 @@ LAA_REPORT_CUTOFF_PERCENT = 6.0
 class LungAnalyzerConfig:
     """Thresholds and sizes of :class:`LungAnalyzer` (HU, mm, mL)."""
 
-    target_spacing_mm: float = 2.0
+    target_spacing_mm: float = 2.5
     body_threshold_hu: float = -500.0
     air_threshold_hu: float = -400.0
     laa_threshold_hu: float = -950.0
@@ -157,8 +157,12 @@ class LungAnalyzer:
         coarse[left] = 2
         coarse[right] = 3
         coarse[airway] = 4
-        labels = self._to_full_grid(volume, grid, coarse)
-        result = self._result(volume, grid, labels)
+        lungs = left | right
+        pixel_mm2 = float(grid.spacing[1] * grid.spacing[2])
+        coverage = {"cut_superior": bool(lungs[-1].sum() * pixel_mm2 > 100.0),
+                    "cut_inferior": bool(lungs[0].sum() * pixel_mm2 > 100.0)}
+        labels, lung_box = self._to_full_grid(volume, grid, coarse)
+        result = self._result(volume, grid, labels, lung_box, coverage)
         logger.info("lung analysis of a %s volume took %.2f s", "x".join(map(str, volume.shape)),
                     time.perf_counter() - started)
         return result
@@ -223,35 +227,32 @@ class LungAnalyzer:
         return best
 
     def _trachea_seed(self, grid: _Grid, smooth: np.ndarray, body: np.ndarray) -> Optional[tuple[int, int, int]]:
+        """The darkest pixel of the largest round air region near the midline in the top slices."""
         sp = grid.spacing
         pixel_mm2 = float(sp[1] * sp[2])
         top = grid.hu.shape[0] - 1
         depth = max(1, int(round(self.config.trachea_search_mm / sp[0])))
+        best, best_area = None, 0.0
         for s in range(top, max(-1, top - depth), -1):
             if not body[s].any():
                 continue
             body_x = float(grid.point([s, *ndimage.center_of_mass(body[s])])[0])
-            labels, count = ndimage.label((smooth[s] < -900.0) & body[s])
-            best, best_area = None, 0.0
+            labels, _ = ndimage.label((smooth[s] < -900.0) & body[s])
             for index, where in enumerate(ndimage.find_objects(labels), start=1):
                 comp = labels[where] == index
                 area = float(comp.sum()) * pixel_mm2
-                if not 30.0 <= area <= 1000.0:
+                if not 30.0 <= area <= 1000.0 or area <= best_area or comp.sum() / comp.size < 0.45:
                     continue
                 rows, cols = np.nonzero(comp)
                 centre = np.array([s, rows.mean() + where[0].start, cols.mean() + where[1].start])
-                x = float(grid.point(centre)[0])
-                fill = comp.sum() / comp.size
-                if abs(x - body_x) <= 35.0 and fill >= 0.45 and area > best_area:
-                    r, c = int(round(centre[1])), int(round(centre[2]))
-                    if labels[r, c] != index:  # centre outside the region: take its darkest pixel
-                        flat = np.argmin(np.where(labels == index, smooth[s], np.inf))
-                        r, c = np.unravel_index(flat, labels.shape)
-                    best, best_area = (s, int(r), int(c)), area
-            if best is not None:
-                grid.notes["trachea_seed_z_mm"] = round(float(grid.point(best)[2]), 1)
-                return best
-        return None
+                if abs(float(grid.point(centre)[0]) - body_x) > 35.0:
+                    continue
+                flat = np.argmin(np.where(comp, smooth[s][where], np.inf))
+                r, c = np.unravel_index(flat, comp.shape)
+                best, best_area = (s, int(r) + where[0].start, int(c) + where[1].start), area
+        if best is not None:
+            grid.notes["trachea_seed_z_mm"] = round(float(grid.point(best)[2]), 1)
+        return best
 
     def _lungs(self, grid: _Grid, body: np.ndarray, inner_air: np.ndarray, airway: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -301,38 +302,51 @@ class LungAnalyzer:
 
     def _split_if_bilateral(self, grid: _Grid, mask: np.ndarray, midline: float) -> list[np.ndarray]:
         """Split a component holding both lungs (erosion, then geodesic regrowth)."""
-        cols = np.nonzero(mask.any(axis=(0, 1)))[0]
-        xs = grid.affine[0, 2] * cols + grid.affine[0, 3]  # x of each column on the axial grid (approx.)
-        if cols.size == 0 or not (xs.min() < midline - 30.0 and xs.max() > midline + 30.0):
+        box = ndimage.find_objects(mask.astype(np.uint8))[0]
+        sub = mask[box]
+        offset = np.array([b.start for b in box], dtype=np.float64)
+        xs = [float(grid.point(offset + [0, 0, c])[0]) for c in (0, sub.shape[2] - 1)]
+        if not (min(xs) < midline - 30.0 and max(xs) > midline + 30.0):
             return [mask]
-        total = mask.sum()
-        eroded = mask
+
+        def x_of(part: np.ndarray) -> float:
+            return float(grid.point(offset + ndimage.center_of_mass(part))[0])
+
+        total = sub.sum()
+        eroded = sub
         for step in range(1, 12):
             eroded = ndimage.binary_erosion(eroded)
             labels, count = ndimage.label(eroded)
+            if count == 0:
+                break
             if count < 2:
-                if count == 0:
-                    break
                 continue
             sizes = np.bincount(labels.ravel())[1:]
             big = np.argsort(sizes)[::-1][:2] + 1
-            if sizes[big[1] - 1] >= 0.1 * total:
-                seeds = [labels == big[0], labels == big[1]]
-                x0, x1 = grid.x_of(seeds[0]), grid.x_of(seeds[1])
-                if (x0 - midline) * (x1 - midline) < 0:
-                    grid.notes["lungs_split_by_erosion_steps"] = step
-                    return geodesic_split(mask, seeds)
+            if sizes[big[1] - 1] < 0.1 * total:
+                continue
+            x0, x1 = x_of(labels == big[0]), x_of(labels == big[1])
+            if (x0 - midline) * (x1 - midline) < 0:
+                grid.notes["lungs_split_by_erosion_steps"] = step
+                return [_paste(mask.shape, box, part) for part in geodesic_split(sub, labels, big)]
         logger.info("touching lungs could not be split by erosion: split at the midline")
         grid.notes["lungs_split_at_midline"] = True
-        centres = grid.affine[0, :3] @ np.indices(mask.shape, dtype=np.float32).reshape(3, -1)
-        leftside = (centres.reshape(mask.shape) + grid.affine[0, 3]) > midline
-        return [mask & leftside, mask & ~leftside]
+        index = np.indices(sub.shape, dtype=np.float32).reshape(3, -1).T + offset
+        leftside = (index @ grid.affine[0, :3] + grid.affine[0, 3]).reshape(sub.shape) > midline
+        return [_paste(mask.shape, box, sub & leftside), _paste(mask.shape, box, sub & ~leftside)]
 
-    def _to_full_grid(self, volume: Volume, grid: _Grid, coarse: np.ndarray) -> np.ndarray:
-        """Map coarse labels to the volume's grid, re-thresholding the body and lung borders."""
+    def _to_full_grid(self, volume: Volume, grid: _Grid, coarse: np.ndarray
+                      ) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+        """Map coarse labels to the volume's grid, re-thresholding the body and lung borders.
+
+        Returns the labels and a box of the full grid that holds both lungs.
+        """
         coarse_src = np.ascontiguousarray(undo_reorient(coarse, grid.order, grid.flips))
+        found = ndimage.find_objects(((coarse_src == 2) | (coarse_src == 3)).astype(np.uint8))[0]
+        lung_box = tuple(slice(max(0, (b.start - 1) * f), min(n, (b.stop + 1) * f))
+                         for b, f, n in zip(found, grid.factors, volume.shape))
         if grid.factors == (1, 1, 1):
-            return coarse_src
+            return coarse_src, lung_box  # type: ignore[return-value]
         cfg = self.config
         band = np.zeros(coarse_src.shape, dtype=np.uint8)
         body = coarse_src > 0
@@ -341,24 +355,33 @@ class LungAnalyzer:
             m = coarse_src == label
             band[ndimage.binary_dilation(m) & ~ndimage.binary_erosion(m) & (coarse_src != 4) & body] = label
         labels = upsample(coarse_src, grid.factors, volume.shape)
-        bands = upsample(band, grid.factors, volume.shape)
-        for start in range(0, volume.shape[0], 32):
-            part = slice(start, start + 32)
-            b, lab, hu = bands[part], labels[part], volume.array[part]
-            edge = b == 1
-            lab[edge & (hu <= cfg.body_threshold_hu) & (lab == 1)] = 0
-            lab[edge & (hu > cfg.body_threshold_hu) & (lab == 0)] = 1
-            for label in (2, 3):
-                sel = b == label
-                lab[sel & (hu < cfg.air_threshold_hu)] = label
-                lab[sel & (hu >= cfg.air_threshold_hu)] = 1
-        return labels
+        flat_labels = labels.reshape(-1)  # a view: upsample returns a C-contiguous array
+        offsets = np.stack([g.ravel() for g in np.meshgrid(*[np.arange(f) for f in grid.factors], indexing="ij")])
+        coarse_index = np.stack(np.nonzero(band))
+        for start in range(0, coarse_index.shape[1], 65536):  # only the border voxels, in batches
+            part = coarse_index[:, start:start + 65536]
+            full = part[:, :, None] * np.asarray(grid.factors)[:, None, None] + offsets[:, None, :]
+            kind = np.broadcast_to(band[tuple(part)][:, None], full.shape[1:])
+            valid = np.all(full < np.asarray(volume.shape)[:, None, None], axis=0)
+            full, kind = full[:, valid], kind[valid]
+            hu = volume.array[tuple(full)]
+            linear = np.ravel_multi_index(tuple(full), volume.shape)
+            new = flat_labels[linear]
+            edge = (kind == 1) & (new <= 1)  # body border: inside if above the body threshold
+            new[edge] = hu[edge] > cfg.body_threshold_hu
+            lung = kind >= 2  # lung border: lung if aerated, else body
+            new[lung] = np.where(hu[lung] < cfg.air_threshold_hu, kind[lung], 1)
+            flat_labels[linear] = new
+        return labels, lung_box  # type: ignore[return-value]
 
     # -- result ------------------------------------------------------------------------------
 
-    def _result(self, volume: Volume, grid: _Grid, labels: np.ndarray) -> StudyResult:
+    def _result(self, volume: Volume, grid: _Grid, labels: np.ndarray, lung_box: tuple[slice, slice, slice],
+                coverage: dict) -> StudyResult:
         cfg = self.config
-        counts, sums, low = label_stats(labels, volume.array, cfg.laa_threshold_hu, nlabels=5)
+        counts, sums, low = lung_stats(labels[lung_box], volume.array[lung_box], cfg.laa_threshold_hu)
+        counts[1] = np.count_nonzero(labels == 1)
+        counts[4] = np.count_nonzero(labels == 4)
         ml = counts * volume.voxel_volume_ml
         lung_count = counts[2] + counts[3]
         if counts[2] == 0 or counts[3] == 0:
@@ -378,29 +401,39 @@ class LungAnalyzer:
             Measurement("Total LAA-950", round(laa["total"], 2), UNIT_PERCENT, LAA950, LUNG),
             Measurement("Mean lung density", round(mld, 1), UNIT_HU, ATTENUATION, LUNG, derivation=MEAN),
         )
-        coverage = _coverage(grid, labels, volume)
         text = _report_text(ml, laa, mld, coverage)
-        attention = (self._laa_map(volume, labels),)
+        attention = (self._laa_map(volume, labels, lung_box),)
         extra = dict(grid.notes)
         extra.update({"coverage": coverage, "laa_threshold_hu": cfg.laa_threshold_hu,
                       "airways_ml": round(float(ml[4]), 1), "body_ml": round(float(ml[1:].sum()), 1)})
         return StudyResult(self.info, labels, self.scheme.segments, (), measurements, text, attention, extra)
 
-    def _laa_map(self, volume: Volume, labels: np.ndarray) -> AttentionMap:
-        """Fraction of lung voxels below -950 HU in a ~10 mm box, on a grid coarser in plane."""
+    def _laa_map(self, volume: Volume, labels: np.ndarray, lung_box: tuple[slice, slice, slice]) -> AttentionMap:
+        """Fraction of lung voxels below -950 HU in a ~10 mm box, on a grid coarser in plane.
+
+        The grid takes every 2nd voxel in plane (and every 2nd slice below 1.25 mm); each of its
+        voxels sits at the centre of the block it summarises, as its affine says.
+        """
         spacing = volume.spacing
         factors = (2 if spacing[0] < 1.25 else 1, 2, 2)
-        lung = block_sum((labels == 2) | (labels == 3), factors)
-        low = block_sum(((labels == 2) | (labels == 3)) & (volume.array < self.config.laa_threshold_hu), factors)
+        out_shape = _blocks(volume.shape, factors)
+        box = tuple(slice(b.start - b.start % f, b.stop) for b, f in zip(lung_box, factors))
+        sub = labels[box]
+        lung = (sub == 2) | (sub == 3)
+        low = block_sum(lung & (volume.array[box] < self.config.laa_threshold_hu), factors)
+        lung = block_sum(lung, factors)
         size = [max(1, int(round(self.config.attention_window_mm / (s * f)))) | 1 for s, f in zip(spacing, factors)]
-        lung_box = ndimage.uniform_filter(lung, size=size, mode="constant")
-        low_box = ndimage.uniform_filter(low, size=size, mode="constant")
-        ratio = np.where((lung > 0) & (lung_box > 0), low_box / np.maximum(lung_box, 1e-6), 0.0)
+        lung_box_sum = ndimage.uniform_filter(lung, size=size, mode="constant")
+        low_box_sum = ndimage.uniform_filter(low, size=size, mode="constant")
+        ratio = np.where(lung > 0, low_box_sum / np.maximum(lung_box_sum, 1e-6), 0.0)
+        array = np.zeros(out_shape, dtype=np.float32)
+        start = [b.start // f for b, f in zip(box, factors)]
+        array[start[0]:start[0] + ratio.shape[0], start[1]:start[1] + ratio.shape[1],
+              start[2]:start[2] + ratio.shape[2]] = np.clip(ratio, 0.0, 1.0)
         affine = volume.affine.copy()
         affine[:3, :3] = volume.affine[:3, :3] * np.asarray(factors, dtype=np.float64)
         affine[:3, 3] = volume.affine[:3, :3] @ ((np.asarray(factors) - 1) / 2.0) + volume.affine[:3, 3]
-        return AttentionMap("Low attenuation density", np.clip(ratio, 0.0, 1.0).astype(np.float32), affine,
-                            LAA950_FRACTION, UNIT_RATIO)
+        return AttentionMap("Low attenuation density", array, affine, LAA950_FRACTION, UNIT_RATIO)
 
 
 def _check_input(volume: Volume) -> None:
@@ -416,18 +449,6 @@ def _check_input(volume: Volume) -> None:
     lo, hi = float(array.min()), float(array.max())
     if hi - lo < 200.0:
         raise BadInputError(f"the volume is (nearly) constant ({lo:.0f} to {hi:.0f} HU): not a CT")
-
-
-def _coverage(grid: _Grid, labels: np.ndarray, volume: Volume) -> dict:
-    """Whether the lungs touch the first/last slice along patient z (the scan cuts them)."""
-    lungs = (labels == 2) | (labels == 3)
-    order, flips = axial_axes(volume.affine)
-    z_axis = order[0]
-    first = np.take(lungs, 0, axis=z_axis).sum()
-    last = np.take(lungs, lungs.shape[z_axis] - 1, axis=z_axis).sum()
-    inferior, superior = (last, first) if flips[0] else (first, last)
-    pixel_mm2 = float(np.prod(np.delete(volume.spacing, z_axis)))
-    return {"cut_superior": bool(superior * pixel_mm2 > 100.0), "cut_inferior": bool(inferior * pixel_mm2 > 100.0)}
 
 
 def _report_text(ml: np.ndarray, laa: dict, mld: float, coverage: dict) -> str:
@@ -455,21 +476,26 @@ def _blocks(shape: tuple[int, ...], factors: tuple[int, int, int]) -> tuple[int,
 
 
 def _block_reduce(array: np.ndarray, factors: tuple[int, int, int], mean: bool) -> np.ndarray:
-    """Block mean or sum (float32) over ``factors``; edges are padded by replication (mean) or zeros."""
+    """Block mean or sum (float32) over ``factors``; edges are padded by replication (mean) or zeros.
+
+    Works slab by slab and sums one axis at a time (much faster than a 6-D reshape reduction).
+    """
     out_shape = _blocks(array.shape, factors)
     if tuple(factors) == (1, 1, 1):
         return array.astype(np.float32)
     out = np.empty(out_shape, dtype=np.float32)
     f0, f1, f2 = factors
-    step = max(1, 32 // f0)
+    step = max(1, 16 // f0)
     for o in range(0, out_shape[0], step):
         k = min(step, out_shape[0] - o)
         sub = array[o * f0:(o + k) * f0].astype(np.float32)
         pad = [(0, k * f0 - sub.shape[0]), (0, out_shape[1] * f1 - sub.shape[1]), (0, out_shape[2] * f2 - sub.shape[2])]
         if any(p[1] for p in pad):
             sub = np.pad(sub, pad, mode="edge" if mean else "constant")
-        blocks = sub.reshape(k, f0, out_shape[1], f1, out_shape[2], f2)
-        out[o:o + k] = blocks.mean(axis=(1, 3, 5)) if mean else blocks.sum(axis=(1, 3, 5))
+        acc = sub.reshape(k, f0, *sub.shape[1:]).sum(axis=1)
+        acc = acc.reshape(k, out_shape[1], f1, acc.shape[2]).sum(axis=2)
+        acc = acc.reshape(k, out_shape[1], out_shape[2], f2).sum(axis=3)
+        out[o:o + k] = acc / np.float32(f0 * f1 * f2) if mean else acc
     return out
 
 
@@ -485,11 +511,13 @@ def block_sum(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
 
 def upsample(array: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
     """Nearest-neighbour inverse of :func:`block_mean`: repeat each block, crop to ``shape``."""
-    out = array
-    for axis, f in enumerate(factors):
-        if f > 1:
-            out = np.repeat(out, f, axis=axis)
-    return np.ascontiguousarray(out[: shape[0], : shape[1], : shape[2]])
+    f0, f1, f2 = factors
+    in_plane = np.repeat(np.repeat(array, f1, axis=1), f2, axis=2)[:, : shape[1], : shape[2]]
+    out = np.empty(shape, dtype=array.dtype)
+    for k in range(f0):
+        target = out[k::f0]
+        target[...] = in_plane[: target.shape[0]]
+    return out
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -508,39 +536,46 @@ _IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill holes in every slice (axis 0) at once: background connects only within a slice."""
-    padded = np.pad(mask, ((1, 1), (0, 0), (0, 0)))
-    return ndimage.binary_fill_holes(padded, structure=_IN_PLANE)[1:-1]
+    objects = ndimage.find_objects(mask.astype(np.uint8))
+    if not objects:
+        return mask.copy()
+    box = objects[0]
+    padded = np.pad(mask[box], ((1, 1), (0, 0), (0, 0)))
+    return _paste(mask.shape, box, ndimage.binary_fill_holes(padded, structure=_IN_PLANE)[1:-1])
 
 
-def geodesic_split(mask: np.ndarray, seeds: list[np.ndarray]) -> list[np.ndarray]:
-    """Grow ``seeds`` inside ``mask`` one voxel at a time until ``mask`` is covered."""
-    grown = [s & mask for s in seeds]
-    free = mask & ~np.logical_or.reduce(grown)
-    while free.any():
-        changed = False
-        for i, region in enumerate(grown):
-            new = ndimage.binary_dilation(region) & free
-            if new.any():
-                grown[i] = region | new
-                free &= ~new
-                changed = True
-        if not changed:  # parts of mask not reachable from any seed go to the nearest by index
-            break
-    return grown
+def geodesic_split(mask: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> list[np.ndarray]:
+    """Share ``mask`` among the regions ``keep`` of ``labels`` by flooding inside ``mask``.
+
+    A watershed on a flat image from the seed regions is a geodesic nearest-seed assignment.
+    """
+    markers = np.zeros(mask.shape, dtype=np.int16)
+    for i, value in enumerate(keep, start=1):
+        markers[labels == value] = i
+    markers[~mask] = len(keep) + 1
+    flooded = ndimage.watershed_ift(np.zeros(mask.shape, dtype=np.uint8), markers)
+    return [(flooded == i) & mask for i in range(1, len(keep) + 1)]
 
 
-def label_stats(labels: np.ndarray, hu: np.ndarray, low_threshold: float, nlabels: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-label voxel counts, HU sums and counts below ``low_threshold``, slab by slab."""
-    counts = np.zeros(nlabels, dtype=np.int64)
-    sums = np.zeros(nlabels, dtype=np.float64)
-    low = np.zeros(nlabels, dtype=np.int64)
+def _paste(shape: tuple[int, ...], box: tuple[slice, ...], part: np.ndarray) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    out[box] = part
+    return out
+
+
+def lung_stats(labels: np.ndarray, hu: np.ndarray, low_threshold: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Voxel counts, HU sums and counts below ``low_threshold`` of labels 2 and 3 (index = label)."""
+    counts = np.zeros(5, dtype=np.int64)
+    sums = np.zeros(5, dtype=np.float64)
+    low = np.zeros(5, dtype=np.int64)
     for start in range(0, labels.shape[0], 16):
-        lab = labels[start:start + 16].ravel()
-        values = hu[start:start + 16].ravel()
-        counts += np.bincount(lab, minlength=nlabels)[:nlabels]
-        sums += np.bincount(lab, weights=values, minlength=nlabels)[:nlabels]
-        low += np.bincount(lab[values < low_threshold], minlength=nlabels)[:nlabels]
+        lab, values = labels[start:start + 16], hu[start:start + 16]
+        for label in (2, 3):
+            inside = values[lab == label]
+            counts[label] += inside.size
+            sums[label] += float(inside.sum(dtype=np.float64))
+            low[label] += int(np.count_nonzero(inside < low_threshold))
     return counts, sums, low
 
 

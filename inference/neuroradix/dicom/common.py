@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Optional, Sequence
 
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
@@ -156,6 +157,21 @@ class OutputContext:
         for ds in self.source:
             if ds.StudyInstanceUID != first.StudyInstanceUID or ds.SeriesInstanceUID != first.SeriesInstanceUID:
                 raise BadInputError("OutputContext.source mixes studies or series")
+        self._check_order()
+
+    def _check_order(self) -> None:
+        """``source[i]`` must lie where the volume puts slice ``i`` (frames map to instances)."""
+        tolerance = 0.05 * float(min(self.volume.spacing)) + 1e-3
+        for i, ds in enumerate(self.source):
+            if "ImagePositionPatient" not in ds:
+                continue
+            expected = self.volume.affine[:3, 3] + i * self.volume.affine[:3, 0]
+            actual = np.asarray([float(v) for v in ds.ImagePositionPatient])
+            if np.max(np.abs(actual - expected)) > tolerance:
+                raise ValueError(
+                    f"OutputContext.source[{i}] (InstanceNumber {ds.get('InstanceNumber', '?')}) is not at slice {i} "
+                    "of the volume: sort the source datasets like the volume"
+                )
 
     @property
     def study_uid(self) -> str:

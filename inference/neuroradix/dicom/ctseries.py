@@ -289,7 +289,7 @@ def volume_to_ct_series(
         ds.FrameOfReferenceUID = frame_uid
         ds.PositionReferenceIndicator = ""
         # General Equipment
-        ds.Manufacturer = MANUFACTURER
+        ds.Manufacturer = "Neuro Radix sample converter"  # not MANUFACTURER: this is source data, not a result
         ds.ManufacturerModelName = "volume_to_ct_series"
         ds.SoftwareVersions = __version__
         # General Image / General Acquisition

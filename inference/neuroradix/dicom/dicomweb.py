@@ -91,6 +91,9 @@ class PacsClient:
     def store(self, datasets: Sequence[pydicom.Dataset], study_uid: str) -> None:
         if not datasets:
             return
+        for ds in datasets:  # STOW-RS parts are DICOM files: preamble + "DICM" + meta header
+            if getattr(ds, "preamble", None) is None:
+                ds.preamble = b"\x00" * 128
         with _mapped_errors("STOW-RS"):
             response = self._client.store_instances(list(datasets), study_instance_uid=study_uid)
         failed = getattr(response, "FailedSOPSequence", None)

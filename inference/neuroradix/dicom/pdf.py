@@ -292,7 +292,8 @@ def render_pdf_bytes(result: StudyResult, ctx: OutputContext) -> bytes:
         story.append(Paragraph("Measurements", h2))
         rows = [["Measurement", "Value", "Unit", "Site"]]
         for m in result.measurements:
-            rows.append([ascii_text(m.name), f"{float(m.value):.1f}", _UNIT_TEXT.get(m.unit.value, ascii_text(m.unit.value)),
+            unit = _UNIT_TEXT.get(m.unit.value, ascii_text(m.unit.value))
+            rows.append([ascii_text(m.name), f"{float(m.value):.1f}", unit,
                          ascii_text(m.site.meaning) if m.site else ""])
         table = Table(rows, colWidths=[70 * mm, 30 * mm, 25 * mm, 47 * mm])
         table.setStyle(TableStyle([("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 9),

@@ -130,7 +130,9 @@ def build_pmap(result: StudyResult, ctx: OutputContext, index: int) -> Dataset:
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[
-            hd.VOILUTTransformation(window_center=STORED_MAX / 2, window_width=STORED_MAX, window_explanation="full range")
+            hd.VOILUTTransformation(
+                window_center=STORED_MAX / 2, window_width=STORED_MAX, window_explanation="full range"
+            )
         ],
         transfer_syntax_uid=ExplicitVRLittleEndian,
         content_label="ATTENTION",

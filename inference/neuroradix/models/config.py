@@ -144,10 +144,14 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """MONAI ``SwinUNETR`` hyper-parameters (2 input channels: local patch + global context)."""
+    """MONAI ``SwinUNETR`` hyper-parameters (2 input channels: local patch + global context).
+
+    ``out_channels`` counts the background: the 43 chest-CT classes need 44 output channels
+    (channel 0 = background, channel k = label k of ``chest-ct-43``).
+    """
 
     in_channels: int = 2
-    out_channels: int = 43
+    out_channels: int = 44
     feature_size: int = 48
     use_checkpoint: bool = False
 

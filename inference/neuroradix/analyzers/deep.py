@@ -1,0 +1,186 @@
+"""The deep-learning analyzer: SwinUNETR segmentation + patch embeddings -> multitask head.
+
+``DeepAnalyzer(release_dir)`` verifies the release when it is built.  It raises
+:class:`~neuroradix.errors.NotConfiguredError` **on construction** when there is no release or
+the release is untrained and ``allow_untrained`` is false, so the node never runs it and
+writes nothing from it (the registry records the reason); a release that does not match its
+manifest raises :class:`~neuroradix.errors.WeightsError`.  With an untrained release and
+``allow_untrained=True`` it runs and sets ``AnalyzerInfo.untrained``.
+
+``analyze(volume)`` returns a :class:`~neuroradix.types.StudyResult` with the 43-class label
+map on the source grid, 19 findings (18 CT-RATE + "Abnormal"), the generated report, and
+attention maps: one per finding (its cls query's attention over patches) and one for the
+report (token -> gen query -> patch, averaged over tokens).  Map values are relative attention:
+patch weight times the number of patches (1 = uniform).  Per-token patch weights are in
+``result.extra["report_tokens"]``; :meth:`DeepAnalyzer.token_attention_map` renders one.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from ..errors import NotConfiguredError
+from ..schemes import load_scheme
+from ..types import AnalyzerInfo, AttentionMap, Code, Finding, StudyResult, Volume
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DeepAnalyzer", "ATTENTION_QUANTITY", "ATTENTION_UNIT"]
+
+ATTENTION_QUANTITY = Code("130404", "DCM", "Saliency")
+ATTENTION_UNIT = Code("1", "UCUM", "no units")
+_NAME = "swinunetr-ctrate"
+_TITLE = "SwinUNETR + BART chest-CT model"
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class DeepAnalyzer:
+    """Analyzer protocol implementation backed by a verified weights release.
+
+    Parameters
+    ----------
+    release_dir:
+        Folder of a release (:mod:`neuroradix.weights`); ``None`` means not configured.
+    allow_untrained:
+        Test-only switch: accept a release marked untrained.
+    device:
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:n]"``.
+    sw_batch_size:
+        Windows per backbone call.
+    attention_voxel_mm:
+        Voxel size of the attention maps' grid (source orientation, integer subsampling).
+    """
+
+    def __init__(self, release_dir: Union[str, Path, None], *, allow_untrained: bool = False, device: str = "auto",
+                 sw_batch_size: int = 4, attention_voxel_mm: float = 4.0) -> None:
+        from ..weights import load_release
+        from ..models.sliding import SlidingOptions
+
+        if release_dir is None:
+            raise NotConfiguredError("no weights release configured for the deep-learning analyzer")
+        self.release = load_release(release_dir, allow_untrained=allow_untrained)
+        self.device = _resolve_device(device)
+        self.options = SlidingOptions(sw_batch_size=sw_batch_size)
+        self.attention_voxel_mm = float(attention_voxel_mm)
+        if self.attention_voxel_mm <= 0:
+            raise ValueError(f"attention_voxel_mm must be positive, got {attention_voxel_mm}")
+        self.info = AnalyzerInfo(name=_NAME, version=self.release.version,
+                                 title=_TITLE + (" (UNTRAINED - TEST OUTPUT)" if self.release.untrained else ""),
+                                 algorithm_family=Code("123110", "DCM", "Artificial Intelligence"),
+                                 untrained=self.release.untrained)
+        self.scheme = load_scheme("chest-ct-43")
+        from ..models.findings import load_findings
+
+        self.catalogue = load_findings()
+        self._models = None
+        if self.release.untrained:
+            logger.warning("deep-learning analyzer runs an UNTRAINED release %s (test output only)", self.release.version)
+
+    def _load(self):
+        if self._models is None:
+            self._models = self.release.build_models(self.device)
+        return self._models
+
+    # ------------------------------------------------------------------ analysis
+    def analyze(self, volume: Volume) -> StudyResult:
+        """Segment, classify and report one CT volume (HU, LPS geometry)."""
+        import torch
+
+        from ..models.backbone import forward_with_features
+        from ..models.sliding import sliding_segment
+        from ..models.transforms import preprocess_volume
+
+        if not isinstance(volume, Volume):
+            raise TypeError("volume must be a neuroradix.types.Volume")
+        backbone, head, _ = self._load()
+        cfg = self.release.config
+        timings = {}
+        t0 = time.perf_counter()
+        grid_in = preprocess_volume(volume, cfg.preprocess)
+        timings["preprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        sliding = sliding_segment(grid_in.array, lambda x: forward_with_features(backbone, x), cfg.preprocess.patch_size,
+                                  cfg.preprocess.overlap, cfg.preprocess.sigma_scale, grid_in.affine, self.options,
+                                  self.device)
+        timings["segmentation_and_embeddings"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        labels = grid_in.labels_to_source(sliding.labels)
+        timings["labels_to_source"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        emb = sliding.embeddings[None].to(self.device)
+        pos = torch.from_numpy(sliding.grid.positions())[None].to(self.device)
+        texts, info = head.generate(emb, pos)
+        timings["head_and_report"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = self._result(volume, labels, sliding.grid, texts[0], info, timings)
+        timings["attention_maps"] = time.perf_counter() - t0
+        logger.info("deep analyzer: %d patches, timings %s", len(sliding.grid),
+                    {k: round(v, 2) for k, v in timings.items()})
+        return result
+
+    def attention_geometry(self, volume: Volume) -> tuple[tuple[int, int, int], np.ndarray]:
+        """Shape and affine of the attention maps' grid: the source grid subsampled to ~attention_voxel_mm."""
+        factors = [max(1, int(round(self.attention_voxel_mm / s))) for s in volume.spacing]
+        shape = tuple(int(np.ceil(n / f)) for n, f in zip(volume.shape, factors))
+        affine = volume.affine.copy()
+        affine[:3, :3] = volume.affine[:3, :3] * np.asarray(factors, dtype=np.float64)
+        affine[:3, 3] = volume.affine[:3, :3] @ ((np.asarray(factors) - 1) / 2.0) + volume.affine[:3, 3]
+        return shape, affine  # type: ignore[return-value]
+
+    def _map(self, name: str, weights: np.ndarray, grid, shape, affine) -> AttentionMap:
+        rel = np.asarray(weights, dtype=np.float64) * len(grid)
+        return AttentionMap(name, grid.stitch(rel, shape, affine).astype(np.float32), affine,
+                            ATTENTION_QUANTITY, ATTENTION_UNIT)
+
+    def _result(self, volume: Volume, labels: np.ndarray, grid, text: str, info: dict, timings: dict) -> StudyResult:
+        shape, affine = self.attention_geometry(volume)
+        probs = info["probabilities"][0].float().cpu().numpy()
+        cls_att = info["cls_attention"][0].float().cpu().numpy()  # [19, P]
+        maps, findings = [], []
+        for spec in self.catalogue.findings:
+            maps.append(self._map(spec.name, cls_att[spec.index], grid, shape, affine))
+            findings.append(Finding(name=spec.name, probability=float(np.clip(probs[spec.index], 0.0, 1.0)),
+                                    code=spec.code, site=spec.site, segment_labels=spec.segment_labels,
+                                    attention_index=len(maps) - 1))
+        token_att = info["token_attention"][0].numpy()  # [T, P]
+        report_w = token_att.mean(axis=0) if len(token_att) else np.full(len(grid), 1.0 / len(grid))
+        maps.append(self._map("Report", report_w, grid, shape, affine))
+        present = [s.label for s in self.scheme.segments]
+        labels = labels.astype(np.uint8)
+        extra = {
+            "model": {"name": self.release.name, "version": self.release.version, "untrained": self.release.untrained},
+            "prompt": info["prompts"][0],
+            "patch_grid": grid.to_dict(),
+            "attention_grid": {"shape": list(shape), "affine": affine.tolist()},
+            "finding_patch_attention": {s.name: cls_att[s.index].tolist() for s in self.catalogue.findings},
+            "report_tokens": [{"token": t, "patch_attention": token_att[i].tolist()}
+                              for i, t in enumerate(info["tokens"][0])],
+            "segments_present": sorted(int(v) for v in np.unique(labels) if v in present),
+            "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
+        }
+        return StudyResult(analyzer=self.info, labels=labels, segments=self.scheme.segments,
+                           findings=tuple(findings), report_text=text, attention=tuple(maps), extra=extra)
+
+    def token_attention_map(self, result: StudyResult, index: int) -> AttentionMap:
+        """The attention map of report token ``index`` (from ``result.extra``), on the attention grid."""
+        from ..models.sliding import PatchGrid
+
+        tokens = result.extra["report_tokens"]
+        if not 0 <= index < len(tokens):
+            raise IndexError(f"token index {index} outside 0..{len(tokens) - 1}")
+        grid = PatchGrid.from_dict(result.extra["patch_grid"])
+        geo = result.extra["attention_grid"]
+        name = f"Report token {index}: {tokens[index]['token'].strip() or '_'}"
+        return self._map(name, np.asarray(tokens[index]["patch_attention"]), grid, tuple(geo["shape"]),
+                         np.asarray(geo["affine"]))

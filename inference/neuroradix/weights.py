@@ -1,0 +1,269 @@
+"""Model releases: a folder with ``manifest.json`` listing every file with its sha256.
+
+Layout (see ``weights/README.md``)::
+
+    <release>/manifest.json
+    <release>/backbone.pt        state dict of the SwinUNETR (torch.save, loaded weights_only)
+    <release>/head.pt            state dict of the multitask head
+    <release>/tokenizer/...      tokenizer.json + tokenizer_config.json
+
+:func:`load_release` checks the manifest format, every file's size and sha256, the model
+config, the class scheme and the finding catalogue against what this code knows, and refuses
+a mismatch with a :class:`~neuroradix.errors.WeightsError` saying what differs.  An untrained
+release (random weights) is refused unless ``allow_untrained=True``
+(:class:`~neuroradix.errors.NotConfiguredError`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+from .errors import NotConfiguredError, WeightsError
+from .models.config import ModelConfig, diff_dicts, tiny_config
+from .models.findings import load_findings
+from .schemes import load_scheme
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MANIFEST", "FORMAT", "CTRATE_LICENCE", "Release", "write_release", "load_release", "make_test_release",
+           "sha256_file"]
+
+MANIFEST = "manifest.json"
+FORMAT = "neuroradix-weights/1"
+CTRATE_LICENCE = "CC-BY-NC-SA-4.0"
+SCHEME = "chest-ct-43"
+FINDINGS = "ct-rate-18"
+_MODEL_FILES = ("backbone", "head")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Release:
+    """A verified release: its folder, manifest and model config."""
+
+    path: Path
+    manifest: dict
+    config: ModelConfig
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", "swinunetr-ctrate"))
+
+    @property
+    def untrained(self) -> bool:
+        return bool(self.manifest["untrained"])
+
+    def file(self, key: str) -> Path:
+        return self.path / self.manifest["files"][key]["path"]
+
+    def load_tokenizer(self):
+        from .models.tokenizer import load_tokenizer
+
+        return load_tokenizer(self.path / self.manifest["tokenizer"]["path"])
+
+    def build_models(self, device: str = "cpu"):
+        """Build the backbone and head and load their state dicts (strict); ``(backbone, head, tokenizer)``."""
+        import torch
+
+        from .models.backbone import build_backbone
+        from .models.head import MultitaskHead
+
+        tok = self.load_tokenizer()
+        backbone = build_backbone(self.config.backbone)
+        head = MultitaskHead(self.config.head, tok)
+        for key, module in (("backbone", backbone), ("head", head)):
+            state = torch.load(self.file(key), map_location="cpu", weights_only=True)
+            result = module.load_state_dict(state, strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                raise WeightsError(
+                    f"{self.file(key)}: state dict does not fit the configured {key}: "
+                    f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+                )
+        return backbone.to(device).eval(), head.to(device).eval(), tok
+
+
+def _file_entry(root: Path, rel: str) -> dict:
+    p = root / rel
+    return {"path": rel, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+def write_release(
+    out_dir: Union[str, Path],
+    model_cfg: ModelConfig,
+    files: Mapping[str, Mapping],
+    tokenizer_dir: Union[str, Path],
+    *,
+    version: str,
+    untrained: bool,
+    training_data: Sequence[dict] = (),
+    licence: str = CTRATE_LICENCE,
+    name: str = "swinunetr-ctrate",
+    notes: str = "",
+) -> Path:
+    """Write a release folder: state dicts, tokenizer copy and ``manifest.json``.
+
+    Parameters
+    ----------
+    files:
+        ``{"backbone": state_dict, "head": state_dict}``.
+    training_data:
+        Data sets used, e.g. ``[{"name": "CT-RATE", "licence": "CC-BY-NC-SA-4.0", "url": ...}]``.
+    licence:
+        Licence of the weights (CT-RATE's CC BY-NC-SA 4.0 carries over to models trained on it).
+    """
+    import torch
+
+    if set(files) != set(_MODEL_FILES):
+        raise ValueError(f"files must have exactly the keys {list(_MODEL_FILES)}, got {sorted(files)}")
+    if not version:
+        raise ValueError("version must not be empty")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for key in _MODEL_FILES:
+        rel = f"{key}.pt"
+        state = {k: v.detach().cpu().contiguous() for k, v in files[key].items()}
+        torch.save(state, out / rel)
+        entries[key] = _file_entry(out, rel)
+    tok_src = Path(tokenizer_dir)
+    tok_dst = out / "tokenizer"
+    if tok_src.resolve() != tok_dst.resolve():
+        if tok_dst.exists():
+            shutil.rmtree(tok_dst)
+        shutil.copytree(tok_src, tok_dst)
+    tok_files = sorted(p.relative_to(out).as_posix() for p in tok_dst.rglob("*") if p.is_file())
+    for rel in tok_files:
+        entries[rel] = _file_entry(out, rel)
+    scheme = load_scheme(SCHEME)
+    findings = load_findings(FINDINGS)
+    manifest = {
+        "format": FORMAT,
+        "name": name,
+        "version": str(version),
+        "untrained": bool(untrained),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model_cfg.to_dict(),
+        "class_scheme": {"name": scheme.name, "version": scheme.version, "classes": len(scheme)},
+        "findings": {"name": findings.name, "version": findings.version, "names": findings.names},
+        "tokenizer": {"path": "tokenizer", "files": tok_files},
+        "files": entries,
+        "training_data": list(training_data),
+        "licence": licence,
+        "notes": notes,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    logger.info("wrote release %s %s to %s (untrained=%s)", name, version, out, untrained)
+    return out
+
+
+def _check(cond: bool, path: Path, message: str) -> None:
+    if not cond:
+        raise WeightsError(f"{path}: {message}")
+
+
+def load_release(directory: Union[str, Path], *, allow_untrained: bool = False,
+                 expected: Optional[ModelConfig] = None) -> Release:
+    """Verify a release folder and return it.
+
+    Raises
+    ------
+    WeightsError
+        Missing/malformed manifest, a file missing or with another size or sha256 (the message
+        names the file), a config that does not parse or differs from ``expected``, or a class
+        scheme / finding catalogue other than this code's.
+    NotConfiguredError
+        The release is marked untrained and ``allow_untrained`` is false.
+    """
+    root = Path(directory)
+    mpath = root / MANIFEST
+    _check(mpath.is_file(), root, f"no {MANIFEST} (not a weights release)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{mpath}: not valid JSON: {exc}") from exc
+    _check(manifest.get("format") == FORMAT, mpath, f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    for key in ("version", "untrained", "model", "class_scheme", "findings", "tokenizer", "files", "licence"):
+        _check(key in manifest, mpath, f"'{key}' is missing")
+    files = manifest["files"]
+    for key in _MODEL_FILES:
+        _check(key in files, mpath, f"files has no '{key}' entry")
+    for key, entry in files.items():
+        p = root / entry["path"]
+        _check(p.is_file(), p, f"file listed in the manifest ({key}) is missing")
+        size = p.stat().st_size
+        _check(size == entry.get("bytes", size), p, f"size {size} bytes differs from the manifest's {entry.get('bytes')}")
+        digest = sha256_file(p)
+        _check(digest == entry.get("sha256"), p,
+               f"sha256 mismatch: manifest says {entry.get('sha256')}, file has {digest}")
+    try:
+        cfg = ModelConfig.from_dict(manifest["model"])
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{mpath}: model config is invalid: {exc}") from exc
+    if expected is not None and cfg != expected:
+        diffs = diff_dicts(expected.to_dict(), cfg.to_dict())
+        raise WeightsError(f"{mpath}: model config differs from the expected one: " + "; ".join(diffs))
+    scheme = load_scheme(SCHEME)
+    cs = manifest["class_scheme"]
+    want = {"name": scheme.name, "version": scheme.version, "classes": len(scheme)}
+    _check(cs == want, mpath, "class scheme differs: " + "; ".join(diff_dicts(want, cs)))
+    _check(cfg.backbone.out_channels == len(scheme) + 1, mpath,
+           f"backbone.out_channels {cfg.backbone.out_channels} != {len(scheme)} classes + background")
+    fc = load_findings(FINDINGS)
+    fm = manifest["findings"]
+    wantf = {"name": fc.name, "version": fc.version, "names": fc.names}
+    _check(fm == wantf, mpath, "finding catalogue differs: " + "; ".join(diff_dicts(wantf, fm)))
+    tok_files = set(manifest["tokenizer"].get("files", []))
+    _check(f"{manifest['tokenizer']['path']}/tokenizer.json" in tok_files, mpath, "tokenizer.json is not listed")
+    _check(tok_files <= set(e["path"] for e in files.values()), mpath, "tokenizer files are not all hashed in 'files'")
+    if manifest["untrained"] and not allow_untrained:
+        raise NotConfiguredError(
+            f"{root}: release {manifest['version']} is marked untrained (random weights); "
+            "refusing it without the test-only allow-untrained switch"
+        )
+    return Release(root, manifest, cfg)
+
+
+def make_test_release(out_dir: Union[str, Path], cfg: Optional[ModelConfig] = None, *, seed: int = 0) -> Path:
+    """A release in the real format with random weights, marked untrained (tests and demos)."""
+    import tempfile
+
+    import torch
+
+    from .models.backbone import build_backbone
+    from .models.head import MultitaskHead
+    from .models.tokenizer import train_tokenizer
+
+    cfg = cfg or tiny_config()
+    torch.manual_seed(seed)
+    texts = [
+        "No pleural effusion. The heart size is normal. No lymphadenopathy.",
+        "Mild emphysema in both upper lobes. A 4 mm nodule in the right lower lobe.",
+        "Atelectasis in the left lower lobe. Coronary artery wall calcification.",
+        "Bilateral pleural effusion with adjacent consolidation. Cardiomegaly.",
+    ] * 8
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = train_tokenizer(texts, vocab_size=400, out_dir=tmp)
+        backbone = build_backbone(cfg.backbone)
+        head = MultitaskHead(cfg.head, tok)
+        return write_release(
+            out_dir, cfg, {"backbone": backbone.state_dict(), "head": head.state_dict()}, tmp,
+            version="0.0.0-test", untrained=True, training_data=[], licence="Apache-2.0",
+            name="swinunetr-ctrate-test", notes="Random weights for tests and demos. UNTRAINED - TEST OUTPUT.",
+        )

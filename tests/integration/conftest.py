@@ -1,0 +1,36 @@
+"""Fixtures that start a real Orthanc (Debian's packages) and the sidecar on free ports."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.integration.node import TestNode
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-ct"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory):
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc is not installed (make setup installs it)")
+    running = TestNode(tmp_path_factory.mktemp("node")).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def thorax_volume():
+    from neuroradix.dicom.ctseries import nifti_to_volume
+
+    path = SHARED / "thorax_ct_1.5mm.nii.gz"
+    if not path.exists():
+        pytest.skip("the shared real chest CT is not present")
+    return nifti_to_volume(path)

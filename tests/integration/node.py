@@ -1,0 +1,141 @@
+"""A real node for integration tests: Debian's Orthanc + the sidecar as subprocesses, on free ports."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pydicom
+
+from neuroradix.dicom.dicomweb import PacsClient
+from neuroradix.node.launcher import NodeConfig, sidecar_environment
+from neuroradix.node.orthanc import OrthancProcess, free_port
+
+TERMINAL = ("succeeded", "failed", "skipped")
+
+
+class TestNode:
+    """Orthanc + sidecar with short leases and a fast reconciler, for tests."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, root: Path, stable_age: int = 2, lease_seconds: float = 8.0, extra_env: Optional[dict] = None) -> None:
+        self.root = root
+        self.config = NodeConfig(
+            var_dir=root,
+            orthanc_port=free_port(),
+            dicom_port=free_port(),
+            sidecar_port=free_port(),
+            orthanc_user="test",
+            orthanc_password="test-password-" + os.urandom(6).hex(),
+            sidecar_token="test-token-" + os.urandom(12).hex(),
+            stable_age=stable_age,
+        )
+        self.env = sidecar_environment(self.config)
+        self.env.update(
+            {
+                "NEURORADIX_LEASE_SECONDS": str(lease_seconds),
+                "NEURORADIX_POLL_SECONDS": "0.2",
+                "NEURORADIX_RETRY_BASE_SECONDS": "1",
+                "NEURORADIX_RECONCILE_INTERVAL_SECONDS": "3",
+                **(extra_env or {}),
+            }
+        )
+        self.orthanc = OrthancProcess(self.config.orthanc_spec())
+        self.sidecar: Optional[subprocess.Popen] = None
+        self.pacs = PacsClient(self.config.orthanc_url + "/dicom-web", self.config.orthanc_user, self.config.orthanc_password)
+
+    # --- processes ---------------------------------------------------------------------------
+    def start(self) -> "TestNode":
+        self.orthanc.start(timeout=60)
+        self.start_sidecar()
+        return self
+
+    def start_sidecar(self) -> None:
+        log = open(self.root / "sidecar.log", "ab")
+        self.sidecar = subprocess.Popen(
+            [sys.executable, "-m", "neuroradix.cli", "serve", "--host", "127.0.0.1", "--port", str(self.config.sidecar_port)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.sidecar.poll() is not None:
+                raise RuntimeError("sidecar exited at start:\n" + self.log_tail())
+            try:
+                self.api("GET", "/healthz")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        raise TimeoutError("sidecar did not start:\n" + self.log_tail())
+
+    def stop_sidecar(self) -> None:
+        if self.sidecar is not None and self.sidecar.poll() is None:
+            os.killpg(self.sidecar.pid, signal.SIGTERM)
+            try:
+                self.sidecar.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.sidecar.pid, signal.SIGKILL)
+                self.sidecar.wait()
+
+    def stop(self) -> None:
+        self.stop_sidecar()
+        self.orthanc.stop()
+
+    def worker_pid(self) -> int:
+        return int((self.root / "run" / "worker-0.pid").read_text())
+
+    def log_tail(self, n: int = 60) -> str:
+        path = self.root / "sidecar.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+    # --- I/O -----------------------------------------------------------------------------------
+    def api(self, method: str, path: str, body: Optional[dict] = None, raw: bool = False):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.config.sidecar_url + path, data=data, method=method,
+            headers={"Authorization": f"Bearer {self.config.sidecar_token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            content = response.read()
+        return content if raw else json.loads(content)
+
+    def upload(self, datasets: Sequence[pydicom.Dataset]) -> None:
+        """Store instances through Orthanc's REST API (like a C-STORE, without dcmtk)."""
+        import io
+
+        for ds in datasets:
+            buffer = io.BytesIO()
+            ds.save_as(buffer, enforce_file_format=True)
+            self.orthanc.request("POST", "/instances", buffer.getvalue())
+
+    def storescu(self, files: Sequence[Path]) -> None:
+        if shutil.which("storescu") is None:
+            raise RuntimeError("dcmtk's storescu is not installed")
+        subprocess.run(
+            ["storescu", "-aet", "TESTSCU", "-aec", self.config.aet, "127.0.0.1", str(self.config.dicom_port), *map(str, files)],
+            check=True, capture_output=True,
+        )
+
+    def jobs(self, study_uid: str) -> list[dict]:
+        return self.api("GET", f"/v1/jobs?study_uid={study_uid}")
+
+    def wait_job(self, study_uid: str, timeout: float = 180.0, states: Sequence[str] = TERMINAL) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = self.jobs(study_uid)
+            if jobs and jobs[0]["state"] in states:
+                return jobs[0]
+            time.sleep(0.2)
+        raise TimeoutError(f"no job reached {states} in {timeout} s; jobs={self.jobs(study_uid)}\n{self.log_tail()}")
+
+    def series(self, study_uid: str) -> list[pydicom.Dataset]:
+        return self.pacs.search_series(study_uid)

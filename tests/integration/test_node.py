@@ -1,0 +1,191 @@
+"""The node end to end against a real Orthanc: upload -> STABLE_STUDY -> sidecar -> results in QIDO."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import time
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from neuroradix.dicom.ctseries import volume_to_ct_series, write_series
+from neuroradix.phantom import thorax_phantom
+from tests.factory import ct_series
+
+SEG, SR, PM, PDF = (
+    "1.2.840.10008.5.1.4.1.1.66.4",
+    "1.2.840.10008.5.1.4.1.1.88.34",
+    "1.2.840.10008.5.1.4.1.1.30",
+    "1.2.840.10008.5.1.4.1.1.104.1",
+)
+
+
+def _phantom_series(seed: str, **kwargs):
+    volume, _ = thorax_phantom(**kwargs)
+    return volume_to_ct_series(volume, uid_seed=seed)
+
+
+def _outputs(node, study_uid):
+    return [s for s in node.series(study_uid) if str(s.get("Manufacturer", "")) == "Neuro Radix"]
+
+
+def _dciodvfy_errors(ds: pydicom.Dataset, tmp_path) -> list[str]:
+    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_real_ct_gets_seg_sr_map_and_pdf_left_lung_on_the_left(node, thorax_volume, tmp_path):
+    datasets = volume_to_ct_series(thorax_volume, uid_seed="it-real-ct")
+    study_uid = str(datasets[0].StudyInstanceUID)
+    node.upload(datasets)
+    job = node.wait_job(study_uid, timeout=300)
+    assert job["state"] == "succeeded", job
+    assert job["trigger"] in ("stable-study", "reconciler")
+    assert set(job["timings"]) >= {"select", "fetch", "decode", "assemble", "analyze:lung-hu", "encode:lung-hu", "store"}
+    series = _outputs(node, study_uid)
+    sop_classes = set()
+    stored = {}
+    for record in job["output_uids"]:
+        ds = node.pacs.retrieve_instance(study_uid, record["series_instance_uid"], record["sop_instance_uid"])
+        sop_classes.add(str(ds.SOPClassUID))
+        stored[str(ds.SOPClassUID)] = ds
+        assert ds.StudyInstanceUID == study_uid and ds.PatientID == datasets[0].PatientID
+        assert _dciodvfy_errors(ds, tmp_path) == [], ds.SeriesDescription
+    assert sop_classes == {SEG, SR, PM, PDF}
+    assert len(series) == 4
+    # The SEG read back: the left lung lies on the patient's left (+x in LPS), the right lung on the right.
+    seg = hd.seg.Segmentation.from_dataset(stored[SEG])
+    numbers = {d.segment_label: d.segment_number for d in seg.SegmentSequence}
+    centroids = {}
+    for name in ("Left lung", "Right lung"):
+        volume = seg.get_volume(segment_numbers=[numbers[name]], combine_segments=True, relabel=False)
+        idx = np.argwhere(volume.array > 0)
+        centroids[name] = (volume.affine @ np.c_[idx, np.ones(len(idx))].T).T[:, :3].mean(axis=0)
+    assert centroids["Left lung"][0] > 0 > centroids["Right lung"][0]
+    details = job["details"]["results"]["lung-hu"]
+    volumes = {m["name"]: m["value"] for m in details["measurements"]}
+    assert any("Left lung" in k for k in volumes) and details["report_text"]
+
+
+def test_same_study_sent_twice_adds_no_series(node):
+    datasets = _phantom_series("it-twice")
+    study_uid = str(datasets[0].StudyInstanceUID)
+    node.upload(datasets)
+    first = node.wait_job(study_uid)
+    assert first["state"] == "succeeded", first
+    before = sorted(str(s.SeriesInstanceUID) for s in node.series(study_uid))
+    node.upload(datasets)  # resend: STABLE_STUDY fires again
+    node.api("POST", "/v1/jobs", {"study_uid": study_uid, "rerun": True})  # and a manual rerun on top
+    time.sleep(3)
+    second = node.wait_job(study_uid)
+    assert second["state"] == "succeeded"
+    after = sorted(str(s.SeriesInstanceUID) for s in node.series(study_uid))
+    assert after == before
+    instances = sum(int(s.get("NumberOfSeriesRelatedInstances", 0)) for s in _outputs(node, study_uid))
+    assert instances == len(first["output_uids"])
+
+
+def test_worker_killed_mid_job_loses_nothing(node, thorax_volume):
+    datasets = volume_to_ct_series(thorax_volume, uid_seed="it-kill")
+    study_uid = str(datasets[0].StudyInstanceUID)
+    node.upload(datasets)
+    running = node.wait_job(study_uid, states=("running",), timeout=120)
+    victim = node.worker_pid()
+    os.kill(victim, signal.SIGKILL)
+    job = node.wait_job(study_uid, timeout=300)
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] >= 2 and running["id"] == job["id"]
+    assert node.worker_pid() != victim  # the supervisor started a new worker
+    assert len(_outputs(node, study_uid)) == 4
+
+
+def test_study_arriving_while_sidecar_is_down_is_processed_after_it_starts(node):
+    node.stop_sidecar()
+    try:
+        datasets = _phantom_series("it-sidecar-down")
+        study_uid = str(datasets[0].StudyInstanceUID)
+        node.upload(datasets)
+        time.sleep(4)  # stable while nobody listens: the plugin retries, the reconciler will sweep
+    finally:
+        node.start_sidecar()
+    job = node.wait_job(study_uid, timeout=180)
+    assert job["state"] == "succeeded", job
+    assert len(_outputs(node, study_uid)) == 4
+
+
+def test_non_ct_study_is_skipped_with_reason(node):
+    datasets = ct_series(np.zeros((12, 16, 16), np.float32), modality="MR", description="T1 brain")
+    for ds in datasets:
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    study_uid = str(datasets[0].StudyInstanceUID)
+    node.upload(datasets)
+    job = node.wait_job(study_uid)
+    assert job["state"] == "skipped" and "no usable CT series" in job["error_message"]
+    assert "modality is not CT" in job["error_message"] and _outputs(node, study_uid) == []
+
+
+def test_missing_slices_fail_with_reason_and_store_nothing(node):
+    datasets = _phantom_series("it-gap")
+    del datasets[20]
+    study_uid = str(datasets[0].StudyInstanceUID)
+    node.upload(datasets)
+    job = node.wait_job(study_uid)
+    assert job["state"] == "failed" and job["error_class"] == "BadInputError"
+    assert "missing slices" in job["error_message"] and job["attempts"] == 1
+    assert _outputs(node, study_uid) == []
+
+
+def test_storescu_to_the_dicom_port_gets_results(node, tmp_path):
+    datasets = _phantom_series("it-storescu")
+    study_uid = str(datasets[0].StudyInstanceUID)
+    files = write_series(datasets, tmp_path / "ct")
+    sent = time.monotonic()
+    node.storescu(files)
+    # If the study turned stable before the last slice (a slow sender), the plugin posts it again
+    # as a rerun once the rest has arrived; what counts is the final state.
+    job = node.wait_job(study_uid, states=("succeeded",), timeout=120)
+    assert time.monotonic() - sent < 60
+    modalities = sorted(str(s.Modality) for s in _outputs(node, study_uid))
+    assert modalities == sorted(["SEG", "SR", "OT", "DOC"])
+
+
+def test_results_zip_matches_the_sr(node):
+    import json
+    import zipfile
+
+    datasets = _phantom_series("it-zip")
+    study_uid = str(datasets[0].StudyInstanceUID)
+    node.upload(datasets)
+    assert node.wait_job(study_uid)["state"] == "succeeded"
+    data = node.api("GET", f"/v1/studies/{study_uid}/results.zip", raw=True)
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    names = archive.namelist()
+    assert "results.json" in names and "lung-hu/labels.nii.gz" in names
+    dcms = [pydicom.dcmread(io.BytesIO(archive.read(n))) for n in names if n.endswith(".dcm")]
+    assert sorted(str(d.Modality) for d in dcms) == sorted(["SEG", "SR", "OT", "DOC"])
+    document = json.loads(archive.read("results.json"))
+    assert document["study"]["StudyInstanceUID"] == study_uid
+    sr = next(d for d in dcms if d.Modality == "SR")
+    sr_numbers = _sr_numbers(sr)
+    for m in document["results"]["lung-hu"]["measurements"]:
+        assert any(abs(v - m["value"]) < 1e-2 * max(1, abs(v)) for name, v in sr_numbers if name == m["concept"]["meaning"]), m
+
+
+def _sr_numbers(sr: pydicom.Dataset) -> list[tuple[str, float]]:
+    out = []
+
+    def walk(items):
+        for item in items:
+            if item.ValueType == "NUM" and "MeasuredValueSequence" in item:
+                out.append((item.ConceptNameCodeSequence[0].CodeMeaning, float(item.MeasuredValueSequence[0].NumericValue)))
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(sr.ContentSequence)
+    return out

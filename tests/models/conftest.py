@@ -1,0 +1,32 @@
+"""Shared fixtures for the model tests: one tiny untrained release per session (it takes ~30 s)."""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def test_release(tmp_path_factory):
+    from neuroradix.weights import make_test_release
+
+    return make_test_release(tmp_path_factory.mktemp("release") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from neuroradix.models.tokenizer import train_tokenizer
+
+    texts = ["No pleural effusion. Mild emphysema in both upper lobes.",
+             "Heart size normal. A nodule in the right lower lobe."] * 10
+    return train_tokenizer(texts, vocab_size=300)

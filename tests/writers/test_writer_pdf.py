@@ -1,0 +1,61 @@
+"""PDF writer: a valid PDF in a valid Encapsulated PDF instance, with the findings in it."""
+import io
+
+import numpy as np
+import pypdf
+import pytest
+
+from neuroradix.dicom.pdf import ENCAPSULATED_PDF_STORAGE, build_pdf, key_images, render_pdf_bytes
+from writer_fixtures import LEFT, RIGHT, dciodvfy
+
+
+def _text(pdf: bytes) -> str:
+    return "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf)).pages)
+
+
+def test_pdf_content(result, ctx):
+    pdf = render_pdf_bytes(result, ctx)
+    assert pdf.startswith(b"%PDF")
+    text = _text(pdf)
+    for finding in result.findings:
+        assert finding.name in text
+    assert "83.0 %" in text and "12.0 %" in text
+    assert "Not for diagnostic use" in text
+    assert "Lung HU analyzer" in text and "1.0.0" in text
+    assert "NRX-0001" in text and "Test, Writer" in text
+    assert "Centrilobular emphysema" in text
+    assert "2450.5" in text
+    assert "UNTRAINED" not in text
+
+
+def test_pdf_is_deterministic(result, ctx):
+    assert render_pdf_bytes(result, ctx) == render_pdf_bytes(result, ctx)
+
+
+def test_key_images_show_left_lung_on_image_right(result, ctx):
+    """Radiological convention: the patient's left appears on the right of the image."""
+    images = key_images(result, ctx.volume)
+    assert [k.caption.split(",")[0] for k in images] == ["Axial", "Coronal", "Axial", "Coronal"]
+    axial = images[0].rgb.astype(int)
+    left_colour = np.array(next(s.color for s in result.segments if s.label == LEFT))
+    right_colour = np.array(next(s.color for s in result.segments if s.label == RIGHT))
+    width = axial.shape[1]
+    near = lambda colour: np.all(np.abs(axial - colour) < 3, axis=-1)  # noqa: E731 (segment outlines)
+    left_cols = np.nonzero(near(left_colour).any(axis=0))[0]
+    right_cols = np.nonzero(near(right_colour).any(axis=0))[0]
+    assert left_cols.min() > width / 2 > right_cols.max()
+    assert images[0].pixel_mm == pytest.approx((0.8, 0.7))
+
+
+def test_pdf_dataset(result, ctx, roundtrip):
+    back, path = roundtrip(build_pdf(result, ctx))
+    assert back.SOPClassUID == ENCAPSULATED_PDF_STORAGE
+    assert back.Modality == "DOC" and back.MIMETypeOfEncapsulatedDocument == "application/pdf"
+    pdf = bytes(back.EncapsulatedDocument)[: int(back.EncapsulatedDocumentLength)]
+    assert pdf.startswith(b"%PDF") and "Emphysema" in _text(pdf)
+    src = ctx.source[0]
+    for key in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber"):
+        assert back[key].value == src[key].value
+    assert back.SeriesInstanceUID != src.SeriesInstanceUID
+    errors, _ = dciodvfy(path)
+    assert errors == []
