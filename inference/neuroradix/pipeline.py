@@ -158,14 +158,22 @@ def process_study(
     tag = short_hash(study_uid)
     timer = StageTimer(tick)
     rules = load_rules()
+    fetched: dict[str, list] = {}
+
+    def fetch(series_uid: str) -> list:
+        with timer.stage("fetch"):
+            fetched[series_uid] = pacs.retrieve_series(study_uid, series_uid)
+        if len(fetched[series_uid]) > settings.max_series_instances:
+            raise BadInputError(
+                f"series has {len(fetched[series_uid])} instances, above the limit {settings.max_series_instances}"
+            )
+        return fetched[series_uid]
+
     with timer.stage("select"):
-        series = pacs.search_series(study_uid)
-        chosen = select_series(series, lambda uid: pacs.series_metadata(study_uid, uid), rules, MANUFACTURER)
+        chosen = select_series(pacs.search_series(study_uid), fetch, rules, MANUFACTURER)
+    timer.seconds["select"] = round(timer.seconds["select"] - timer.seconds.get("fetch", 0.0), 4)
+    datasets = fetched[chosen.series_uid]
     LOG.info("study %s: series of %d slices selected", tag, chosen.n_slices)
-    with timer.stage("fetch"):
-        datasets = pacs.retrieve_series(study_uid, chosen.series_uid)
-    if len(datasets) > settings.max_series_instances:
-        raise BadInputError(f"series has {len(datasets)} instances, above the limit {settings.max_series_instances}")
     try:
         assembled = load_volume(datasets, settings, timer)
     except BadInputError as exc:

@@ -1,7 +1,8 @@
 """The study the OHIF test opens: a real chest CT and the node's own results for it.
 
 :func:`build_processed_study` is the one place that makes the data. It reads the real contrast
-chest CT (``thorax_ct_1.5mm.nii.gz``, 191 slices of 167 x 233 at 1.5 mm), writes it as a DICOM CT
+chest CT (``thorax_ct_1.5mm.nii.gz``, 191 slices of 167 x 233 at 1.5 mm, cut to 166 x 232, see
+:func:`even_in_plane`), writes it as a DICOM CT
 series, runs the node's no-weights :class:`~neuroradix.analyzers.lung.LungAnalyzer` on it and
 encodes the result with :func:`~neuroradix.dicom.encode.encode_result`: SEG, Parametric Map of
 the attention map, SR and Encapsulated PDF, all in the CT's study. That is the pipeline's
@@ -19,12 +20,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from neuroradix.analyzers.lung import LungAnalyzer
 from neuroradix.dicom.common import OutputContext
 from neuroradix.dicom.ctseries import nifti_to_volume, volume_to_ct_series
 from neuroradix.dicom.encode import encode_result
+from neuroradix.types import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,18 @@ class ProcessedStudy:
     series_descriptions: dict  # SeriesInstanceUID -> SeriesDescription
 
 
+def even_in_plane(volume: Volume) -> Volume:
+    """Drop the last row and column where needed so that rows and columns are even.
+
+    OHIF 3.13's parametric-map loader (``@cornerstonejs/adapters``) makes a view of frame ``i``
+    at byte offset ``i * rows * columns``, which throws a ``RangeError`` for 16- and 32-bit
+    pixels unless ``rows * columns`` is a multiple of their size. Clinical CTs (512 x 512) are;
+    this test CT (167 x 233) is not. Voxel positions do not change.
+    """
+    _, rows, cols = volume.shape
+    return Volume(np.ascontiguousarray(volume.array[:, : rows - rows % 2, : cols - cols % 2]), volume.affine)
+
+
 def build_processed_study(ct_path: Path = REAL_CT) -> tuple[list[Dataset], ProcessedStudy]:
     """Build the CT series and the node's result objects for it, ready to upload.
 
@@ -57,7 +72,7 @@ def build_processed_study(ct_path: Path = REAL_CT) -> tuple[list[Dataset], Proce
         Every instance (CT slices first, then SEG, Parametric Map(s), SR, PDF) and the UIDs
         the test looks for.
     """
-    volume = nifti_to_volume(ct_path)
+    volume = even_in_plane(nifti_to_volume(ct_path))
     source = volume_to_ct_series(volume, uid_seed="neuroradix-ohif-browser-test",
                                  series_description="Chest CT 1.5 mm", study_description="CT chest (OHIF test)")
     result = LungAnalyzer().analyze(volume)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.node import TestNode
+from neuroradix.node.harness import EphemeralNode
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-ct"
 
@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(items):
 def node(tmp_path_factory):
     if shutil.which("Orthanc") is None:
         pytest.skip("Orthanc is not installed (make setup installs it)")
-    running = TestNode(tmp_path_factory.mktemp("node")).start()
+    running = EphemeralNode(tmp_path_factory.mktemp("node")).start()
     yield running
     running.stop()
 

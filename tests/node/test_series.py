@@ -84,3 +84,29 @@ def test_rules_are_validated_on_load():
     data["ranking"] = ["biggest_font"]
     with pytest.raises(ConfigError, match="unknown ranking"):
         load_rules(json.dumps(data))
+
+
+def test_only_the_largest_usable_series_is_fetched():
+    study = "1.2.3"
+    big = ct_series(_vol(60), study_uid=study, series_number=3)
+    small = ct_series(_vol(20), study_uid=study, series_number=2)
+    scout = ct_series(_vol(2), study_uid=study, series_number=1, description="Topogram 0.6")
+    by_uid = {s[0].SeriesInstanceUID: s for s in (big, small, scout)}
+    summaries = []
+    for s in (scout, small, big):
+        summary = _summary(s)
+        summary.NumberOfSeriesRelatedInstances = len(s)
+        summary.SeriesDescription = s[0].SeriesDescription
+        summaries.append(summary)
+    fetched = []
+
+    def instances(uid):
+        fetched.append(uid)
+        return by_uid[uid]
+
+    chosen = select_series(summaries, instances, RULES, "Neuro Radix")
+    assert chosen.series_uid == big[0].SeriesInstanceUID and fetched == [big[0].SeriesInstanceUID]
+    big[7].ImageOrientationPatient = [0, 1, 0, 1, 0, 0]  # now unusable: the next one is fetched
+    fetched.clear()
+    assert select_series(summaries, instances, RULES, "Neuro Radix").series_uid == small[0].SeriesInstanceUID
+    assert fetched == [big[0].SeriesInstanceUID, small[0].SeriesInstanceUID]

@@ -49,7 +49,7 @@ def merge(base: dict, override: dict, where: str = "", strict: bool = True) -> d
     for key, value in override.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in out:
-            if strict:
+            if strict and not path.startswith("model."):  # model sections are validated by ModelConfig
                 raise ConfigError(f"unknown config key {path!r}; known here: {sorted(out)}")
             out[key] = copy.deepcopy(value)
         elif isinstance(out[key], dict) and isinstance(value, dict) and out[key]:
@@ -70,6 +70,11 @@ def parse_set(items: Iterable[str]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {exc}") from exc
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string; people mean a number
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:

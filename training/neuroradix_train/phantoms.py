@@ -86,11 +86,10 @@ def make_phantom(findings: Sequence[str], seed: int, spec: PhantomSpec = Phantom
     hu[body & ~_ellipsoid(grid, (cz, cy, cx), (S * 0.8, R * 0.36, C * 0.40))] = 40.0  # muscle wall
     lung_r = _ellipsoid(grid, (cz, cy, cx - C * 0.19), (S * 0.42 * j(0.08), R * 0.3 * j(0.08), C * 0.15 * j(0.08)))
     lung_l = _ellipsoid(grid, (cz, cy, cx + C * 0.19), (S * 0.42 * j(0.08), R * 0.3 * j(0.08), C * 0.14 * j(0.08)))
-    upper = z > cz
-    for mask, (up, lo) in ((lung_r, ("lung_upper_lobe_right", "lung_lower_lobe_right")), (lung_l, ("lung_upper_lobe_left", "lung_lower_lobe_left"))):
+    # each phantom lung is one lobe (upper-lobe id): fissures are not modelled
+    for mask, lobe in ((lung_r, "lung_upper_lobe_right"), (lung_l, "lung_upper_lobe_left")):
         hu[mask] = -850.0
-        lab[mask & upper] = TS[up]
-        lab[mask & ~upper] = TS[lo]
+        lab[mask] = TS[lobe]
     heart_scale = 1.45 if "Cardiomegaly" in findings else 1.0
     heart = _ellipsoid(grid, (cz - S * 0.12, cy - R * 0.08, cx + C * 0.04), np.array((S * 0.14, R * 0.14, C * 0.1)) * heart_scale * j(0.05))
     hu[heart] = 45.0
@@ -226,11 +225,17 @@ def _add_real_cts(real: Path, ds: Path, rows: dict) -> None:
         vol_dir.mkdir(parents=True, exist_ok=True)
         img = nib.load(str(src))
         raw = np.asarray(img.dataobj).astype(np.float32) + 1024.0
-        nib.save(nib.Nifti1Image(np.rint(raw).astype(np.int16), img.affine), str(vol_dir / name))
         if seg is not None and (real / seg).is_file():
+            seg_img = nib.load(str(real / seg))
+            # abdomen_ct_3mm_totalseg117 covers only the first 30 of the CT's 112 slices (same origin
+            # and spacing): crop the CT to the segmented slab so both share one grid
+            if not np.allclose(seg_img.affine, img.affine) or any(a > b for a, b in zip(seg_img.shape, raw.shape)):
+                raise ValueError(f"{seg}: not on the grid of {vol}")
+            raw = raw[: seg_img.shape[0], : seg_img.shape[1], : seg_img.shape[2]]
             (ds / "segmentations" / split).mkdir(parents=True, exist_ok=True)
             shutil.copyfile(real / seg, ds / "segmentations" / split / name)
-        zooms = img.header.get_zooms()
+        nib.save(nib.Nifti1Image(np.rint(raw).astype(np.int16), img.affine), str(vol_dir / name))
+        zooms = img.header.get_zooms()[:3]
         rows[split]["reports"].append([name, "Not given.", "Real CT from the TotalSegmentator test files.", "", ""])
         rows[split]["metadata"].append([name, "1", "-1024", f"[{zooms[1]}, {zooms[0]}]", str(zooms[2]), "TotalSegmentator test file"])
         # no label row: the real CTs have no report labels

@@ -4,7 +4,8 @@ A measurement tool, not a classifier: it returns segments, lung volumes, LAA-950
 density, a templated report text and a low-attenuation density map, and **no findings** (it has no
 probabilities to give).
 
-How it works (on a grid of about 2 mm, then mapped back to the full grid):
+How it works (on a working grid of about 2.5 mm, block means of the source voxels, then mapped
+back to the full grid):
 
 1. Input checks: a 3-D, finite, non-constant volume; else :class:`BadInputError`.
 2. Block-mean downsampling, then a reorientation to a conventional axial stack with
@@ -12,12 +13,12 @@ How it works (on a grid of about 2 mm, then mapped back to the full grid):
    works whatever the orientation of the source grid.
 3. Body: the largest connected component above -500 HU, holes filled slice by slice.
 4. Air inside the body: below -400 HU; components that touch the outside are dropped.
-5. Airways: a trachea seed is looked for in the top 40 mm (a round air region near the
-   body's midline), then grown in 3-D with thresholds from -970 HU upward; growth stops before
-   the threshold at which the volume explodes (a leak into the lung).
+5. Airways: a trachea seed is looked for in the top 40 mm (the largest round region below
+   -900 HU within 25 mm of the body's midline), then grown in 3-D with thresholds from -970 HU
+   upward; growth stops before the threshold at which the volume explodes (a leak into the lung).
 6. Lungs: the air components left once the airways are removed that look like lung (median HU
    between -960 and -600: pure gas is bowel gas), joined to the airways or large. Lungs that
-   touch are split by erosion and geodesic regrowth (fallback: the midline plane). Each lung's
+   touch are split by erosion and nearest-core regrowth (fallback: the midline plane). Each lung's
    side comes from the **patient x coordinate** of its centroid (LPS x > 0 is the patient's left),
    never from an array index.
 7. Labels back on the full grid; the boundary band of the body and the lungs is re-thresholded
@@ -245,7 +246,7 @@ class LungAnalyzer:
                     continue
                 rows, cols = np.nonzero(comp)
                 centre = np.array([s, rows.mean() + where[0].start, cols.mean() + where[1].start])
-                if abs(float(grid.point(centre)[0]) - body_x) > 35.0:
+                if abs(float(grid.point(centre)[0]) - body_x) > 25.0:  # apices and bullae lie lateral
                     continue
                 flat = np.argmin(np.where(comp, smooth[s][where], np.inf))
                 r, c = np.unravel_index(flat, comp.shape)
@@ -301,7 +302,7 @@ class LungAnalyzer:
         return left, right
 
     def _split_if_bilateral(self, grid: _Grid, mask: np.ndarray, midline: float) -> list[np.ndarray]:
-        """Split a component holding both lungs (erosion, then geodesic regrowth)."""
+        """Split a component holding both lungs (erosion until two cores part, then regrowth)."""
         box = ndimage.find_objects(mask.astype(np.uint8))[0]
         sub = mask[box]
         offset = np.array([b.start for b in box], dtype=np.float64)
@@ -328,7 +329,8 @@ class LungAnalyzer:
             x0, x1 = x_of(labels == big[0]), x_of(labels == big[1])
             if (x0 - midline) * (x1 - midline) < 0:
                 grid.notes["lungs_split_by_erosion_steps"] = step
-                return [_paste(mask.shape, box, part) for part in geodesic_split(sub, labels, big)]
+                parts = nearest_seed_split(sub, labels, big, grid.spacing)
+                return [_paste(mask.shape, box, part) for part in parts]
         logger.info("touching lungs could not be split by erosion: split at the midline")
         grid.notes["lungs_split_at_midline"] = True
         index = np.indices(sub.shape, dtype=np.float32).reshape(3, -1).T + offset
@@ -544,17 +546,20 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     return _paste(mask.shape, box, ndimage.binary_fill_holes(padded, structure=_IN_PLANE)[1:-1])
 
 
-def geodesic_split(mask: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> list[np.ndarray]:
-    """Share ``mask`` among the regions ``keep`` of ``labels`` by flooding inside ``mask``.
+def nearest_seed_split(mask: np.ndarray, labels: np.ndarray, keep: np.ndarray,
+                       spacing: Optional[np.ndarray] = None) -> list[np.ndarray]:
+    """Share ``mask`` among the regions ``keep`` of ``labels``: each voxel goes to the nearest one.
 
-    A watershed on a flat image from the seed regions is a geodesic nearest-seed assignment.
+    The seeds are eroded lungs, so what is left to share is a thin border (and the junction
+    between the lungs), where the nearest seed in millimetres is the right lung to give it to.
     """
-    markers = np.zeros(mask.shape, dtype=np.int16)
+    seeds = np.zeros(mask.shape, dtype=np.int16)
     for i, value in enumerate(keep, start=1):
-        markers[labels == value] = i
-    markers[~mask] = len(keep) + 1
-    flooded = ndimage.watershed_ift(np.zeros(mask.shape, dtype=np.uint8), markers)
-    return [(flooded == i) & mask for i in range(1, len(keep) + 1)]
+        seeds[labels == value] = i
+    index = ndimage.distance_transform_edt(seeds == 0, sampling=spacing, return_distances=False,
+                                           return_indices=True)
+    nearest = seeds[tuple(index)]
+    return [(nearest == i) & mask for i in range(1, len(keep) + 1)]
 
 
 def _paste(shape: tuple[int, ...], box: tuple[slice, ...], part: np.ndarray) -> np.ndarray:

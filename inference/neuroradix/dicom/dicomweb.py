@@ -70,12 +70,6 @@ class PacsClient:
         return [pydicom.Dataset.from_json(item) for item in found]
 
     # --- WADO-RS ---------------------------------------------------------------------------
-    def series_metadata(self, study_uid: str, series_uid: str) -> list[pydicom.Dataset]:
-        """Instance metadata of a series (no pixel data): enough to choose a series."""
-        with _mapped_errors("WADO-RS metadata"):
-            found = self._client.retrieve_series_metadata(study_uid, series_uid)
-        return [pydicom.Dataset.from_json(item, bulk_data_uri_handler=lambda *_: b"") for item in found]
-
     def retrieve_series(self, study_uid: str, series_uid: str, *, transcode: bool = False) -> list[pydicom.Dataset]:
         """All instances of a series as stored (or transcoded to Explicit VR Little Endian)."""
         with _mapped_errors("WADO-RS series"):

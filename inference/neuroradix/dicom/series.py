@@ -1,7 +1,7 @@
 """Choose the CT series of a study to analyze, by rules kept as data (``data/series_rules.json``).
 
-Selection works on metadata only (QIDO + WADO-RS metadata), so no pixel is fetched for a series
-that will not be used. A study with no usable series raises :class:`NotEligibleError` whose
+Cheap checks on the QIDO results come first; the remaining series are then checked on their
+instances, largest first, so the worker normally fetches only the series it analyzes. A study with no usable series raises :class:`NotEligibleError` whose
 message lists why each series was rejected, which becomes the job's "skipped" reason.
 """
 from __future__ import annotations
@@ -140,9 +140,38 @@ def _rank_key(candidate: Candidate, ranking: Sequence[str]) -> tuple:
     return tuple(keys[r] for r in ranking)
 
 
+def prefilter(
+    series: Sequence[pydicom.Dataset], rules: SeriesRules, own_manufacturer: str
+) -> tuple[list[list[str]], list[str]]:
+    """Cheap checks on QIDO series results, before anything is fetched.
+
+    Returns the remaining series UIDs in groups of equal instance count, largest first (the
+    fetch order), and the reasons the others were dropped.
+    """
+    reasons: list[str] = []
+    kept: dict[int, list[str]] = {}
+    for s in series:
+        label = f"series {s.get('SeriesNumber', '?')} ({s.get('Modality', '?')})"
+        if str(s.get("Manufacturer", "")) == own_manufacturer:
+            continue  # our own results
+        if str(s.get("Modality", "")) not in rules.modalities:
+            reasons.append(f"{label}: modality is not {'/'.join(rules.modalities)}")
+            continue
+        description = str(s.get("SeriesDescription", "") or "")
+        if any(word in description.lower() for word in rules.series_description_excluded):
+            reasons.append(f"{label}: series description {description!r} marks a localizer/report")
+            continue
+        count = int(s.get("NumberOfSeriesRelatedInstances", 0) or 0)
+        if 0 < count < rules.min_slices:
+            reasons.append(f"{label}: {count} slices, fewer than {rules.min_slices}")
+            continue
+        kept.setdefault(count, []).append(str(s.get("SeriesInstanceUID", "")))
+    return [kept[c] for c in sorted(kept, reverse=True)], reasons
+
+
 def select_series(
     series: Sequence[pydicom.Dataset],
-    metadata: Callable[[str], Sequence[pydicom.Dataset]],
+    instances: Callable[[str], Sequence[pydicom.Dataset]],
     rules: SeriesRules,
     own_manufacturer: str,
 ) -> Candidate:
@@ -151,27 +180,26 @@ def select_series(
     Parameters
     ----------
     series:
-        QIDO series results of the study (Modality, SeriesInstanceUID, Manufacturer ...).
-    metadata:
-        ``metadata(series_uid)`` returns that series' instance metadata (WADO-RS).
+        QIDO series results of the study (Modality, SeriesInstanceUID, Manufacturer,
+        NumberOfSeriesRelatedInstances ...).
+    instances:
+        ``instances(series_uid)`` returns that series' instances (or their metadata). It is
+        called for the largest series first and only until a group of equal size yields a
+        usable series, so the worker fetches the series it will analyze and rarely more.
     """
-    reasons = []
-    candidates = []
-    for s in series:
-        uid = str(s.get("SeriesInstanceUID", "?"))
-        label = f"series {s.get('SeriesNumber', '?')} ({s.get('Modality', '?')})"
-        if str(s.get("Manufacturer", "")) == own_manufacturer:
-            continue  # our own results
-        if str(s.get("Modality", "")) not in rules.modalities:
-            reasons.append(f"{label}: modality is not {'/'.join(rules.modalities)}")
-            continue
-        try:
-            candidates.append(check_series(metadata(uid), rules))
-        except NotEligibleError as exc:
-            reasons.append(f"{label}: {exc}")
-    if not candidates:
-        detail = "; ".join(reasons) if reasons else "the study has no series"
-        raise NotEligibleError(f"no usable CT series: {detail}")
-    best = min(candidates, key=lambda c: _rank_key(c, rules.ranking))
-    LOG.info("selected a series of %d slices at %.2f mm out of %d candidate(s)", best.n_slices, best.slice_spacing, len(candidates))
-    return best
+    groups, reasons = prefilter(series, rules, own_manufacturer)
+    for group in groups:
+        candidates = []
+        for uid in group:
+            label = next((f"series {s.get('SeriesNumber', '?')} ({s.get('Modality', '?')})"
+                          for s in series if str(s.get("SeriesInstanceUID", "")) == uid), uid)
+            try:
+                candidates.append(check_series(instances(uid), rules))
+            except NotEligibleError as exc:
+                reasons.append(f"{label}: {exc}")
+        if candidates:
+            best = min(candidates, key=lambda c: _rank_key(c, rules.ranking))
+            LOG.info("selected a series of %d slices at %.2f mm", best.n_slices, best.slice_spacing)
+            return best
+    detail = "; ".join(reasons) if reasons else "the study has no series"
+    raise NotEligibleError(f"no usable CT series: {detail}")

@@ -1,4 +1,4 @@
-"""A real node for integration tests: Debian's Orthanc + the sidecar as subprocesses, on free ports."""
+"""A throw-away node in a temporary directory (Orthanc + sidecar on free ports) for tests and benchmarks."""
 from __future__ import annotations
 
 import json
@@ -15,17 +15,15 @@ from typing import Optional, Sequence
 
 import pydicom
 
-from neuroradix.dicom.dicomweb import PacsClient
-from neuroradix.node.launcher import NodeConfig, sidecar_environment
-from neuroradix.node.orthanc import OrthancProcess, free_port
+from ..dicom.dicomweb import PacsClient
+from .launcher import NodeConfig, sidecar_environment
+from .orthanc import OrthancProcess, free_port
 
 TERMINAL = ("succeeded", "failed", "skipped")
 
 
-class TestNode:
-    """Orthanc + sidecar with short leases and a fast reconciler, for tests."""
-
-    __test__ = False  # not a test class
+class EphemeralNode:
+    """Orthanc + sidecar with short leases and a fast reconciler; everything lives under ``root``."""
 
     def __init__(self, root: Path, stable_age: int = 2, lease_seconds: float = 8.0, extra_env: Optional[dict] = None) -> None:
         self.root = root
@@ -54,7 +52,7 @@ class TestNode:
         self.pacs = PacsClient(self.config.orthanc_url + "/dicom-web", self.config.orthanc_user, self.config.orthanc_password)
 
     # --- processes ---------------------------------------------------------------------------
-    def start(self) -> "TestNode":
+    def start(self) -> "EphemeralNode":
         self.orthanc.start(timeout=60)
         self.start_sidecar()
         return self

@@ -1,0 +1,141 @@
+"""Training subcommands of the ``neuroradix`` CLI.
+
+``register(subparsers)`` adds ``train-seg``, ``export-embeddings``, ``train-head``, ``evaluate``,
+``publish-release`` and ``train-smoke`` to an ``argparse`` sub-parser set; ``main()`` runs them
+stand-alone (``python -m neuroradix_train.cli ...``). Every stage command takes
+``--config FILE`` (merged on the shipped defaults, repeatable) and ``--set key=value``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+log = logging.getLogger(__name__)
+
+_STAGES = {"train-seg": "stage1", "export-embeddings": "stage2", "train-head": "stage3", "evaluate": "evaluate"}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", action="append", type=Path, default=[], help="YAML merged on the defaults (repeatable)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--print-config", action="store_true", help="print the merged configuration and exit")
+
+
+def register(subparsers) -> None:
+    """Add the training subcommands to an ``argparse`` sub-parser set."""
+    p = subparsers.add_parser("train-seg", help="stage 1: train the SwinUNETR segmentation backbone")
+    _common(p)
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
+    p.set_defaults(func=_run_stage, stage="train-seg")
+
+    p = subparsers.add_parser("export-embeddings", help="stage 2: patch embeddings of every scan + manifest")
+    _common(p)
+    p.set_defaults(func=_run_stage, stage="export-embeddings")
+
+    p = subparsers.add_parser("train-head", help="stage 3: train the multitask head (findings + report)")
+    _common(p)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.set_defaults(func=_run_stage, stage="train-head")
+
+    p = subparsers.add_parser("evaluate", help="Dice, AUROC/F1, BLEU/METEOR/ROUGE-L/CE-F1 of trained runs")
+    _common(p)
+    p.set_defaults(func=_run_stage, stage="evaluate")
+
+    p = subparsers.add_parser("publish-release", help="write a weights/ release from a stage-1 and a stage-3 run")
+    p.add_argument("--backbone-run", type=Path, required=True)
+    p.add_argument("--head-run", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="release folder, e.g. weights/swinunetr-ctrate-1.0.0")
+    p.add_argument("--version", required=True)
+    p.add_argument("--dataset", default="CT-RATE", help="training data name recorded in the manifest")
+    p.add_argument("--licence", default="CC-BY-NC-SA-4.0")
+    p.add_argument("--untrained", action="store_true", help="mark the release as test output (smoke runs)")
+    p.set_defaults(func=_publish)
+
+    p = subparsers.add_parser("train-smoke", help="all three stages on a miniature phantom dataset, with assertions")
+    p.add_argument("--work", type=Path, default=Path("var/train-smoke"))
+    p.add_argument("--real-ct", type=Path, default=Path("../shared/data/real-ct"))
+    p.add_argument("--no-assert", action="store_true", help="report the numbers without failing on thresholds")
+    p.set_defaults(func=_smoke)
+
+
+def _run_stage(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(_STAGES[args.stage], args.config, args.sets)
+    if args.print_config:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False))
+        return 0
+    if args.stage == "train-seg":
+        from .stage1 import train_seg
+
+        result = train_seg(cfg, resume=args.resume, max_steps=args.max_steps)
+    elif args.stage == "export-embeddings":
+        from .stage2 import export_embeddings
+
+        result = {"manifest": str(export_embeddings(cfg))}
+    elif args.stage == "train-head":
+        from .stage3 import train_head
+
+        result = train_head(cfg, resume=args.resume, max_steps=args.max_steps)
+    else:
+        from .evaluate import evaluate_run
+
+        result = evaluate_run(cfg)
+    sys.stdout.write(json.dumps(_summary(result), indent=1, default=float) + "\n")
+    return 0
+
+
+def _summary(result: dict) -> dict:
+    """Drop bulky per-class tables from what is printed (they are in the run's JSON files)."""
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, dict) and k in ("metrics", "head"):
+            out[k] = {"macro": v.get("classification", {}).get("macro"), "report": v.get("report")}
+        elif k != "dice_per_class":
+            out[k] = v
+    return out
+
+
+def _publish(args) -> int:
+    from .release import publish_release
+
+    path = publish_release(args.backbone_run, args.head_run, args.out, version=args.version, dataset=args.dataset,
+                           licence=args.licence, untrained=args.untrained)
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+def _smoke(args) -> int:
+    from .smoke import run_smoke
+
+    result = run_smoke(args.work, real_ct_dir=args.real_ct if args.real_ct.is_dir() else None, check=not args.no_assert)
+    sys.stdout.write(json.dumps(result, indent=1, default=float) + "\n")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Stand-alone entry point: ``python -m neuroradix_train.cli <command> ...``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="neuroradix-train", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(argv)
+    from neuroradix.errors import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        parser.exit(2, f"error: {exc}\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Publish trained runs as a ``weights/`` release the node loads (:mod:`neuroradix.weights`)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from neuroradix.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CTRATE = {"name": "CT-RATE", "licence": "CC-BY-NC-SA-4.0", "url": "https://huggingface.co/datasets/ibrahimhamamci/CT-RATE"}
+
+
+def publish_release(backbone_run: Path, head_run: Path, out: Path, *, version: str, dataset: str = "CT-RATE",
+                    licence: str = "CC-BY-NC-SA-4.0", untrained: bool = False) -> Path:
+    """Combine a stage-1 run (``backbone.pt``) and a stage-3 run (``head.pt``, ``tokenizer/``,
+    ``model_config.json``, ``thresholds.json``) into a verified release folder.
+
+    The head run's model config (which carries the stage-1 preprocessing and backbone) is the
+    release's config; a backbone whose state dict does not fit it is refused. The release is
+    loaded back through :func:`neuroradix.weights.load_release` before returning.
+    """
+    from neuroradix.models.config import ModelConfig
+    from neuroradix.weights import load_release, write_release
+
+    backbone_run, head_run = Path(backbone_run), Path(head_run)
+    for p in (backbone_run / "backbone.pt", head_run / "head.pt", head_run / "model_config.json", head_run / "tokenizer" / "tokenizer.json"):
+        if not p.is_file():
+            raise ConfigError(f"{p} is missing")
+    mcfg = ModelConfig.from_dict(json.loads((head_run / "model_config.json").read_text(encoding="utf-8")))
+    b_cfg_path = backbone_run / "model_config.json"
+    if b_cfg_path.is_file():
+        b_cfg = ModelConfig.from_dict(json.loads(b_cfg_path.read_text(encoding="utf-8")))
+        if b_cfg.backbone != mcfg.backbone or b_cfg.preprocess != mcfg.preprocess:
+            raise ConfigError(f"{backbone_run} was trained with another preprocessing/backbone than {head_run} expects")
+    training_data = [CTRATE] if dataset == "CT-RATE" else [{"name": dataset, "licence": licence}]
+    notes = ""
+    thr = head_run / "thresholds.json"
+    if thr.is_file():
+        notes = "validation thresholds: " + thr.read_text(encoding="utf-8").replace("\n", " ")
+    write_release(out, mcfg, {"backbone": torch.load(backbone_run / "backbone.pt", map_location="cpu", weights_only=True),
+                              "head": torch.load(head_run / "head.pt", map_location="cpu", weights_only=True)},
+                  head_run / "tokenizer", version=version, untrained=untrained, training_data=training_data,
+                  licence=licence, notes=notes)
+    release = load_release(out, allow_untrained=untrained)
+    release.build_models()  # the state dicts fit the configured modules (strict)
+    log.info("release %s written to %s", version, out)
+    return Path(out)
