@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     options = SlidingOptions(sw_batch_size=args.sw_batch, amp=not args.no_amp)
 
     with Stage(rows, "preprocess (reorient, resample, window)", device):
-        grid = preprocess_volume(vol, cfg.preprocess)
+        grid = preprocess_volume(vol, cfg.preprocess, device)
     with Stage(rows, "segmentation + embeddings (sliding window)", device):
         res = sliding_segment(grid.array, lambda x: forward_with_features(fwd, x), cfg.preprocess.patch_size,
                               cfg.preprocess.overlap, cfg.preprocess.sigma_scale, grid.affine, options, device)

@@ -14,7 +14,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("highdicom", "openjpeg", "pydicom", "httpx", "urllib3", "PIL", "matplotlib"):
+    for noisy in ("highdicom", "openjpeg", "pydicom", "dicomweb_client", "httpx", "urllib3", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -107,7 +107,7 @@ class DeepAnalyzer:
         cfg = self.release.config
         timings = {}
         t0 = time.perf_counter()
-        grid_in = preprocess_volume(volume, cfg.preprocess)
+        grid_in = preprocess_volume(volume, cfg.preprocess, self.device)
         timings["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         sliding = sliding_segment(grid_in.array, lambda x: forward_with_features(backbone, x), cfg.preprocess.patch_size,

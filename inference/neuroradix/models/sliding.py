@@ -195,11 +195,12 @@ def sliding_segment(
             x = torch.cat([x, glob.expand(len(batch), -1, -1, -1, -1)], dim=1)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits, f = forward(x if use_amp or device.type != "cuda" else x.float())
-            feats.append(f.detach().float().cpu())
+            feats.append(f.detach().float())
             if acc is None:
                 acc = torch.zeros((logits.shape[1], roi, padded[1], padded[2]), dtype=acc_dtype, device=device)
+            w = weight.to(logits.dtype)
             for i, (s1, s2) in enumerate(batch):
-                acc[:, :, s1:s1 + roi, s2:s2 + roi] += (logits[i].float() * weight).to(acc_dtype)
+                acc[:, :, s1:s1 + roi, s2:s2 + roi] += (logits[i] * w).to(acc_dtype)
             del logits, x
         z1 = z_list[k + 1] if k + 1 < len(z_list) else z0 + roi
         delta = z1 - z0
@@ -208,6 +209,6 @@ def sliding_segment(
             acc[:, : roi - delta] = acc[:, delta:].clone()
             acc[:, roi - delta:] = 0
     out = labels[: shape[0], : shape[1], : shape[2]].cpu().numpy()
-    emb = torch.cat(feats, dim=0) if feats else torch.zeros(0)
+    emb = torch.cat(feats, dim=0).cpu() if feats else torch.zeros(0)
     logger.debug("sliding window: %d windows on grid %s", len(grid), shape)
     return SlidingResult(out, emb, grid)

@@ -104,7 +104,7 @@ def normalise_hu(array, cfg: PreprocessConfig):
     return (clipped - lo) * ((b - a) / (hi - lo)) + a
 
 
-def preprocess_volume(volume: Volume, cfg: PreprocessConfig) -> NetworkGrid:
+def preprocess_volume(volume: Volume, cfg: PreprocessConfig, device: str = "cpu") -> NetworkGrid:
     """Reorient, resample (trilinear) and window a CT volume onto the network grid.
 
     Parameters
@@ -134,8 +134,8 @@ def preprocess_volume(volume: Volume, cfg: PreprocessConfig) -> NetworkGrid:
         new_shape = tuple(cfg.target_shape)  # type: ignore[arg-type]
     scale = tuple(float(n) / float(m) for n, m in zip(reo_shape, new_shape))
     if new_shape != tuple(reo_shape):
-        t = torch.from_numpy(np.ascontiguousarray(arr))[None, None]
-        arr = F.interpolate(t, size=new_shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+        t = torch.from_numpy(np.ascontiguousarray(arr))[None, None].to(device)
+        arr = F.interpolate(t, size=new_shape, mode="trilinear", align_corners=False)[0, 0].cpu().numpy()
     m = np.eye(4)
     for a in range(3):
         m[a, a] = scale[a]

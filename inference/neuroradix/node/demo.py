@@ -102,7 +102,8 @@ def print_results(config: NodeConfig, study_uid: str, job: dict, out: TextIO) ->
     for name, result in job["details"].get("results", {}).items():
         print(f"\n{result['analyzer']['title']} ({name} {result['analyzer']['version']}):", file=out)
         for m in result["measurements"]:
-            print(f"  {m['name']:<40} {m['value']:>10.1f} {m['unit']}", file=out)
+            unit = {"[hnsf'U]": "HU"}.get(m["unit"], m["unit"])
+            print(f"  {m['name']:<40} {m['value']:>10.1f} {unit}", file=out)
         for f in result["findings"]:
             print(f"  {f['name']:<40} p={f['probability']:.2f} {'PRESENT' if f['present'] else ''}", file=out)
         print("  Report:", file=out)
