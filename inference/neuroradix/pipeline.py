@@ -10,7 +10,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import pydicom
 
@@ -32,16 +32,13 @@ LOG = logging.getLogger(__name__)
 
 
 class StageTimer:
-    """Collects ``{stage: seconds}``; calls ``tick`` between stages (the worker renews its lease there)."""
+    """Collects ``{stage: seconds}``."""
 
-    def __init__(self, tick: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self._tick = tick
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        if self._tick is not None:
-            self._tick()
         start = time.perf_counter()
         try:
             yield
@@ -152,11 +149,14 @@ def process_study(
     settings: Settings,
     pacs: PacsClient,
     analyzers: Sequence[Union[Analyzer, Unavailable]],
-    tick: Optional[Callable[[], None]] = None,
+    timer: Optional[StageTimer] = None,
 ) -> PipelineOutcome:
-    """Process one study end to end; raises errors of :mod:`neuroradix.errors`."""
+    """Process one study end to end; raises errors of :mod:`neuroradix.errors`.
+
+    ``timer`` collects the stage timings; pass one to keep them when the study fails.
+    """
     tag = short_hash(study_uid)
-    timer = StageTimer(tick)
+    timer = timer if timer is not None else StageTimer()
     rules = load_rules()
     fetched: dict[str, list] = {}
 

@@ -27,7 +27,7 @@ from .config import Settings
 from .dicom.dicomweb import PacsClient
 from .errors import BadInputError, NotConfiguredError, NotEligibleError, TransientError
 from .ledger import Job, Ledger, LeaseLost
-from .pipeline import process_study
+from .pipeline import StageTimer, process_study
 from .uids import short_hash
 
 LOG = logging.getLogger(__name__)
@@ -112,9 +112,10 @@ class Worker:
         tag = short_hash(job.study_uid)
         LOG.info("job %d (study %s): attempt %d of %d", job.id, tag, job.attempts, job.max_attempts)
         started = time.perf_counter()
+        timer = StageTimer()
         try:
             with _Heartbeat(self.ledger, job, self.worker_id, self.settings.lease_seconds) as heartbeat:
-                outcome = process_study(job.study_uid, self.settings, self.pacs, self.analyzers)
+                outcome = process_study(job.study_uid, self.settings, self.pacs, self.analyzers, timer)
             if heartbeat.lost:
                 raise LeaseLost(f"job {job.id} ran past its lease and was taken over")
             timings = {**outcome.timings, "total": round(time.perf_counter() - started, 3)}
@@ -131,10 +132,10 @@ class Worker:
             LOG.error("job %d: %s; its new owner records the outcome", job.id, exc)
         except NotEligibleError as exc:
             LOG.info("job %d (study %s): skipped: %s", job.id, tag, exc)
-            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), skipped=True)
+            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), skipped=True, timings=timer.seconds)
         except (BadInputError, NotConfiguredError) as exc:
             LOG.warning("job %d (study %s): failed: %s", job.id, tag, exc)
-            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc))
+            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), timings=timer.seconds)
         except TransientError as exc:
             delay = self.backoff(job.attempts)
             state = self.ledger.retry_later(job.id, self.worker_id, type(exc).__name__, str(exc), delay)

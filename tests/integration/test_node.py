@@ -189,3 +189,27 @@ def _sr_numbers(sr: pydicom.Dataset) -> list[tuple[str, float]]:
 
     walk(sr.ContentSequence)
     return out
+
+
+def test_real_jpeg2000_series_is_decoded_and_ends_with_a_reason(node):
+    from tests.integration.conftest import SHARED
+
+    folder = SHARED / "abdomen_ct_dicom_jpeg2000"
+    if not folder.is_dir():
+        pytest.skip("the shared real CT is not present")
+    datasets = [pydicom.dcmread(f) for f in sorted(folder.iterdir())]
+    assert str(datasets[0].file_meta.TransferSyntaxUID).startswith("1.2.840.10008.1.2.4.9")  # JPEG 2000
+    # The test files were anonymised down to empty UIDs, which Orthanc refuses; give them UIDs
+    # (pixel data stays JPEG 2000 as it was).
+    study_uid, series_uid = "2.25.4242001", "2.25.4242002"
+    for ds in datasets:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        ds.FrameOfReferenceUID = "2.25.4242003"
+    node.upload(datasets)
+    job = node.wait_job(study_uid)
+    # An upper-abdomen CT: decoding and geometry work; the lung analyzer finds too little lung.
+    assert job["state"] == "failed" and job["error_class"] == "BadInputError", job
+    assert "no lungs found" in job["error_message"] and "decode" not in job["error_message"]
+    assert job["timings"]["decode"] > 0 and _outputs(node, study_uid) == []

@@ -135,3 +135,10 @@ def test_real_jpeg2000_series_matches_its_reference_segmentation_grid():
     spleen_x = vol.index_to_patient(index[label_of == 1])[:, 0].mean()
     liver_x = vol.index_to_patient(index[label_of == 5])[:, 0].mean()
     assert spleen_x > 0 > liver_x
+
+
+def test_huge_series_fails_before_decoding():
+    from neuroradix.dicom.volume import GeometryLimits
+
+    with pytest.raises(BadInputError, match="too large"):
+        assemble(ct_series(_marked()), GeometryLimits(max_voxels=1000))

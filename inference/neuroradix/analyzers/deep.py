@@ -169,6 +169,8 @@ class DeepAnalyzer:
             "segments_present": sorted(int(v) for v in np.unique(labels) if v in present),
             "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
         }
+        if not text.strip():  # an SR text item must not be empty
+            text = "(the model generated no report text)"
         return StudyResult(analyzer=self.info, labels=labels, segments=self.scheme.segments,
                            findings=tuple(findings), report_text=text, attention=tuple(maps), extra=extra)
 
