@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from . import __version__
 
@@ -47,7 +47,7 @@ class PipelineSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="NEURORADIX_", extra="ignore", frozen=True)
 
-    analyzers: tuple[str, ...] = ("lung-hu",)
+    analyzers: Annotated[tuple[str, ...], NoDecode] = ("lung-hu",)  # env: "lung-hu,deep"
     weights_dir: Optional[Path] = None  # release folder for the deep-learning analyzer
     allow_untrained: bool = False  # test-only: run random weights, marked UNTRAINED - TEST OUTPUT
     seg_type: SegType = SegType.BINARY

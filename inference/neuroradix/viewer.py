@@ -20,10 +20,12 @@ It binds 127.0.0.1 only. ``neuroradix viewer`` (see :func:`register`) reads ``va
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
 import re
+import sys
 import webbrowser
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +162,24 @@ def rewrite_dicomweb_urls(body: bytes) -> bytes:
     return _ABSOLUTE_DICOMWEB_URL.sub(b'"' + DICOMWEB_PREFIX.encode() + b"/", body)
 
 
+# Errors after which a GET can be sent again: the connection broke before Orthanc answered
+# (typically a keep-alive connection that Orthanc closed while the request was on its way).
+_RETRYABLE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.ConnectError)
+
+
+async def _send_with_retry(client: httpx.AsyncClient, request: httpx.Request, attempts: int = 3) -> httpx.Response:
+    """Send a GET/HEAD, again on a broken connection (idempotent, so safe); stream the response."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await client.send(request, stream=True)
+        except _RETRYABLE as exc:
+            if attempt == attempts:
+                raise
+            logger.debug("retrying %s after %r", request.url.path, exc)
+            await asyncio.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
 def stored_syntax_accept(accept: str) -> str:
     """Ask for instances in the transfer syntax Orthanc stored them in.
 
@@ -193,13 +213,15 @@ class _SinglePageApp(StaticFiles):
             return FileResponse(Path(str(self.directory)) / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-def create_app(settings: ViewerSettings) -> Starlette:
+def create_app(settings: ViewerSettings, transport: Optional[httpx.AsyncBaseTransport] = None) -> Starlette:
     """The viewer origin: proxy, OHIF config and OHIF's static files.
 
     Parameters
     ----------
     settings:
         Orthanc location and credentials, OHIF paths (checked here).
+    transport:
+        httpx transport to Orthanc; tests pass an ``httpx.MockTransport``.
 
     Returns
     -------
@@ -212,6 +234,9 @@ def create_app(settings: ViewerSettings) -> Starlette:
         auth=(settings.orthanc_user, settings.orthanc_password),
         timeout=httpx.Timeout(settings.timeout, connect=10.0),
         follow_redirects=False,
+        # Orthanc closes idle keep-alive connections after 1 s (KeepAliveTimeout): drop ours first.
+        limits=httpx.Limits(max_connections=32, keepalive_expiry=0.5),
+        transport=transport,
     )
 
     async def dicomweb(request: Request) -> Response:
@@ -225,9 +250,9 @@ def create_app(settings: ViewerSettings) -> Starlette:
         if "accept" in headers:
             headers["accept"] = stored_syntax_accept(headers["accept"])
         try:
-            upstream = await client.send(client.build_request(request.method, url, headers=headers), stream=True)
+            upstream = await _send_with_retry(client, client.build_request(request.method, url, headers=headers))
         except httpx.HTTPError as exc:
-            logger.warning("Orthanc did not answer %s %s: %s", request.method, url.split("?")[0], exc)
+            logger.warning("Orthanc did not answer %s %s: %r", request.method, url.split("?")[0], exc)
             return PlainTextResponse(f"Orthanc is unreachable: {type(exc).__name__}", status_code=502)
         out_headers = {k: v for k, v in upstream.headers.items() if k in _FORWARDED_RESPONSE_HEADERS}
         content_type = upstream.headers.get("content-type", "")
@@ -243,8 +268,11 @@ def create_app(settings: ViewerSettings) -> Starlette:
             out_headers.pop("content-length", None)
             out_headers.pop("content-encoding", None)  # aread() decoded it
             return Response(body, status_code=upstream.status_code, headers=out_headers)
+        if "content-encoding" in out_headers:  # aiter_bytes() decodes it
+            out_headers.pop("content-encoding")
+            out_headers.pop("content-length", None)
         return StreamingResponse(
-            upstream.aiter_raw(),
+            upstream.aiter_bytes(),
             status_code=upstream.status_code,
             headers=out_headers,
             background=BackgroundTask(upstream.aclose),
@@ -294,8 +322,12 @@ def run(args: argparse.Namespace) -> int:
     """``neuroradix viewer``: serve OHIF and the DICOMweb proxy on 127.0.0.1 until Ctrl-C."""
     import uvicorn  # local import: only the CLI serves
 
-    settings = settings_from_files(Path(args.env_file))
-    app = create_app(settings)
+    try:
+        settings = settings_from_files(Path(args.env_file))
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"neuroradix viewer: {exc}", file=sys.stderr)
+        return 2
     base = f"http://{LOOPBACK}:{args.port}"
     print(f"OHIF study list:  {study_list_url(base)}")
     if args.open:
@@ -326,10 +358,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m neuroradix.viewer``: the ``viewer`` subcommand on its own."""
+    """``python -m neuroradix.viewer [--port P] [--open UID]``: the ``viewer`` subcommand on its own."""
     parser = argparse.ArgumentParser(prog="neuroradix")
     register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["viewer", *(argv if argv is not None else [])] if argv is None or argv[:1] != ["viewer"] else argv)
+    args = parser.parse_args(["viewer", *(sys.argv[1:] if argv is None else argv)])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)
 

@@ -63,7 +63,9 @@ class OhifPage:
         self.base_url = base_url
         self.page_errors: list[str] = []
         self.failed_requests: list[str] = []
+        self.console_errors: list[str] = []
         self.page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
+        self.page.on("console", lambda m: m.type == "error" and self.console_errors.append(m.text[:500]))
         self.page.on("response", lambda r: r.status >= 400 and self.failed_requests.append(f"{r.status} {r.url}"))
 
     def open_study(self, study_uid: str) -> None:
@@ -95,7 +97,7 @@ class OhifPage:
     def assert_no_error(self) -> None:
         toasts = self.page.evaluate("window.__toasts || []")
         errors = [t for t in toasts if t["type"] == "error"]
-        assert not errors, f"OHIF showed error notifications: {errors}"
+        assert not errors, f"OHIF showed error notifications: {errors}; console errors: {self.console_errors}"
         assert self.page.get_by_text("Something went wrong").count() == 0, "OHIF shows its error page"
         assert not self.page_errors, f"uncaught errors in the page: {self.page_errors}"
         dicomweb_failures = [r for r in self.failed_requests if "/dicom-web/" in r]

@@ -115,7 +115,15 @@ def test_analyzer_end_to_end_on_an_untrained_release(test_release):
     assert len(result.segments) == 43
     assert [f.name for f in result.findings] == list(CTRATE_FINDINGS) + ["Abnormal"]
     assert all(0 <= f.probability <= 1 and f.code is not None for f in result.findings)
-    assert len(result.attention) == 20 and result.attention[-1].name == "Report"
+    # maps for "Abnormal", the (at most 4) most probable present findings, and the report
+    mapped = {f.name for f in result.findings if f.attention_index is not None}
+    present = sorted((f for f in result.findings if f.name != "Abnormal" and f.present), key=lambda f: -f.probability)
+    assert mapped == {"Abnormal"} | {f.name for f in present[:4]}
+    assert len(result.attention) == len(mapped) + 1 and result.attention[-1].name == "Report"
+    for f in result.findings:
+        if f.attention_index is not None:
+            assert result.attention[f.attention_index].name == f.name
+    assert set(result.extra["finding_patch_attention"]) == {f.name for f in result.findings}
     amap = result.attention[0]
     assert amap.array.shape == (30, 20, 25)  # 2 mm columns -> x2, 1.5 mm rows -> x3, 3 mm slices -> x1
     assert np.allclose(amap.array.mean(), 1.0, atol=1e-5)  # one patch: relative attention 1 everywhere

@@ -16,7 +16,7 @@ from neuroradix_train.config import CONFIG_DIR, load_config
 def test_stage1_defaults_are_the_original_design():
     cfg = load_config("stage1")
     assert cfg["model"]["preprocess"]["patch_size"] == 96 and cfg["train"]["num_samples"] == 8
-    assert cfg["model"]["backbone"] == {"in_channels": 2, "out_channels": 43, "feature_size": 48, "use_checkpoint": True}
+    assert cfg["model"]["backbone"] == {"in_channels": 2, "out_channels": 44, "feature_size": 48, "use_checkpoint": True}
     assert cfg["train"]["lr"] == 1e-4 and cfg["augment"]["noise_std"] == 0.01
     assert cfg["augment"]["contrast_gamma"] == [0.7, 1.5] and cfg["augment"]["dropout_holes"] == 8
 

@@ -9,8 +9,8 @@ manifest raises :class:`~neuroradix.errors.WeightsError`.  With an untrained rel
 
 ``analyze(volume)`` returns a :class:`~neuroradix.types.StudyResult` with the 43-class label
 map on the source grid, 19 findings (18 CT-RATE + "Abnormal"), the generated report, and
-attention maps: one per finding (its cls query's attention over patches) and one for the
-report (token -> gen query -> patch, averaged over tokens).  Map values are relative attention:
+attention maps: one for "Abnormal" and for each of the (at most ``max_finding_maps``) most probable
+present findings (its cls query's attention over patches), and one for the report (token -> gen query -> patch, averaged over tokens).  Map values are relative attention:
 patch weight times the number of patches (1 = uniform).  Per-token patch weights are in
 ``result.extra["report_tokens"]``; :meth:`DeepAnalyzer.token_attention_map` renders one.
 """
@@ -33,7 +33,7 @@ __all__ = ["DeepAnalyzer", "ATTENTION_QUANTITY", "ATTENTION_UNIT"]
 
 ATTENTION_QUANTITY = Code("130404", "DCM", "Saliency")
 ATTENTION_UNIT = Code("1", "UCUM", "no units")
-_NAME = "swinunetr-ctrate"
+NAME = "swinunetr-ctrate"
 _TITLE = "SwinUNETR + BART chest-CT model"
 
 
@@ -63,7 +63,7 @@ class DeepAnalyzer:
     """
 
     def __init__(self, release_dir: Union[str, Path, None], *, allow_untrained: bool = False, device: str = "auto",
-                 sw_batch_size: int = 4, attention_voxel_mm: float = 4.0) -> None:
+                 sw_batch_size: int = 4, attention_voxel_mm: float = 4.0, max_finding_maps: int = 4) -> None:
         from ..weights import load_release
         from ..models.sliding import SlidingOptions
 
@@ -73,9 +73,10 @@ class DeepAnalyzer:
         self.device = _resolve_device(device)
         self.options = SlidingOptions(sw_batch_size=sw_batch_size)
         self.attention_voxel_mm = float(attention_voxel_mm)
+        self.max_finding_maps = int(max_finding_maps)
         if self.attention_voxel_mm <= 0:
             raise ValueError(f"attention_voxel_mm must be positive, got {attention_voxel_mm}")
-        self.info = AnalyzerInfo(name=_NAME, version=self.release.version,
+        self.info = AnalyzerInfo(name=NAME, version=self.release.version,
                                  title=_TITLE + (" (UNTRAINED - TEST OUTPUT)" if self.release.untrained else ""),
                                  algorithm_family=Code("123110", "DCM", "Artificial Intelligence"),
                                  untrained=self.release.untrained)
@@ -143,16 +144,32 @@ class DeepAnalyzer:
         return AttentionMap(name, grid.stitch(rel, shape, affine).astype(np.float32), affine,
                             ATTENTION_QUANTITY, ATTENTION_UNIT)
 
+    def mapped_findings(self, probs: np.ndarray) -> set[str]:
+        """Which findings get a stored attention map: "Abnormal" and the most probable present ones.
+
+        Each map stored in the PACS is about the size of the CT (OHIF overlays only maps on the CT
+        grid), so not all 19 are written; every finding's patch attention stays in ``extra``.
+        """
+        present = sorted(
+            (s for s in self.catalogue.findings if s.name != "Abnormal" and probs[s.index] >= 0.5),
+            key=lambda s: -float(probs[s.index]),
+        )
+        return {"Abnormal"} | {s.name for s in present[: self.max_finding_maps]}
+
     def _result(self, volume: Volume, labels: np.ndarray, grid, text: str, info: dict, timings: dict) -> StudyResult:
         shape, affine = self.attention_geometry(volume)
         probs = info["probabilities"][0].float().cpu().numpy()
         cls_att = info["cls_attention"][0].float().cpu().numpy()  # [19, P]
         maps, findings = [], []
+        mapped = self.mapped_findings(probs)
         for spec in self.catalogue.findings:
-            maps.append(self._map(spec.name, cls_att[spec.index], grid, shape, affine))
+            index = None
+            if spec.name in mapped:
+                maps.append(self._map(spec.name, cls_att[spec.index], grid, shape, affine))
+                index = len(maps) - 1
             findings.append(Finding(name=spec.name, probability=float(np.clip(probs[spec.index], 0.0, 1.0)),
                                     code=spec.code, site=spec.site, segment_labels=spec.segment_labels,
-                                    attention_index=len(maps) - 1))
+                                    attention_index=index))
         token_att = info["token_attention"][0].numpy()  # [T, P]
         report_w = token_att.mean(axis=0) if len(token_att) else np.full(len(grid), 1.0 / len(grid))
         maps.append(self._map("Report", report_w, grid, shape, affine))

@@ -29,13 +29,13 @@ def build_analyzers(settings: PipelineSettings) -> list[Union[Analyzer, Unavaila
 
             built.append(LungAnalyzer())
         elif name == "deep":
-            try:
-                from .deep import DeepAnalyzer
+            from .deep import NAME, DeepAnalyzer
 
+            try:
                 built.append(DeepAnalyzer(settings.weights_dir, allow_untrained=settings.allow_untrained))
             except NotConfiguredError as exc:
                 LOG.warning("deep-learning analyzer not configured: %s", exc)
-                built.append(Unavailable("deep", f"not configured: {exc}"))
+                built.append(Unavailable(NAME, f"not configured: {exc}"))
         else:  # Settings validates names; this is a programming error
             raise ValueError(f"unknown analyzer {name!r}")
     return built

@@ -44,15 +44,36 @@ from .common import (
 logger = logging.getLogger(__name__)
 
 STORED_MAX = 65535  # uint16
+_BLOCK_VALUES = 1 << 20  # quantize this many values at a time
+AXIS_TOLERANCE = 1e-3
+"""Map voxels the separable resampling may drift by, over the grid, from ignored off-axis terms."""
 
 
 def quantize(array: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Map float values to uint16; return ``(stored, slope, intercept)``."""
-    array = np.nan_to_num(np.asarray(array, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    low = min(float(array.min()), 0.0)
-    high = float(array.max())
+    """Map float values to uint16; return ``(stored, slope, intercept)``.
+
+    ``stored = rint((value - intercept) / slope)`` computed in float64, with NaN and
+    infinities taken as 0. The arithmetic runs on blocks of about a million values, so
+    a CT-sized map needs no float64 copy of itself.
+    """
+    array = np.asarray(array)
+    if array.dtype not in (np.float32, np.float64):
+        array = array.astype(np.float64)
+    low, high = float(array.min()), float(array.max())  # NaN or inf in the array shows up here
+    if not (np.isfinite(low) and np.isfinite(high)):
+        array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = float(array.min()), float(array.max())
+    low = min(low, 0.0)
     slope = (high - low) / STORED_MAX if high > low else 1.0
-    stored = np.clip(np.rint((array - low) / slope), 0, STORED_MAX).astype(np.uint16)
+    stored = np.empty(array.shape, dtype=np.uint16)
+    values, out = array.reshape(-1), stored.reshape(-1)
+    for start in range(0, values.size, _BLOCK_VALUES):
+        block = values[start:start + _BLOCK_VALUES].astype(np.float64)
+        block -= low
+        block /= slope
+        np.rint(block, out=block)
+        np.clip(block, 0, STORED_MAX, out=block)
+        out[start:start + _BLOCK_VALUES] = block
     return stored, slope, low
 
 
@@ -79,16 +100,117 @@ def downsample_in_plane(amap: AttentionMap, max_in_plane: int) -> tuple[np.ndarr
 
 
 def resample_to_source(amap: AttentionMap, ctx: OutputContext) -> np.ndarray:
-    """Trilinear resampling of ``amap`` onto the CT grid (zero outside the map)."""
+    """Trilinear resampling of ``amap`` onto the CT grid (zero outside the map), float32.
+
+    The usual attention grid is a subsampling of the CT grid: its axes are parallel to
+    the CT's (possibly permuted or reversed), so the interpolation separates into three
+    1-D linear interpolations (:func:`resample_separable`). Any other grid goes through
+    :func:`scipy.ndimage.affine_transform`. Both give what
+    ``scipy.ndimage.map_coordinates(order=1, mode="constant")`` gives at the CT voxel
+    centres mapped into the map's index space: a value only where all three
+    coordinates lie within ``[0, size - 1]``, zero elsewhere.
+    """
     to_map = np.linalg.inv(np.asarray(amap.affine, dtype=np.float64)) @ ctx.volume.affine
-    n_slices, rows, cols = ctx.volume.shape
-    rr, cc = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64), indexing="ij")
-    out = np.zeros(ctx.volume.shape, dtype=np.float32)
     source = np.asarray(amap.array, dtype=np.float32)
-    for k in range(n_slices):  # one slice at a time keeps the coordinate arrays small
-        idx = np.stack([np.full_like(rr, k), rr, cc, np.ones_like(rr)], axis=0).reshape(4, -1)
-        coords = (to_map @ idx)[:3]
-        out[k] = ndimage.map_coordinates(source, coords, order=1, mode="constant", cval=0.0).reshape(rows, cols)
+    axes = parallel_axes(to_map, ctx.volume.shape)
+    if axes is None:
+        logger.debug("attention map %s is oblique to the CT grid: general resampling", amap.name)
+        return ndimage.affine_transform(
+            source, to_map[:3, :3], to_map[:3, 3], output_shape=ctx.volume.shape,
+            output=np.float32, order=1, mode="constant", cval=0.0,
+        )
+    return resample_separable(source, to_map, axes, ctx.volume.shape)
+
+
+def parallel_axes(to_map: np.ndarray, shape: tuple[int, ...], tolerance: float = AXIS_TOLERANCE) -> list[int] | None:
+    """Which map axis each grid axis runs along, or ``None`` for an oblique map.
+
+    Parameters
+    ----------
+    to_map:
+        4x4 matrix from grid indices ``(slice, row, column, 1)`` to map indices.
+    shape:
+        Grid shape; ``to_map`` must move along one map axis per grid axis.
+    tolerance:
+        Largest drift, in map voxels over the whole grid, that the terms ignored by
+        the separable interpolation may add up to.
+
+    Returns
+    -------
+    list[int] or None
+        ``axes[b]`` is the map axis that grid axis ``b`` runs along (a permutation).
+    """
+    linear = np.asarray(to_map, dtype=np.float64)[:3, :3]
+    axes = [int(np.argmax(np.abs(linear[:, b]))) for b in range(3)]
+    if sorted(axes) != [0, 1, 2]:
+        return None
+    on_axis = np.zeros_like(linear)
+    for b, a in enumerate(axes):
+        on_axis[a, b] = linear[a, b]
+    extent = np.maximum(np.asarray(shape, dtype=np.float64) - 1, 0)
+    drift = np.abs(linear - on_axis) @ extent  # per map axis, at the far corner of the grid
+    return axes if float(drift.max()) <= tolerance else None
+
+
+def _linear_weights(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(low, high, w_low, w_high)``: 1-D linear interpolation of ``size`` samples at
+    ``coords``, weights zero outside ``[0, size - 1]`` (scipy's ``mode="constant"``)."""
+    inside = (coords >= 0) & (coords <= size - 1)
+    low = np.clip(np.floor(coords), 0, max(size - 2, 0)).astype(np.intp)
+    frac = coords - low
+    high = np.minimum(low + 1, size - 1)
+    return low, high, np.where(inside, 1.0 - frac, 0.0).astype(np.float32), np.where(inside, frac, 0.0).astype(np.float32)
+
+
+def _span(w_low: np.ndarray, w_high: np.ndarray) -> slice:
+    """The grid indices with a non-zero weight (contiguous: the coordinates are monotonic)."""
+    hit = np.flatnonzero((w_low != 0) | (w_high != 0))
+    return slice(int(hit[0]), int(hit[-1]) + 1) if hit.size else slice(0, 0)
+
+
+def resample_separable(
+    source: np.ndarray, to_map: np.ndarray, axes: list[int], shape: tuple[int, int, int]
+) -> np.ndarray:
+    """Trilinear resampling onto ``shape`` when every grid axis runs along one map axis.
+
+    Parameters
+    ----------
+    source:
+        The map, ``(slices, rows, columns)``.
+    to_map:
+        4x4 matrix from grid indices to map indices.
+    axes:
+        From :func:`parallel_axes`.
+    shape:
+        Output grid shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of ``shape``, zero where the grid lies outside the map.
+    """
+    to_map = np.asarray(to_map, dtype=np.float64)
+    src = np.transpose(np.asarray(source, dtype=np.float32), axes)  # src axis b = map axis axes[b]
+    tables = []
+    for b in range(3):
+        coords = to_map[axes[b], b] * np.arange(shape[b], dtype=np.float64) + to_map[axes[b], 3]
+        tables.append(_linear_weights(coords, src.shape[b]))
+    (lo0, hi0, wl0, wh0), (lo1, hi1, wl1, wh1), (lo2, hi2, wl2, wh2) = tables
+    spans = [_span(w[2], w[3]) for w in tables]
+    out = np.zeros(shape, dtype=np.float32)
+    rows, cols = spans[1], spans[2]
+    lo1, hi1, wl1, wh1 = lo1[rows], hi1[rows], wl1[rows, None], wh1[rows, None]
+    lo2, hi2, wl2, wh2 = lo2[cols], hi2[cols], wl2[cols], wh2[cols]
+    for k in range(shape[0])[spans[0]]:  # one slice at a time: the temporaries stay in cache
+        plane = src[lo0[k]] * wl0[k]
+        if wh0[k]:
+            plane += src[hi0[k]] * wh0[k]
+        along_cols = np.take(plane, lo2, axis=1)
+        along_cols *= wl2
+        along_cols += np.take(plane, hi2, axis=1) * wh2
+        target = out[k, rows, cols]
+        np.multiply(along_cols[lo1], wl1, out=target)
+        target += along_cols[hi1] * wh1
     return out
 
 

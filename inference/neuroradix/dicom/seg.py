@@ -40,6 +40,7 @@ from .common import (
 
 logger = logging.getLogger(__name__)
 
+_BLOCK_VALUES = 1 << 22  # label values counted at a time
 LABELMAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -49,13 +50,45 @@ def segment_label_text(desc: SegmentDescription) -> str:
     return short_string(desc.name)
 
 
+def label_values(labels: np.ndarray) -> list[int]:
+    """The distinct values of a label map, ascending.
+
+    uint8 and uint16 maps are counted a block at a time (:func:`numpy.bincount`),
+    which is about twice as fast as :func:`numpy.unique` on a CT-sized map.
+    """
+    labels = np.asarray(labels)
+    if labels.dtype not in (np.uint8, np.uint16) or labels.size == 0:
+        return [int(v) for v in np.unique(labels)]
+    flat = labels.reshape(-1)
+    counts = np.zeros(int(flat.max()) + 1, dtype=np.int64)
+    for start in range(0, flat.size, _BLOCK_VALUES):
+        counts += np.bincount(flat[start:start + _BLOCK_VALUES], minlength=counts.size)
+    return [int(v) for v in np.flatnonzero(counts)]
+
+
 def present_segments(result: StudyResult) -> list[SegmentDescription]:
     """The described segments that have at least one voxel, in label order."""
-    found = set(int(v) for v in np.unique(result.labels)) - {0}
+    found = set(label_values(result.labels)) - {0}
     undescribed = found - {s.label for s in result.segments}
     if undescribed:
         raise ValueError(f"label map holds labels without a segment description: {sorted(undescribed)}")
     return sorted((s for s in result.segments if s.label in found), key=lambda s: s.label)
+
+
+def segment_number_map(labels: np.ndarray, segments: list[SegmentDescription]) -> np.ndarray:
+    """``labels`` with each present segment's label replaced by its segment number.
+
+    Segment ``i`` (1-based, in the order of ``segments``) gets number ``i``; the result
+    is uint8 (uint16 from 256 segments on). When the labels already are 1..n in that
+    dtype, ``labels`` itself is returned, not a copy.
+    """
+    dtype = np.uint8 if len(segments) < 256 else np.uint16
+    if [s.label for s in segments] == list(range(1, len(segments) + 1)) and labels.dtype == dtype:
+        return labels
+    lut = np.zeros(int(max(labels.max(), max(s.label for s in segments))) + 1, dtype=dtype)
+    for number, desc in enumerate(segments, start=1):
+        lut[desc.label] = number
+    return lut[labels]
 
 
 def _segment_description(
@@ -112,11 +145,7 @@ def build_seg(result: StudyResult, ctx: OutputContext) -> Optional[Dataset]:
     if not segments:
         logger.info("no non-empty segment: no SEG written")
         return None
-    lut = np.zeros(int(max(result.labels.max(), max(s.label for s in result.segments))) + 1, dtype=np.uint16)
-    for number, desc in enumerate(segments, start=1):
-        lut[desc.label] = number
-    numbered = lut[result.labels]
-    numbered = numbered.astype(np.uint8 if len(segments) < 256 else np.uint16)
+    numbered = segment_number_map(result.labels, segments)
 
     if ctx.seg_type is SegType.LABELMAP:
         transfer_syntax = RLELossless

@@ -1,0 +1,80 @@
+"""Both analyzers in one node: separate series, the deep one marked UNTRAINED on a test release;
+without a release the deep analyzer writes nothing and the job says why."""
+from __future__ import annotations
+
+import subprocess
+
+import pydicom
+import pytest
+
+from neuroradix.dicom.ctseries import volume_to_ct_series
+from neuroradix.node.harness import EphemeralNode
+from neuroradix.phantom import thorax_phantom
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    from neuroradix.weights import make_test_release
+
+    return make_test_release(tmp_path_factory.mktemp("release") / "tiny")
+
+
+def _errors(ds, tmp_path):
+    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_both_analyzers_store_separate_series_and_untrained_is_marked(release, tmp_path_factory, tmp_path):
+    node = EphemeralNode(
+        tmp_path_factory.mktemp("deep-node"),
+        extra_env={"NEURORADIX_ANALYZERS": "lung-hu,deep", "NEURORADIX_WEIGHTS_DIR": str(release),
+                   "NEURORADIX_ALLOW_UNTRAINED": "true", "NEURORADIX_LEASE_SECONDS": "120"},
+    ).start()
+    try:
+        volume, _ = thorax_phantom(shape=(48, 80, 80), spacing=(3.0, 2.5, 2.5))
+        datasets = volume_to_ct_series(volume, uid_seed="it-deep")
+        study_uid = str(datasets[0].StudyInstanceUID)
+        node.upload(datasets)
+        job = node.wait_job(study_uid, timeout=600)
+        assert job["state"] == "succeeded", job
+        assert job["details"]["analyzers"] == {"lung-hu": "stored", "swinunetr-ctrate": "stored"}
+        by_analyzer: dict[str, list] = {}
+        for record in job["output_uids"]:
+            by_analyzer.setdefault(record["analyzer"], []).append(record)
+        deep = [r for name, records in by_analyzer.items() if name != "lung-hu" for r in records]
+        lung = by_analyzer["lung-hu"]
+        assert {r["series_instance_uid"] for r in deep}.isdisjoint({r["series_instance_uid"] for r in lung})
+        for record in deep:
+            ds = node.pacs.retrieve_instance(study_uid, record["series_instance_uid"], record["sop_instance_uid"])
+            assert "UNTRAINED - TEST OUTPUT" in ds.SeriesDescription
+            assert _errors(ds, tmp_path) == [], ds.SeriesDescription
+            if ds.Modality == "SEG":
+                assert len(ds.SegmentSequence) >= 1
+            if ds.Modality == "SR":
+                text = str(ds.to_json_dict())
+                assert "UNTRAINED - TEST OUTPUT" in text and "Abnormal" in text
+        for record in lung:
+            assert "UNTRAINED" not in record["series_description"]
+        findings = job["details"]["results"]["swinunetr-ctrate"]["findings"]
+        assert len(findings) == 19 and findings[-1]["name"] == "Abnormal"
+    finally:
+        node.stop()
+
+
+def test_deep_analyzer_without_weights_writes_nothing_and_says_why(tmp_path_factory):
+    node = EphemeralNode(tmp_path_factory.mktemp("noweights-node"),
+                         extra_env={"NEURORADIX_ANALYZERS": "lung-hu,deep"}).start()
+    try:
+        volume, _ = thorax_phantom()
+        datasets = volume_to_ct_series(volume, uid_seed="it-noweights")
+        study_uid = str(datasets[0].StudyInstanceUID)
+        node.upload(datasets)
+        job = node.wait_job(study_uid)
+        assert job["state"] == "succeeded"
+        assert job["details"]["analyzers"]["lung-hu"] == "stored"
+        assert job["details"]["analyzers"]["swinunetr-ctrate"].startswith("not configured")
+        assert {r["analyzer"] for r in job["output_uids"]} == {"lung-hu"}
+    finally:
+        node.stop()
