@@ -86,6 +86,15 @@ class PipelineOutcome:
             "warnings": self.warnings,
             "analyzers": {a.name: a.status for a in self.analyzers},
             "results": {a.name: result_summary(a.result) for a in self.analyzers if a.result is not None},
+            "report_attention": {
+                a.name: {
+                    "tokens": a.result.extra["report_tokens"],
+                    "patch_grid": a.result.extra["patch_grid"],
+                    "attention_grid": a.result.extra["attention_grid"],
+                }
+                for a in self.analyzers
+                if a.result is not None and "report_tokens" in a.result.extra
+            },
         }
 
 

@@ -20,7 +20,7 @@ from .standalone import (
     analyze_datasets,
     archive_entries,
     groups_from_outcome,
-    label_map_nifti,
+    volume_nifti,
     read_zip,
     zip_bytes,
 )
@@ -86,7 +86,7 @@ def add_result_routes(app: FastAPI, authorized: Callable) -> None:
             nifti: Optional[bytes] = None
             if segs:
                 labels, affine = seg_label_map(segs[0])
-                nifti = label_map_nifti(labels, affine)
+                nifti = volume_nifti(labels, affine)
             archive_groups.append(ArchiveGroup(analyzer, datasets, nifti))
         first = next(iter(groups.values()))[0]
         document = results_document(
@@ -100,6 +100,55 @@ def add_result_routes(app: FastAPI, authorized: Callable) -> None:
         )
         LOG.info("results zip for study %s", short_hash(study_uid))
         return _zip_response(zip_bytes(archive_entries(archive_groups, document)), "results.zip")
+
+    def _report_attention(study_uid: str) -> tuple[str, dict]:
+        from .api import valid_uid  # noqa: PLC0415
+
+        try:
+            valid_uid(study_uid)
+        except ValueError as exc:
+            raise HTTPException(422, f"study_uid {exc}") from exc
+        jobs = ledger.find(study_uid, settings.pipeline_version)
+        if not jobs or jobs[0].state != JobState.SUCCEEDED:
+            raise HTTPException(404, "no results for this study")
+        attention = jobs[0].details.get("report_attention", {})
+        if not attention:
+            raise HTTPException(404, "no report attention: the deep-learning analyzer did not run on this study")
+        return next(iter(attention.items()))
+
+    @app.get("/v1/studies/{study_uid}/report-attention", tags=["results"], dependencies=[Depends(authorized)])
+    def report_attention(study_uid: str) -> dict:
+        """Per report token: its attention over the patches (BART cross-attention composed with the
+        bridge's gen-query attention), with each patch's centre in patient coordinates (LPS, mm)."""
+        analyzer, data = _report_attention(study_uid)
+        from .models.sliding import PatchGrid  # noqa: PLC0415
+
+        grid = PatchGrid.from_dict(data["patch_grid"])
+        return {
+            "analyzer": analyzer,
+            "patch_centres_lps": np.round(grid.centres_lps(), 2).tolist(),
+            "tokens": [{"index": i, "token": t["token"], "patch_attention": t["patch_attention"]}
+                       for i, t in enumerate(data["tokens"])],
+        }
+
+    @app.get(
+        "/v1/studies/{study_uid}/report-attention/{index}.nii.gz",
+        tags=["results"],
+        dependencies=[Depends(authorized)],
+        responses={200: {"content": {"application/gzip": {}}}},
+    )
+    def report_token_map(study_uid: str, index: int) -> Response:
+        """One report token's attention map on the attention grid, as NIfTI (RAS)."""
+        _analyzer, data = _report_attention(study_uid)
+        if not 0 <= index < len(data["tokens"]):
+            raise HTTPException(404, f"token index {index} outside 0..{len(data['tokens']) - 1}")
+        from .models.sliding import PatchGrid  # noqa: PLC0415
+
+        grid = PatchGrid.from_dict(data["patch_grid"])
+        geo = data["attention_grid"]
+        weights = np.asarray(data["tokens"][index]["patch_attention"], dtype=np.float64) * len(grid)
+        array = grid.stitch(weights, tuple(geo["shape"]), np.asarray(geo["affine"]))
+        return Response(content=volume_nifti(array, np.asarray(geo["affine"])), media_type="application/gzip")
 
     @app.post(
         "/v1/analyze",

@@ -143,17 +143,24 @@ def analyze_datasets(
     return StandaloneOutcome(document, outcomes, assembled.volume, timer.seconds)
 
 
-def label_map_nifti(labels: np.ndarray, affine: np.ndarray) -> bytes:
-    """A ``[slice, row, column]`` label map with an index-to-LPS affine as gzipped NIfTI (RAS)."""
+def volume_nifti(array: np.ndarray, affine: np.ndarray) -> bytes:
+    """A ``[slice, row, column]`` array with an index-to-LPS affine as gzipped NIfTI (RAS).
+
+    Integer arrays (label maps) are stored as uint8/uint16, float arrays as float32.
+    """
     import gzip  # noqa: PLC0415
 
     import nibabel as nib  # noqa: PLC0415
 
     # NIfTI voxel axes (i, j, k) = (column, row, slice); LPS -> RAS flips x and y.
-    data = np.transpose(labels, (2, 1, 0))
+    data = np.transpose(array, (2, 1, 0))
     swap = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, float) @ swap
-    image = nib.Nifti1Image(data.astype(np.uint8 if int(data.max(initial=0)) < 256 else np.uint16), ras)
+    if np.issubdtype(data.dtype, np.floating):
+        data = data.astype(np.float32)
+    else:
+        data = data.astype(np.uint8 if int(data.max(initial=0)) < 256 else np.uint16)
+    image = nib.Nifti1Image(data, ras)
     image.header.set_xyzt_units("mm")
     return gzip.compress(image.to_bytes(), compresslevel=6)
 
@@ -172,7 +179,7 @@ def groups_from_outcome(outcome: StandaloneOutcome) -> list[ArchiveGroup]:
         ArchiveGroup(
             a.name,
             a.datasets,
-            label_map_nifti(a.result.labels, outcome.volume.affine) if a.result is not None else None,
+            volume_nifti(a.result.labels, outcome.volume.affine) if a.result is not None else None,
         )
         for a in outcome.analyzers
     ]

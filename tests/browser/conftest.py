@@ -26,6 +26,7 @@ from neuroradix.viewer import DEFAULT_DIST, ViewerSettings, create_app
 from ohif_study_data import REAL_CT, ProcessedStudy, build_processed_study, to_part10
 
 logger = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied frame otherwise
 
 CHROMIUM = Path(os.environ.get("NEURORADIX_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

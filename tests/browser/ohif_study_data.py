@@ -5,7 +5,8 @@ chest CT (``thorax_ct_1.5mm.nii.gz``, 191 slices of 167 x 233 at 1.5 mm, cut to 
 :func:`even_in_plane`), writes it as a DICOM CT
 series, runs the node's no-weights :class:`~neuroradix.analyzers.lung.LungAnalyzer` on it and
 encodes the result with :func:`~neuroradix.dicom.encode.encode_result`: SEG, Parametric Map of
-the attention map, SR and Encapsulated PDF, all in the CT's study. That is the pipeline's
+the attention map, SR and Encapsulated PDF, all in the CT's study, plus the same segmentation as a
+LABELMAP SEG (the node's other SEG setting) in a series of its own. That is the pipeline's
 analyze-and-encode path without the PACS round trip; the ``processed_study`` fixture in
 ``conftest.py`` can instead take a study that a running node processed itself.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from neuroradix.analyzers.lung import LungAnalyzer
 from neuroradix.dicom.common import OutputContext
 from neuroradix.dicom.ctseries import nifti_to_volume, volume_to_ct_series
 from neuroradix.dicom.encode import encode_result
+from neuroradix.dicom.seg import build_seg
 from neuroradix.types import Volume
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,8 @@ class ProcessedStudy:
 
     study_uid: str
     ct_series_uid: str
-    seg_series_uid: str
+    seg_series_uid: str  # BINARY, JPEG 2000 Lossless (the node's default)
+    labelmap_seg_series_uid: str  # LABELMAP, RLE Lossless
     pmap_series_uid: str
     pdf_series_uid: str
     segment_labels: tuple[str, ...]  # SegmentLabel values of the SEG, in segment order
@@ -79,6 +82,10 @@ def build_processed_study(ct_path: Path = REAL_CT) -> tuple[list[Dataset], Proce
     ctx = OutputContext(source=source, volume=volume, pipeline_version="ohif-browser-test", software_version="0",
                         pmap_grid="SOURCE")
     outputs = encode_result(result, ctx)
+    # The same segmentation as a LABELMAP SEG (the node's other setting), in a series of its own.
+    labelmap_ctx = replace(ctx, seg_type="LABELMAP", pipeline_version=ctx.pipeline_version + "-labelmap")
+    labelmap_seg = build_seg(result, labelmap_ctx)
+    labelmap_seg.SeriesDescription = labelmap_seg.SeriesDescription + " (LABELMAP)"
 
     def first(sop_class: str) -> Dataset:
         found = [d for d in outputs if d.SOPClassUID == sop_class]
@@ -91,13 +98,15 @@ def build_processed_study(ct_path: Path = REAL_CT) -> tuple[list[Dataset], Proce
         study_uid=str(source[0].StudyInstanceUID),
         ct_series_uid=str(source[0].SeriesInstanceUID),
         seg_series_uid=str(seg.SeriesInstanceUID),
+        labelmap_seg_series_uid=str(labelmap_seg.SeriesInstanceUID),
         pmap_series_uid=str(pmap.SeriesInstanceUID),
         pdf_series_uid=str(pdf.SeriesInstanceUID),
         segment_labels=tuple(str(s.SegmentLabel) for s in seg.SegmentSequence),
-        series_descriptions={str(d.SeriesInstanceUID): str(d.SeriesDescription) for d in [source[0], *outputs]},
+        series_descriptions={str(d.SeriesInstanceUID): str(d.SeriesDescription)
+                             for d in [source[0], *outputs, labelmap_seg]},
     )
     logger.info("OHIF test study: %d CT slices, %s", len(source), ", ".join(d.Modality for d in outputs))
-    return [*source, *outputs], study
+    return [*source, *outputs, labelmap_seg], study
 
 
 def to_part10(ds: Dataset) -> bytes:

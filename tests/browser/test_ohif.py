@@ -141,14 +141,16 @@ def test_study_list_shows_the_study(ohif, processed_study, screenshot_dirs):
     ohif.assert_no_error()
 
 
-def test_segmentation_overlay(ohif, processed_study, screenshot_dirs):
+@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+def test_segmentation_overlay(ohif, processed_study, screenshot_dirs, seg_type):
     study = processed_study.study
+    series_uid = study.seg_series_uid if seg_type == "BINARY" else study.labelmap_seg_series_uid
     started = time.monotonic()
     ohif.open_study(study.study_uid)
     plain_ct = colour_fractions(ohif.viewport_pixels())
     assert plain_ct["coloured"] < 0.005, f"the plain CT is not greyscale: {plain_ct}"
 
-    ohif.open_series(_description(processed_study, study.seg_series_uid))
+    ohif.open_series(_description(processed_study, series_uid))
     # OHIF 3.x asks before it hydrates a SEG into the viewport.
     ohif.page.get_by_role("button", name="Yes").click(timeout=LOAD_TIMEOUT_MS)
     ohif.page.locator(SEGMENTATION_PANEL_BUTTON).click(timeout=LOAD_TIMEOUT_MS)
@@ -162,8 +164,8 @@ def test_segmentation_overlay(ohif, processed_study, screenshot_dirs):
     ohif.page.get_by_text("Left lung", exact=True).first.click()
     ohif.page.wait_for_timeout(3000)
     with_seg = colour_fractions(ohif.viewport_pixels())
-    ohif.screenshot("ohif-segmentation", screenshot_dirs)
-    logger.info("SEG shown after %.0f s; colours %s", time.monotonic() - started, with_seg)
+    ohif.screenshot("ohif-segmentation" if seg_type == "BINARY" else "ohif-segmentation-labelmap", screenshot_dirs)
+    logger.info("%s SEG shown after %.0f s; colours %s", seg_type, time.monotonic() - started, with_seg)
     assert with_seg["blue"] > 0.02, f"no 'Left lung' overlay drawn: {with_seg}"
     assert with_seg["orange"] > 0.02, f"no 'Right lung' overlay drawn: {with_seg}"
     ohif.assert_no_error()

@@ -2,7 +2,10 @@
 without a release the deep analyzer writes nothing and the job says why."""
 from __future__ import annotations
 
+import gzip
 import subprocess
+
+import nibabel as nib
 
 import pydicom
 import pytest
@@ -59,6 +62,15 @@ def test_both_analyzers_store_separate_series_and_untrained_is_marked(release, t
             assert "UNTRAINED" not in record["series_description"]
         findings = job["details"]["results"]["swinunetr-ctrate"]["findings"]
         assert len(findings) == 19 and findings[-1]["name"] == "Abnormal"
+        # per-token report attention through the API
+        attention = node.api("GET", f"/v1/studies/{study_uid}/report-attention")
+        assert attention["analyzer"] == "swinunetr-ctrate" and attention["tokens"], "the model generated no tokens"
+        n_patches = len(attention["patch_centres_lps"])
+        first = attention["tokens"][0]["patch_attention"]
+        assert len(first) == n_patches and abs(sum(first) - 1.0) < 1e-3
+        image = nib.Nifti1Image.from_bytes(gzip.decompress(
+            node.api("GET", f"/v1/studies/{study_uid}/report-attention/0.nii.gz", raw=True)))
+        assert image.get_fdata().max() > 0 and image.ndim == 3
     finally:
         node.stop()
 

@@ -111,6 +111,9 @@ class OutputContext:
         On the attention grid, maps with more rows or columns than this are downsampled.
     institution_name:
         Optional institution name for the equipment module.
+    encode_workers:
+        Processes that compress SEG frames (highdicom's ``workers``); 0 (default)
+        compresses in this process. The bytes written are the same either way.
     """
 
     source: Sequence[Dataset]
@@ -123,6 +126,7 @@ class OutputContext:
     pmap_grid: PmapGrid | str = PmapGrid.ATTENTION
     pmap_max_in_plane: int = 256
     institution_name: Optional[str] = None
+    encode_workers: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", tuple(self.source))
@@ -140,6 +144,8 @@ class OutputContext:
                 raise ValueError(f"OutputContext.{name} must be a non-empty string")
         if not isinstance(self.series_number_base, int) or not 1 <= self.series_number_base <= 2**31 - 100:
             raise ValueError("OutputContext.series_number_base must be a positive int")
+        if not isinstance(self.encode_workers, int) or isinstance(self.encode_workers, bool) or self.encode_workers < 0:
+            raise ValueError("OutputContext.encode_workers must be an int >= 0")
         if not isinstance(self.pmap_max_in_plane, int) or self.pmap_max_in_plane < 8:
             raise ValueError("OutputContext.pmap_max_in_plane must be an int >= 8")
         try:

@@ -40,7 +40,7 @@ from .common import (
 
 logger = logging.getLogger(__name__)
 
-_BLOCK_VALUES = 1 << 22  # label values counted at a time
+_BLOCK_VALUES = 1 << 20  # label values counted at a time
 LABELMAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -164,6 +164,7 @@ def build_seg(result: StudyResult, ctx: OutputContext) -> Optional[Dataset]:
         instance_number=1,
         transfer_syntax_uid=transfer_syntax,
         omit_empty_frames=True,
+        workers=ctx.encode_workers if transfer_syntax != ExplicitVRLittleEndian else 0,
         content_label="AI_SEG",
         content_description=short_string(description),
         series_description=description,
