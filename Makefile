@@ -67,7 +67,7 @@ viewer: up
 	$(PY) -m neuroradix.cli viewer --var $(VAR)
 
 bench: setup
-	$(PY) scripts/bench.py --out docs/benchmarks.md
+	$(PY) scripts/bench.py --models --out docs/benchmarks.md
 
 train-smoke: venv
 	$(PY) -m neuroradix.cli train-smoke --out $(VAR)/train-smoke

@@ -22,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- bench:node:begin -->", "<!-- bench:node:end -->"
+MODELS_BEGIN, MODELS_END = "<!-- bench:models-cpu:begin -->", "<!-- bench:models-cpu:end -->"
 
 
 def cpu_name() -> str:
@@ -98,20 +99,29 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write(doc: Path, block: str) -> None:
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n## Node end to end (`make bench`)\n\n"
-    if BEGIN in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), block, text, flags=re.S)
+def write(doc: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the block between ``begin`` and ``end`` (or append it)."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _m: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text)
+
+
+def model_block() -> str:
+    """The full-size model on this CPU, one 96^3 window (scripts/bench_models.py)."""
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_models.py")], check=True,
+                         capture_output=True, text=True)
+    table = [line for line in run.stdout.splitlines() if line.startswith(("|", "Device", "Backbone"))]
+    return "\n".join([MODELS_BEGIN, f"Measured {dt.date.today().isoformat()} on {cpu_name()}:", "", *table, MODELS_END])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--quick", action="store_true", help="only the sample CT")
-    parser.add_argument("--models", action="store_true", help="also run scripts/bench_models.py (CPU: one window)")
+    parser.add_argument("--models", action="store_true", help="also the full-size model on the CPU (one window, minutes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("highdicom", "openjpeg", "pydicom"):
@@ -120,7 +130,9 @@ def main() -> int:
     print(block)
     write(args.out, block)
     if args.models:
-        subprocess.run([sys.executable, str(REPO / "scripts" / "bench_models.py"), "--out", str(args.out)], check=True)
+        block = model_block()
+        print(block)
+        write(args.out, block, MODELS_BEGIN, MODELS_END)
     return 0
 
 

@@ -100,26 +100,46 @@ def downsample_in_plane(amap: AttentionMap, max_in_plane: int) -> tuple[np.ndarr
 
 
 def resample_to_source(amap: AttentionMap, ctx: OutputContext) -> np.ndarray:
-    """Trilinear resampling of ``amap`` onto the CT grid (zero outside the map), float32.
+    """Trilinear resampling of ``amap`` onto the CT grid (zero outside the map), float32."""
+    return resample_onto(amap, ctx.volume.affine, ctx.volume.shape)
+
+
+def resample_onto(amap: AttentionMap, affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Trilinear resampling of ``amap`` onto the grid of ``affine`` and ``shape``.
 
     The usual attention grid is a subsampling of the CT grid: its axes are parallel to
     the CT's (possibly permuted or reversed), so the interpolation separates into three
     1-D linear interpolations (:func:`resample_separable`). Any other grid goes through
     :func:`scipy.ndimage.affine_transform`. Both give what
-    ``scipy.ndimage.map_coordinates(order=1, mode="constant")`` gives at the CT voxel
-    centres mapped into the map's index space: a value only where all three
+    ``scipy.ndimage.map_coordinates(order=1, mode="constant")`` gives at the grid's
+    voxel centres mapped into the map's index space: a value only where all three
     coordinates lie within ``[0, size - 1]``, zero elsewhere.
+
+    Parameters
+    ----------
+    amap:
+        The attention map.
+    affine:
+        4x4 matrix from the target grid's indices ``(slice, row, column, 1)`` to LPS.
+    shape:
+        The target grid's shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of ``shape``.
     """
-    to_map = np.linalg.inv(np.asarray(amap.affine, dtype=np.float64)) @ ctx.volume.affine
+    shape = tuple(int(n) for n in shape)
+    to_map = np.linalg.inv(np.asarray(amap.affine, dtype=np.float64)) @ np.asarray(affine, dtype=np.float64)
     source = np.asarray(amap.array, dtype=np.float32)
-    axes = parallel_axes(to_map, ctx.volume.shape)
+    axes = parallel_axes(to_map, shape)
     if axes is None:
-        logger.debug("attention map %s is oblique to the CT grid: general resampling", amap.name)
+        logger.debug("attention map %s is oblique to the target grid: general resampling", amap.name)
         return ndimage.affine_transform(
-            source, to_map[:3, :3], to_map[:3, 3], output_shape=ctx.volume.shape,
+            source, to_map[:3, :3], to_map[:3, 3], output_shape=shape,
             output=np.float32, order=1, mode="constant", cval=0.0,
         )
-    return resample_separable(source, to_map, axes, ctx.volume.shape)
+    return resample_separable(source, to_map, axes, shape)
 
 
 def parallel_axes(to_map: np.ndarray, shape: tuple[int, ...], tolerance: float = AXIS_TOLERANCE) -> list[int] | None:
