@@ -42,7 +42,7 @@ $(VENV)/.installed: pyproject.toml
 # OHIF's prebuilt viewer from npm (no browser download: the test drives Debian's chromium).
 viewer-deps: viewer/node_modules/.installed
 viewer/node_modules/.installed: viewer/package.json viewer/package-lock.json
-	cd viewer && npm ci --no-audit --no-fund --loglevel=error
+	npm ci --prefix viewer --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 demo: setup
@@ -64,7 +64,7 @@ status: venv
 	$(PY) -m neuroradix.cli status --var $(VAR)
 
 viewer: up
-	$(PY) -m neuroradix.cli viewer --var $(VAR)
+	$(PY) -m neuroradix.cli viewer --env-file $(VAR)/node.env
 
 bench: setup
 	$(PY) scripts/bench.py --models --out docs/benchmarks.md

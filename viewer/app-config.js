@@ -7,7 +7,8 @@
 //
 // Orthanc 1.10.1 facts behind the data source settings:
 // - it does not URL-decode QIDO query strings, so wildcard (`*`) or fuzzy person-name searches
-//   match nothing: supportsWildcard and supportsFuzzyMatching are off;
+//   match nothing: supportsWildcard and supportsFuzzyMatching are off (the proxy decodes only
+//   `%2C`, so that `includefield=a,b` works);
 // - it has no rendered/thumbnail endpoint that OHIF can use for every object: thumbnails are
 //   made from WADO-RS frames;
 // - its BulkDataURIs are absolute URLs on Orthanc's own host:port; the proxy rewrites them to

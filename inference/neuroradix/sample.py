@@ -18,6 +18,8 @@ import tarfile
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from .dicom.ctseries import nifti_to_volume
 from .errors import BadInputError
 from .phantom import thorax_phantom
@@ -125,4 +127,16 @@ def sample_ct_volume(
     return volume, "phantom"
 
 
-__all__ = ["sample_ct_volume", "extract_example_ct", "default_shared_dir", "default_cache_dir", "SDIST_MEMBER"]
+__all__ = ["sample_ct_volume", "even_in_plane", "extract_example_ct", "default_shared_dir", "default_cache_dir", "SDIST_MEMBER"]
+
+
+def even_in_plane(volume: Volume) -> Volume:
+    """Drop the last row and column where needed so that rows and columns are even.
+
+    OHIF 3.13's parametric-map loader (``@cornerstonejs/adapters``) makes a view of frame ``i``
+    at byte offset ``i * rows * columns``, which throws a ``RangeError`` for 16- and 32-bit
+    pixels unless ``rows * columns`` is a multiple of their size. Clinical CTs (512 x 512) are;
+    the TotalSegmentator test CT (167 x 233) is not. Voxel positions do not change.
+    """
+    _, rows, cols = volume.shape
+    return Volume(np.ascontiguousarray(volume.array[:, : rows - rows % 2, : cols - cols % 2]), volume.affine)

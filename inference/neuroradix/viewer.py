@@ -8,7 +8,8 @@ origin as the DICOMweb API it reads. This module is that origin, a small Starlet
   holds no credential. Responses stream through, except DICOM JSON, where the absolute
   BulkDataURIs and RetrieveURLs that Orthanc writes with its own ``host:port``
   (``DicomWeb.Host``) are rewritten to ``/dicom-web/...`` on this origin. Whole instances are
-  asked for in their stored transfer syntax (see :func:`stored_syntax_accept`).
+  asked for in their stored transfer syntax (see :func:`stored_syntax_accept`), and ``%2C`` in
+  query strings is decoded for Orthanc 1.10.1 (see :func:`orthanc_query`).
 * ``/app-config.js`` is the project's OHIF configuration (``viewer/app-config.js``).
 * everything else is OHIF's prebuilt ``dist/`` (npm package ``@ohif/app``, installed under
   ``viewer/node_modules`` by ``npm ci --prefix viewer``), with ``index.html`` for the
@@ -180,6 +181,17 @@ async def _send_with_retry(client: httpx.AsyncClient, request: httpx.Request, at
     raise AssertionError("unreachable")
 
 
+def orthanc_query(query: str) -> str:
+    """The query string as Orthanc 1.10.1 understands it.
+
+    Orthanc 1.10.1 does not percent-decode QIDO query strings, so OHIF's
+    ``includefield=00081030%2C00080060`` names no attribute it knows and the study list loses
+    its descriptions. A comma is legal as is in a query string: ``%2C`` is decoded, everything
+    else is passed on as the browser wrote it.
+    """
+    return re.sub(r"%2[cC]", ",", query)
+
+
 def stored_syntax_accept(accept: str) -> str:
     """Ask for instances in the transfer syntax Orthanc stored them in.
 
@@ -243,8 +255,7 @@ def create_app(settings: ViewerSettings, transport: Optional[httpx.AsyncBaseTran
         path = quote(request.path_params["path"], safe="/.-_~:@!$&'()*+,;=")
         url = f"{DICOMWEB_PREFIX}/{path}"
         if request.url.query:
-            # Passed on as the browser wrote it: Orthanc 1.10.1 does not decode it anyway.
-            url += "?" + request.url.query
+            url += "?" + orthanc_query(request.url.query)
         headers = {k: v for k, v in request.headers.items() if k in _FORWARDED_REQUEST_HEADERS}
         headers["accept-encoding"] = "identity"  # loopback: compressing costs more than it saves
         if "accept" in headers:

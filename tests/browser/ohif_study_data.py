@@ -29,6 +29,7 @@ from neuroradix.dicom.common import OutputContext
 from neuroradix.dicom.ctseries import nifti_to_volume, volume_to_ct_series
 from neuroradix.dicom.encode import encode_result
 from neuroradix.dicom.seg import build_seg
+from neuroradix.sample import even_in_plane
 from neuroradix.types import Volume
 
 logger = logging.getLogger(__name__)
@@ -52,18 +53,6 @@ class ProcessedStudy:
     pdf_series_uid: str
     segment_labels: tuple[str, ...]  # SegmentLabel values of the SEG, in segment order
     series_descriptions: dict  # SeriesInstanceUID -> SeriesDescription
-
-
-def even_in_plane(volume: Volume) -> Volume:
-    """Drop the last row and column where needed so that rows and columns are even.
-
-    OHIF 3.13's parametric-map loader (``@cornerstonejs/adapters``) makes a view of frame ``i``
-    at byte offset ``i * rows * columns``, which throws a ``RangeError`` for 16- and 32-bit
-    pixels unless ``rows * columns`` is a multiple of their size. Clinical CTs (512 x 512) are;
-    this test CT (167 x 233) is not. Voxel positions do not change.
-    """
-    _, rows, cols = volume.shape
-    return Volume(np.ascontiguousarray(volume.array[:, : rows - rows % 2, : cols - cols % 2]), volume.affine)
 
 
 def build_processed_study(ct_path: Path = REAL_CT) -> tuple[list[Dataset], ProcessedStudy]:

@@ -76,7 +76,7 @@ def test_head_learns_planted_findings_and_reports(export, tmp_path):
     from neuroradix_train.stage3 import train_head
 
     r = train_head(load_config("stage3", [CONFIG_DIR / "stage3-tiny.yaml"],
-                               [f"data.embeddings={export}", f"train.out_dir={tmp_path / 'h'}", "train.epochs=60",
+                               [f"data.embeddings={export}", f"train.out_dir={tmp_path / 'h'}",
                                 "train.val_every_epochs=100"]))
     per = r["metrics"]["classification"]["per_finding"]
     macro = float(np.mean([per[f]["auroc"] for f in PLANTED]))

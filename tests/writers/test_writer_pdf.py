@@ -1,11 +1,20 @@
 """PDF writer: a valid PDF in a valid Encapsulated PDF instance, with the findings in it."""
 import io
+from dataclasses import replace
 
 import numpy as np
 import pypdf
 import pytest
+from scipy import ndimage
 
-from neuroradix.dicom.pdf import ENCAPSULATED_PDF_STORAGE, build_pdf, key_images, render_pdf_bytes
+from neuroradix.dicom.pdf import (
+    ENCAPSULATED_PDF_STORAGE,
+    _plane_indices,
+    _sample_attention,
+    build_pdf,
+    key_images,
+    render_pdf_bytes,
+)
 from writer_fixtures import LEFT, RIGHT, dciodvfy
 
 
@@ -59,3 +68,28 @@ def test_pdf_dataset(result, ctx, roundtrip):
     assert back.SeriesInstanceUID != src.SeriesInstanceUID
     errors, _ = dciodvfy(path)
     assert errors == []
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+@pytest.mark.parametrize("view", ["axial", "coronal"])
+def test_key_image_attention_is_sampled_at_the_plane_pixels(result, ctx, view, oblique):
+    """The heat map on a key image equals trilinear sampling of the map at the patient
+    position of each plane pixel (map_coordinates), for an aligned and an oblique map."""
+    amap = result.attention[0]
+    if oblique:
+        c, s = np.cos(0.3), np.sin(0.3)
+        turn = np.eye(4)
+        turn[:2, :2] = [[c, -s], [s, c]]
+        centre = ctx.volume.affine @ np.array([6.0, 16.0, 20.0, 1.0])
+        shift = np.eye(4)
+        shift[:3, 3] = centre[:3] - turn[:3, :3] @ centre[:3]
+        amap = replace(amap, affine=shift @ turn @ amap.affine)
+    position = 5 if view == "axial" else 12
+    index = _plane_indices(ctx.volume, view, position)
+    points = ctx.volume.index_to_patient(index.reshape(-1, 3))
+    inv = np.linalg.inv(amap.affine)
+    coords = (points @ inv[:3, :3].T + inv[:3, 3]).T
+    expected = ndimage.map_coordinates(amap.array, coords, order=1, mode="constant", cval=0.0).reshape(index.shape[:2])
+    got = _sample_attention(amap, ctx.volume, view, position)
+    assert expected.max() > 0.1 and (expected == 0).any()
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -7,7 +7,15 @@ import pydicom
 import pytest
 
 from neuroradix.dicom.common import SegType
-from neuroradix.dicom.seg import LABELMAP_SEG_STORAGE, SEGMENTATION_STORAGE, build_seg, segment_number_for_label
+from neuroradix.dicom.seg import (
+    LABELMAP_SEG_STORAGE,
+    SEGMENTATION_STORAGE,
+    build_seg,
+    label_values,
+    present_segments,
+    segment_number_for_label,
+    segment_number_map,
+)
 from writer_fixtures import AIRWAYS, LEFT, N_SLICES, RIGHT, dciodvfy
 
 
@@ -109,3 +117,45 @@ def test_binary_seg_passes_dciodvfy(result, ctx, roundtrip):
     _, path = roundtrip(build_seg(result, ctx))
     errors, _ = dciodvfy(path)
     assert errors == []
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_label_values_equal_numpy_unique(dtype):
+    labels = np.zeros((5, 600, 400), dtype=dtype)  # 1.2 M values: more than one counting block
+    labels[4, 599, 399] = 300 if dtype != np.uint8 else 200  # only in the last block
+    labels[0, 0, 0], labels[2, 10:20, 5] = 7, 3
+    assert label_values(labels) == [int(v) for v in np.unique(labels)] == [0, 3, 7, int(labels[4, 599, 399])]
+
+
+def test_segment_numbers_without_renumbering_use_the_label_map_itself(result, ctx, roundtrip):
+    """All four labels present (1..4 in order): the label map is handed to highdicom as is,
+    left untouched, and the SEG still holds every segment's voxels."""
+    labels = result.labels.copy()
+    labels[0, :2, :2] = 1  # Body
+    full = replace(result, labels=labels)
+    segments = present_segments(full)
+    assert segment_number_map(labels, segments) is labels
+    renumbered = segment_number_map(result.labels, present_segments(result))
+    np.testing.assert_array_equal(renumbered, np.array([0, 0, 1, 2, 3], np.uint8)[result.labels])
+    before = labels.copy()
+    seg = build_seg(full, ctx)
+    np.testing.assert_array_equal(labels, before)
+    _, path = roundtrip(seg)
+    back = hd.seg.segread(path)
+    uids = [ds.SOPInstanceUID for ds in ctx.source]
+    for label in (1, LEFT, RIGHT, AIRWAYS):
+        number = segment_number_for_label(seg, full, label)
+        assert number == label
+        pixels = back.get_pixels_by_source_instance(uids, segment_numbers=[number], skip_overlap_checks=True)
+        np.testing.assert_array_equal(pixels[..., 0].astype(bool), labels == label)
+
+
+def test_encode_workers_give_the_same_bytes(result, ctx):
+    one = build_seg(result, ctx)
+    two = build_seg(result, replace(ctx, encode_workers=2))
+    assert two.file_meta.TransferSyntaxUID == pydicom.uid.JPEG2000Lossless
+    assert two.PixelData == one.PixelData and two.NumberOfFrames == one.NumberOfFrames
+    with pytest.raises(ValueError, match="encode_workers"):
+        replace(ctx, encode_workers=-1)
+    with pytest.raises(ValueError, match="encode_workers"):
+        replace(ctx, encode_workers=True)

@@ -130,7 +130,7 @@ def phantom_report(findings: Sequence[str], rng: np.random.Generator) -> tuple[s
     sentences = ["Trachea and both main bronchi are open."]
     for name in PLANTED:
         sentences.append(_POSITIVE[name] if name in findings else _NEGATIVE[name])
-    body = sentences[:1] + list(rng.permutation(sentences[1:]))
+    body = sentences  # a fixed order: the report is a function of the findings (rng kept for variants)
     impression = (
         "Findings consistent with " + ", ".join(f.lower() for f in findings) + "."
         if findings else "No significant pathological finding in the thorax."

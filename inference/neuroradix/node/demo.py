@@ -20,11 +20,13 @@ LOG = logging.getLogger(__name__)
 def write_sample_series(out_dir: Path) -> tuple[list[Path], str, str]:
     """Write the sample CT as a DICOM series; returns (files, StudyInstanceUID, which source)."""
     from ..dicom.ctseries import volume_to_ct_series, write_series  # noqa: PLC0415
-    from ..sample import sample_ct_volume  # noqa: PLC0415
+    from ..sample import even_in_plane, sample_ct_volume  # noqa: PLC0415
 
     volume, source = sample_ct_volume()
+    # The test CT is 167 x 233 in plane; OHIF 3.13 overlays a Parametric Map only when
+    # rows x columns is even (see even_in_plane), as it is for clinical 512 x 512 images.
     datasets = volume_to_ct_series(
-        volume,
+        even_in_plane(volume),
         uid_seed=f"neuroradix-demo:{source}",
         series_description="Demo chest CT",
         study_description="Neuro Radix demo",
