@@ -14,7 +14,9 @@ Two grids (``ctx.pmap_grid``):
     adapters) only overlays maps with the same rows, columns and slices as the CT.
 ``SOURCE``
     Resampled (trilinear) onto the CT grid, frame ``i`` derived from ``ctx.source[i]``:
-    what OHIF needs to overlay it, at two bytes per CT voxel.
+    what OHIF needs to overlay it, at two bytes per CT voxel. A map whose axes are
+    parallel to the CT's (an analyzer's coarser grid) is resampled separably, one axis
+    at a time, which takes well under a second for a 300 x 512 x 512 CT.
 """
 from __future__ import annotations
 
@@ -150,7 +152,7 @@ def parallel_axes(to_map: np.ndarray, shape: tuple[int, ...], tolerance: float =
     to_map:
         4x4 matrix from grid indices ``(slice, row, column, 1)`` to map indices.
     shape:
-        Grid shape; ``to_map`` must move along one map axis per grid axis.
+        Grid shape (its extent turns the ignored terms into a drift in voxels).
     tolerance:
         Largest drift, in map voxels over the whole grid, that the terms ignored by
         the separable interpolation may add up to.
@@ -179,7 +181,9 @@ def _linear_weights(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarr
     low = np.clip(np.floor(coords), 0, max(size - 2, 0)).astype(np.intp)
     frac = coords - low
     high = np.minimum(low + 1, size - 1)
-    return low, high, np.where(inside, 1.0 - frac, 0.0).astype(np.float32), np.where(inside, frac, 0.0).astype(np.float32)
+    w_low = np.where(inside, 1.0 - frac, 0.0).astype(np.float32)
+    w_high = np.where(inside, frac, 0.0).astype(np.float32)
+    return low, high, w_low, w_high
 
 
 def _span(w_low: np.ndarray, w_high: np.ndarray) -> slice:
