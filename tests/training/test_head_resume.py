@@ -13,7 +13,7 @@ from neuroradix_train.phantoms import PLANTED, phantom_report
 from neuroradix_train.plots import read_jsonl
 
 
-def _embedding_export(directory, n_train=24, n_valid=12, seed=0):
+def _embedding_export(directory, n_train=48, n_valid=16, seed=0):
     """A stage-2 export whose embeddings carry the planted findings (one direction per finding)."""
     from neuroradix.models.config import tiny_config
     from neuroradix.models.embeddings import save_embeddings
@@ -56,7 +56,7 @@ def test_head_resumes_after_kill(export, tmp_path):
     from neuroradix_train.stage3 import train_head
 
     out = tmp_path / "head"
-    r = train_head(_cfg(export, out, epochs=4), max_steps=5)  # "killed" after 5 of 12 steps
+    r = train_head(_cfg(export, out, epochs=4), max_steps=5)  # "killed" after 5 of 24 steps
     assert r["step"] == 5 and not (out / "metrics.json").exists()
     first = read_jsonl(out / "steps.jsonl")
     assert [x["step"] for x in first] == [1, 2, 3, 4, 5]
@@ -64,8 +64,8 @@ def test_head_resumes_after_kill(export, tmp_path):
     assert payload["step"] == 5 and payload["optimizer"] is not None and "numpy" in payload["rng"]
     r = train_head(_cfg(export, out, epochs=4), resume=True)
     steps = read_jsonl(out / "steps.jsonl")
-    assert [x["step"] for x in steps] == list(range(1, 13))  # 24 scans / batch 8 x 4 epochs, no step twice
-    assert r["step"] == 12 and r["epoch"] == 4
+    assert [x["step"] for x in steps] == list(range(1, 25))  # 48 scans / batch 8 x 4 epochs, no step twice
+    assert r["step"] == 24 and r["epoch"] == 4
     # the loss continues from where it was, not from an untrained head
     assert steps[5]["loss"] < steps[0]["loss"]
     assert (out / "head.pt").is_file() and (out / "loss.png").is_file()
