@@ -70,7 +70,8 @@ bench: setup
 	$(PY) scripts/bench.py --models --out docs/benchmarks.md
 
 train-smoke: venv
-	$(PY) -m neuroradix.cli train-smoke --out $(VAR)/train-smoke
+	$(PY) -m neuroradix.cli train-smoke --work $(VAR)/train-smoke
+	$(PY) -m pytest -q -m smoke tests/training
 
 clean: down
 	rm -rf $(VAR)

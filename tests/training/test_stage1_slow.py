@@ -12,7 +12,7 @@ import pytest
 from neuroradix_train.config import CONFIG_DIR, load_config
 from neuroradix_train.plots import read_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.smoke]
 ROOT = Path(__file__).resolve().parents[2]
 
 
