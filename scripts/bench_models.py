@@ -15,7 +15,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import resource

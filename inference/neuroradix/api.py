@@ -6,7 +6,6 @@ answer without it and reveal nothing about studies. OpenAPI docs are at ``/docs`
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from contextlib import asynccontextmanager
 from typing import Optional
@@ -22,18 +21,9 @@ from .dicom.dicomweb import PacsClient
 from .errors import NeuroRadixError
 from .ledger import JobState, Ledger
 from .reconciler import Reconciler
-from .uids import short_hash
+from .uids import short_hash, valid_uid
 
 LOG = logging.getLogger(__name__)
-
-UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-
-
-def valid_uid(value: str) -> str:
-    if not isinstance(value, str) or len(value) > 64 or not UID_PATTERN.match(value):
-        raise ValueError("must be a DICOM UID: digits and dots, at most 64 characters, no leading zeros")
-    return value
-
 
 class JobRequest(BaseModel):
     """Ask for a study to be processed (the plugin does this on STABLE_STUDY)."""

@@ -24,7 +24,7 @@ from .standalone import (
     read_zip,
     zip_bytes,
 )
-from .uids import short_hash
+from .uids import short_hash, valid_uid
 
 LOG = logging.getLogger(__name__)
 
@@ -53,6 +53,14 @@ def add_result_routes(app: FastAPI, authorized: Callable) -> None:
     settings, ledger, pacs = app.state.settings, app.state.ledger, app.state.pacs
     analyzers_cache: dict = {}
 
+    def _jobs(study_uid: str) -> list:
+        """The study's jobs for the current pipeline version, newest first (422 for a bad UID)."""
+        try:
+            valid_uid(study_uid)
+        except ValueError as exc:
+            raise HTTPException(422, f"study_uid {exc}") from exc
+        return ledger.find(study_uid, settings.pipeline_version)
+
     @app.get(
         "/v1/studies/{study_uid}/results.zip",
         tags=["results"],
@@ -61,13 +69,7 @@ def add_result_routes(app: FastAPI, authorized: Callable) -> None:
     )
     def results_zip(study_uid: str) -> Response:
         """SEG, SR, Parametric Maps and PDF as ``.dcm``, ``results.json`` and the label map as NIfTI."""
-        from .api import valid_uid  # noqa: PLC0415
-
-        try:
-            valid_uid(study_uid)
-        except ValueError as exc:
-            raise HTTPException(422, f"study_uid {exc}") from exc
-        jobs = ledger.find(study_uid, settings.pipeline_version)
+        jobs = _jobs(study_uid)
         if not jobs or jobs[0].state != JobState.SUCCEEDED:
             state = jobs[0].state.value if jobs else None
             reason = jobs[0].error_message if jobs else "no job for this study and pipeline version"
@@ -102,13 +104,7 @@ def add_result_routes(app: FastAPI, authorized: Callable) -> None:
         return _zip_response(zip_bytes(archive_entries(archive_groups, document)), "results.zip")
 
     def _report_attention(study_uid: str) -> tuple[str, dict]:
-        from .api import valid_uid  # noqa: PLC0415
-
-        try:
-            valid_uid(study_uid)
-        except ValueError as exc:
-            raise HTTPException(422, f"study_uid {exc}") from exc
-        jobs = ledger.find(study_uid, settings.pipeline_version)
+        jobs = _jobs(study_uid)
         if not jobs or jobs[0].state != JobState.SUCCEEDED:
             raise HTTPException(404, "no results for this study")
         attention = jobs[0].details.get("report_attention", {})

@@ -8,6 +8,7 @@ integer of a UUID version 5 of the inputs (ISO/IEC 9834-8, as DICOM PS3.5 B.2 al
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 
 _NAMESPACE = uuid.UUID("6f3c1f8e-6a52-5a4e-9d43-2b0c7f5e8a11")
@@ -24,3 +25,13 @@ def derive_uid(*parts: str) -> str:
 def short_hash(uid: str) -> str:
     """A short, non-reversible tag for logs: never log patient or study identifiers."""
     return hashlib.sha256(uid.encode("utf-8")).hexdigest()[:10]
+
+
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+
+
+def valid_uid(value: str) -> str:
+    """Return ``value`` if it is a DICOM UID (PS3.5 9.1), else raise ValueError saying why."""
+    if not isinstance(value, str) or len(value) > 64 or not UID_PATTERN.match(value):
+        raise ValueError("must be a DICOM UID: digits and dots, at most 64 characters, no leading zeros")
+    return value

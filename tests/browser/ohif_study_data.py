@@ -21,7 +21,6 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 from pydicom.dataset import Dataset
 
 from neuroradix.analyzers.lung import LungAnalyzer
@@ -30,7 +29,6 @@ from neuroradix.dicom.ctseries import nifti_to_volume, volume_to_ct_series
 from neuroradix.dicom.encode import encode_result
 from neuroradix.dicom.seg import build_seg
 from neuroradix.sample import even_in_plane
-from neuroradix.types import Volume
 
 logger = logging.getLogger(__name__)
 

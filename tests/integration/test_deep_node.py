@@ -7,7 +7,6 @@ import subprocess
 
 import nibabel as nib
 
-import pydicom
 import pytest
 
 from neuroradix.dicom.ctseries import volume_to_ct_series

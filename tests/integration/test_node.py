@@ -149,7 +149,7 @@ def test_storescu_to_the_dicom_port_gets_results(node, tmp_path):
     node.storescu(files)
     # If the study turned stable before the last slice (a slow sender), the plugin posts it again
     # as a rerun once the rest has arrived; what counts is the final state.
-    job = node.wait_job(study_uid, states=("succeeded",), timeout=120)
+    node.wait_job(study_uid, states=("succeeded",), timeout=120)
     assert time.monotonic() - sent < 60
     modalities = sorted(str(s.Modality) for s in _outputs(node, study_uid))
     assert modalities == sorted(["SEG", "SR", "OT", "DOC"])

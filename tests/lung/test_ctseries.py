@@ -10,10 +10,10 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from neuroradix.dicom.volume import assemble
 from neuroradix.dicom.ctseries import (
     axial_axes,
     nifti_to_volume,
-    series_to_volume,
     to_axial,
     volume_to_ct_series,
     write_series,
@@ -39,9 +39,9 @@ def test_round_trip_through_files_is_exact(tmp_path, orientation, syntax):
     assert len(paths) == volume.shape[0]
     read = [pydicom.dcmread(p) for p in reversed(paths)]  # order must come from the positions
     assert read[0].file_meta.TransferSyntaxUID == syntax
-    back = series_to_volume(read)
+    back = assemble(read).volume
     slice_normal = np.cross(volume.directions[:, 2], volume.directions[:, 1])
-    flipped = float(np.dot(slice_normal, volume.affine[:3, 0])) < 0  # series_to_volume sorts along the normal
+    flipped = float(np.dot(slice_normal, volume.affine[:3, 0])) < 0  # assemble sorts along the normal
     expected = volume.array[::-1] if flipped else volume.array
     np.testing.assert_array_equal(back.array, expected)
     for index in ([0, 0, 0], [5, 7, 9], [17, 31, 39]):
@@ -90,10 +90,10 @@ def test_uids_are_deterministic_with_a_seed_and_random_without():
 def test_float_hu_are_rounded_and_wide_ranges_rescaled():
     base = _small()
     rounded = volume_to_ct_series(Volume(base.array.astype(np.float32) + 0.3, base.affine), uid_seed="f")
-    np.testing.assert_array_equal(series_to_volume(rounded).array, base.array)
+    np.testing.assert_array_equal(assemble(rounded).volume.array, base.array)
     wide = base.array.astype(np.float64)
     wide[0, 0, 0] = 40000.0  # beyond int16 at slope 1: needs a rescale slope
-    back = series_to_volume(volume_to_ct_series(Volume(wide, base.affine), uid_seed="w")).array
+    back = assemble(volume_to_ct_series(Volume(wide, base.affine), uid_seed="w")).volume.array
     slope = (wide.max() - wide.min()) / 65000.0
     assert np.abs(back - wide).max() <= slope
 

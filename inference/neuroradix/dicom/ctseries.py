@@ -28,7 +28,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from .. import MANUFACTURER, __version__
+from .. import __version__
 from ..errors import BadInputError
 from ..types import Volume
 from ..uids import derive_uid
@@ -349,33 +349,7 @@ def write_series(datasets: Sequence[Dataset], out_dir: Union[str, Path]) -> list
     return paths
 
 
-def series_to_volume(datasets: Sequence[Dataset]) -> Volume:
-    """Rebuild a :class:`Volume` from single-frame CT datasets (for tests and round trips).
-
-    Slices are ordered by their position along the normal of ImageOrientationPatient; the slice
-    step is the difference of the first two positions.
-    """
-    if not datasets:
-        raise BadInputError("no datasets")
-    first = datasets[0]
-    orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    ordered = sorted(datasets, key=lambda d: float(np.dot(np.asarray(d.ImagePositionPatient, float), normal)))
-    positions = np.array([np.asarray(d.ImagePositionPatient, dtype=np.float64) for d in ordered])
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    step = positions[1] - positions[0] if len(ordered) > 1 else normal * float(first.SliceThickness)
-    affine = np.eye(4)
-    affine[:3, 0] = step
-    affine[:3, 1] = col_dir * row_spacing
-    affine[:3, 2] = row_dir * col_spacing
-    affine[:3, 3] = positions[0]
-    array = np.stack([d.pixel_array.astype(np.float64) * float(d.RescaleSlope) + float(d.RescaleIntercept)
-                      for d in ordered])
-    return Volume(array, affine)
-
-
 __all__ = [
     "axial_axes", "reorient", "undo_reorient", "to_axial", "nifti_to_volume",
-    "volume_to_ct_series", "write_series", "series_to_volume",
+    "volume_to_ct_series", "write_series",
 ]
