@@ -9,7 +9,9 @@ Storing the node's results fires ``STABLE_STUDY`` again for the same study. The 
 recognises that: the study's *source fingerprint* (the series not made by this node, with their
 instance counts) has not changed since it was last handed off, so nothing is posted and nothing
 loops. A changed fingerprint (more slices arrived after a first hand-off) is posted with
-``rerun`` so the sidecar processes the completed study again.
+``rerun`` so the sidecar processes the completed study again. Every hand-off also carries the
+fingerprint, so the sidecar reruns a finished job whose study has changed even when this plugin
+was restarted in between and has forgotten it.
 """
 from __future__ import annotations
 
@@ -67,15 +69,21 @@ class Decision:
     rerun: bool = False
 
 
-def source_fingerprint(series: list, own_manufacturer: str) -> tuple:
+def source_items(series: list, own_manufacturer: str) -> tuple:
     """The series that were not made by this node, as ``((SeriesInstanceUID, n_instances), ...)``."""
     items = []
     for s in series:
         tags = s.get("MainDicomTags", {})
         if tags.get("Manufacturer", "") == own_manufacturer:
             continue
-        items.append((tags.get("SeriesInstanceUID", s.get("ID", "")), len(s.get("Instances", []))))
+        items.append((str(tags.get("SeriesInstanceUID", s.get("ID", ""))), len(s.get("Instances", []))))
     return tuple(sorted(items))
+
+
+def source_fingerprint(items: tuple) -> str:
+    """Short hash of :func:`source_items`; the sidecar computes the same from QIDO
+    (``neuroradix.dicom.series.source_fingerprint``) and reruns a job when they differ."""
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
 class Handoff:
@@ -163,7 +171,7 @@ class Handoff:
         if not study_uid:
             return Decision(False, "study has no StudyInstanceUID")
         series = json.loads(self._rest_get(f"/studies/{orthanc_study_id}/series"))
-        fingerprint_items = source_fingerprint(series, self.config.own_manufacturer)
+        fingerprint_items = source_items(series, self.config.own_manufacturer)
         modalities = {
             s.get("MainDicomTags", {}).get("Modality", "")
             for s in series
@@ -173,7 +181,7 @@ class Handoff:
             return Decision(False, "only this node's own output series", study_uid)
         if self.config.modalities and not modalities & set(self.config.modalities):
             return Decision(False, f"no {'/'.join(self.config.modalities)} series (has {sorted(modalities)})", study_uid)
-        fingerprint = hashlib.sha256(repr(fingerprint_items).encode()).hexdigest()[:16]
+        fingerprint = source_fingerprint(fingerprint_items)
         previous = self._seen.get(study_uid)
         if previous == fingerprint:
             return Decision(False, "source series unchanged since last hand-off (own results arrived)", study_uid, fingerprint)
@@ -187,7 +195,12 @@ class Handoff:
             LOG.info("study %s not handed off: %s", tag, decision.reason)
             return decision
         body = json.dumps(
-            {"study_uid": decision.study_uid, "trigger": "stable-study", "rerun": decision.rerun}
+            {
+                "study_uid": decision.study_uid,
+                "trigger": "stable-study",
+                "rerun": decision.rerun,
+                "source_fingerprint": decision.fingerprint,
+            }
         ).encode()
         self._post_with_retry(body, tag)
         self._remember(decision.study_uid, decision.fingerprint)

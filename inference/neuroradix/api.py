@@ -31,6 +31,11 @@ class JobRequest(BaseModel):
     study_uid: str = Field(description="StudyInstanceUID of a study stored in the node's Orthanc")
     rerun: bool = Field(False, description="Queue again even if a job for this study already ended")
     trigger: str = Field("api", pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    source_fingerprint: Optional[str] = Field(
+        None, pattern=r"^[0-9a-f]{8,64}$",
+        description="Hash of the study's source series and instance counts (sent by the plugin); "
+        "a finished job whose study changed since is queued again",
+    )
 
     @field_validator("study_uid")
     @classmethod
@@ -136,6 +141,7 @@ def create_app(
             trigger=request.trigger,
             rerun=request.rerun,
             max_attempts=settings.max_attempts,
+            fingerprint=request.source_fingerprint,
         )
         LOG.info("job %d for study %s: %s (%s)", job.id, short_hash(request.study_uid),
                  "created" if created else "exists", job.state.value)

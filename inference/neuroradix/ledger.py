@@ -55,6 +55,10 @@ jobs = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("timings", sa.Text, nullable=False, default="{}"),  # JSON {stage: seconds}
     sa.Column("input_series_uid", sa.String(64)),
+    # What the study's source series looked like (see source_fingerprint): when the PACS reports a
+    # different one for a finished job, the study changed (late slices) and the job runs again.
+    sa.Column("source_fingerprint", sa.String(64)),
+    sa.Column("pending_rerun", sa.Boolean, nullable=False, default=False),
     sa.Column("output_uids", sa.Text, nullable=False, default="[]"),  # JSON [{sop_instance_uid, series_instance_uid, kind}]
     sa.Column("details", sa.Text, nullable=False, default="{}"),  # JSON: warnings, findings summary
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -92,6 +96,8 @@ class Job:
     error_message: Optional[str]
     timings: dict
     input_series_uid: Optional[str]
+    source_fingerprint: Optional[str]
+    pending_rerun: bool
     output_uids: list
     details: dict
     created_at: dt.datetime
@@ -117,6 +123,8 @@ class Job:
             error_message=m["error_message"],
             timings=json.loads(m["timings"] or "{}"),
             input_series_uid=m["input_series_uid"],
+            source_fingerprint=m["source_fingerprint"],
+            pending_rerun=bool(m["pending_rerun"]),
             output_uids=json.loads(m["output_uids"] or "[]"),
             details=json.loads(m["details"] or "{}"),
             created_at=_aware(m["created_at"]),
@@ -164,17 +172,20 @@ class Ledger:
         trigger: str = "api",
         rerun: bool = False,
         max_attempts: int = 5,
+        fingerprint: Optional[str] = None,
     ) -> tuple[Job, bool]:
         """Create the job for (study, version) if it does not exist.
 
-        Returns ``(job, created)``. With ``rerun`` a job in a terminal state is queued again
-        (attempts reset); a queued or running job is left as it is.
+        Returns ``(job, created)``. An existing job is queued again (attempts reset) when it has
+        ended and either ``rerun`` is asked for or ``fingerprint`` differs from the source the
+        job saw (more slices arrived, a series was added). A running job given a different
+        fingerprint runs again once it ends. A queued job is left to run.
         """
         now = utcnow()
+        key = (jobs.c.study_uid == study_uid, jobs.c.pipeline_version == pipeline_version)
         with self.engine.begin() as conn:
-            row = conn.execute(
-                sa.select(jobs).where(jobs.c.study_uid == study_uid, jobs.c.pipeline_version == pipeline_version)
-            ).first()
+            row = conn.execute(sa.select(jobs).where(*key)).first()
+            created = False
             if row is None:
                 try:
                     with conn.begin_nested():
@@ -187,6 +198,8 @@ class Ledger:
                                 attempts=0,
                                 max_attempts=max_attempts,
                                 next_attempt_at=now,
+                                source_fingerprint=fingerprint,
+                                pending_rerun=False,
                                 timings="{}",
                                 output_uids="[]",
                                 details="{}",
@@ -196,30 +209,34 @@ class Ledger:
                         )
                     created = True
                 except sa.exc.IntegrityError:  # a concurrent enqueue won the race
-                    created = False
+                    pass
             else:
-                created = False
-                if rerun and JobState(row._mapping["state"]).terminal:
-                    conn.execute(
-                        jobs.update()
-                        .where(jobs.c.id == row._mapping["id"])
-                        .values(
-                            state=JobState.QUEUED.value,
-                            trigger=trigger,
-                            attempts=0,
-                            next_attempt_at=now,
-                            error_class=None,
-                            error_message=None,
-                            lease_owner=None,
-                            lease_expires_at=None,
-                            updated_at=now,
-                            finished_at=None,
-                        )
-                    )
-            job = conn.execute(
-                sa.select(jobs).where(jobs.c.study_uid == study_uid, jobs.c.pipeline_version == pipeline_version)
-            ).one()
+                m = row._mapping
+                state = JobState(m["state"])
+                changed = fingerprint is not None and fingerprint != m["source_fingerprint"]
+                if state.terminal and (rerun or changed):
+                    conn.execute(jobs.update().where(jobs.c.id == m["id"]).values(
+                        **self._requeue_values(now), trigger=trigger,
+                        source_fingerprint=fingerprint if fingerprint is not None else m["source_fingerprint"]))
+                elif state == JobState.RUNNING and (rerun or changed):
+                    conn.execute(jobs.update().where(jobs.c.id == m["id"]).values(pending_rerun=True, updated_at=now))
+            job = conn.execute(sa.select(jobs).where(*key)).one()
         return Job.from_row(job), created
+
+    @staticmethod
+    def _requeue_values(now: dt.datetime) -> dict:
+        return {
+            "state": JobState.QUEUED.value,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "error_class": None,
+            "error_message": None,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "pending_rerun": False,
+            "updated_at": now,
+            "finished_at": None,
+        }
 
     # --- claim / lease -----------------------------------------------------------------------
     def _claimable(self, now: dt.datetime):
@@ -289,9 +306,14 @@ class Ledger:
 
     # --- finish ------------------------------------------------------------------------------
     def _finish(self, job_id: int, worker_id: str, values: dict) -> None:
+        """Record the outcome; a job whose study changed while it ran is queued again instead."""
         now = utcnow()
         values = {**values, "updated_at": now, "lease_owner": None, "lease_expires_at": None}
         with self.engine.begin() as conn:
+            pending = conn.execute(sa.select(jobs.c.pending_rerun).where(jobs.c.id == job_id)).scalar()
+            if pending and JobState(values.get("state", JobState.QUEUED.value)).terminal:
+                LOG.info("job %d: the study changed while it ran; queued again", job_id)
+                values = {**values, **self._requeue_values(now)}
             result = conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.lease_owner == worker_id, jobs.c.state == JobState.RUNNING.value)
@@ -309,11 +331,13 @@ class Ledger:
         output_uids: list,
         timings: dict,
         details: dict,
+        fingerprint: Optional[str] = None,
     ) -> None:
         self._finish(
             job_id,
             worker_id,
             {
+                **({"source_fingerprint": fingerprint} if fingerprint is not None else {}),
                 "state": JobState.SUCCEEDED.value,
                 "input_series_uid": input_series_uid,
                 "output_uids": json.dumps(output_uids),
@@ -326,11 +350,12 @@ class Ledger:
         )
 
     def fail(self, job_id: int, worker_id: str, error_class: str, message: str, *, timings: Optional[dict] = None,
-             skipped: bool = False, input_series_uid: Optional[str] = None) -> None:
+             skipped: bool = False, input_series_uid: Optional[str] = None, fingerprint: Optional[str] = None) -> None:
         self._finish(
             job_id,
             worker_id,
             {
+                **({"source_fingerprint": fingerprint} if fingerprint is not None else {}),
                 "state": (JobState.SKIPPED if skipped else JobState.FAILED).value,
                 "error_class": error_class,
                 "error_message": message[:2000],

@@ -21,7 +21,7 @@ from .config import PipelineSettings, Settings
 from .dicom.dicomweb import PacsClient
 from .dicom.encode import encode_result
 from .dicom.common import OutputContext
-from .dicom.series import load_rules, select_series
+from .dicom.series import load_rules, select_series, source_fingerprint
 from .dicom.volume import AssembledSeries, GeometryLimits, assemble
 from .errors import BadInputError, NotConfiguredError
 from .results import result_summary
@@ -32,10 +32,11 @@ LOG = logging.getLogger(__name__)
 
 
 class StageTimer:
-    """Collects ``{stage: seconds}``."""
+    """Collects ``{stage: seconds}``, and the study's source fingerprint once it is known."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.fingerprint: Optional[str] = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -179,7 +180,9 @@ def process_study(
         return fetched[series_uid]
 
     with timer.stage("select"):
-        chosen = select_series(pacs.search_series(study_uid), fetch, rules, MANUFACTURER)
+        series = pacs.search_series(study_uid)
+        timer.fingerprint = source_fingerprint(series, MANUFACTURER)
+        chosen = select_series(series, fetch, rules, MANUFACTURER)
     timer.seconds["select"] = round(timer.seconds["select"] - timer.seconds.get("fetch", 0.0), 4)
     datasets = fetched[chosen.series_uid]
     LOG.info("study %s: series of %d slices selected", tag, chosen.n_slices)

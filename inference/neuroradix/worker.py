@@ -126,16 +126,19 @@ class Worker:
                 output_uids=outcome.output_records(),
                 timings=timings,
                 details=outcome.details(),
+                fingerprint=timer.fingerprint,
             )
             LOG.info("job %d (study %s): succeeded in %.1f s", job.id, tag, timings["total"])
         except LeaseLost as exc:
             LOG.error("job %d: %s; its new owner records the outcome", job.id, exc)
         except NotEligibleError as exc:
             LOG.info("job %d (study %s): skipped: %s", job.id, tag, exc)
-            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), skipped=True, timings=timer.seconds)
+            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), skipped=True, timings=timer.seconds,
+                             fingerprint=timer.fingerprint)
         except (BadInputError, NotConfiguredError) as exc:
             LOG.warning("job %d (study %s): failed: %s", job.id, tag, exc)
-            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), timings=timer.seconds)
+            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), timings=timer.seconds,
+                             fingerprint=timer.fingerprint)
         except TransientError as exc:
             delay = self.backoff(job.attempts)
             state = self.ledger.retry_later(job.id, self.worker_id, type(exc).__name__, str(exc), delay)

@@ -213,3 +213,14 @@ def test_real_jpeg2000_series_is_decoded_and_ends_with_a_reason(node):
     assert job["state"] == "failed" and job["error_class"] == "BadInputError", job
     assert "no lungs found" in job["error_message"] and "decode" not in job["error_message"]
     assert job["timings"]["decode"] > 0 and _outputs(node, study_uid) == []
+
+
+def test_study_completed_after_a_first_run_is_processed_again(node):
+    datasets = _phantom_series("it-late-slices")
+    study_uid = str(datasets[0].StudyInstanceUID)
+    node.upload(datasets[:6])  # a sender that stalls: the study turns stable with 6 slices
+    first = node.wait_job(study_uid)
+    assert first["state"] == "skipped" and "fewer than 10" in first["error_message"]
+    node.upload(datasets[6:])  # the rest arrives: the source fingerprint changes
+    job = node.wait_job(study_uid, states=("succeeded",), timeout=180)
+    assert job["id"] == first["id"] and len(_outputs(node, study_uid)) == 4

@@ -110,3 +110,27 @@ def test_dead_worker_with_no_attempts_left_fails_with_reason(ledger):
     assert ledger.claim("w2", 60) is None
     job = ledger.find("1.2.3")[0]
     assert job.state == JobState.FAILED and job.error_class == "AttemptsExhausted"
+
+
+def test_changed_source_requeues_a_finished_job_and_same_source_does_not(ledger):
+    ledger.enqueue("1.2.3", "v1", fingerprint="aaaa1111")
+    job = ledger.claim("w1", 60)
+    ledger.fail(job.id, "w1", "BadInputError", "no lungs found (partial study)", fingerprint="aaaa1111")
+    same, _ = ledger.enqueue("1.2.3", "v1", fingerprint="aaaa1111", trigger="stable-study")
+    assert same.state == JobState.FAILED  # nothing new: stays failed
+    changed, created = ledger.enqueue("1.2.3", "v1", fingerprint="bbbb2222", trigger="stable-study")
+    assert not created and changed.state == JobState.QUEUED and changed.attempts == 0
+    assert changed.source_fingerprint == "bbbb2222" and changed.error_message is None
+
+
+def test_source_change_while_running_reruns_after_the_run(ledger):
+    ledger.enqueue("1.2.3", "v1", trigger="reconciler")
+    job = ledger.claim("w1", 60)
+    during, _ = ledger.enqueue("1.2.3", "v1", fingerprint="cccc3333", trigger="stable-study")
+    assert during.state == JobState.RUNNING and during.pending_rerun
+    ledger.succeed(job.id, "w1", input_series_uid="1.2", output_uids=[], timings={}, details={}, fingerprint="dddd4444")
+    after = ledger.get(job.id)
+    assert after.state == JobState.QUEUED and not after.pending_rerun and after.attempts == 0
+    again = ledger.claim("w1", 60)
+    ledger.succeed(again.id, "w1", input_series_uid="1.2", output_uids=[], timings={}, details={}, fingerprint="cccc3333")
+    assert ledger.get(job.id).state == JobState.SUCCEEDED and ledger.get(job.id).source_fingerprint == "cccc3333"

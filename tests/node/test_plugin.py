@@ -65,7 +65,10 @@ def test_ct_study_is_posted_once_and_own_results_do_not_loop():
     handoff = make(rest, sidecar)
     handoff.submit("s1")
     handoff.drain()
-    assert sidecar.bodies == [{"study_uid": "1.2.3", "trigger": "stable-study", "rerun": False}]
+    assert len(sidecar.bodies) == 1
+    body = sidecar.bodies[0]
+    assert {k: body[k] for k in ("study_uid", "trigger", "rerun")} == {"study_uid": "1.2.3", "trigger": "stable-study", "rerun": False}
+    assert len(body["source_fingerprint"]) == 16
     # the node stores SEG/SR/PM into the study -> STABLE_STUDY fires again
     rest.add_series("s1", "1.2.3", "2.25.1", "SEG", 1, manufacturer=OWN)
     rest.add_series("s1", "1.2.3", "2.25.2", "SR", 1, manufacturer=OWN)
@@ -152,3 +155,27 @@ def test_glue_registers_callback_and_only_queues_in_it(monkeypatch):
     glue.on_change(ChangeType.STABLE_STUDY, 0, "study-id")
     glue.on_change(ChangeType.NEW_INSTANCE, 0, "instance-id")
     assert calls["rest"] == 0 and glue.HANDOFF._queue.qsize() == 1
+
+
+def test_plugin_and_sidecar_compute_the_same_fingerprint():
+    """The plugin (Orthanc REST) and the worker (QIDO) must agree, or every study would rerun."""
+    import pydicom
+
+    from handoff import source_fingerprint, source_items
+    from neuroradix.dicom.series import source_fingerprint as sidecar_fingerprint
+
+    rest = FakeOrthancRest()
+    rest.add_series("s1", "1.2.3", "1.2.3.1", "CT", 120)
+    rest.add_series("s1", "1.2.3", "1.2.3.2", "CT", 3)
+    rest.add_series("s1", "1.2.3", "2.25.9", "SEG", 1, manufacturer=OWN)
+    qido = []
+    for s in rest.studies["s1"]["series"]:
+        ds = pydicom.Dataset()
+        ds.SeriesInstanceUID = s["MainDicomTags"]["SeriesInstanceUID"]
+        ds.Manufacturer = s["MainDicomTags"]["Manufacturer"]
+        ds.NumberOfSeriesRelatedInstances = len(s["Instances"])
+        qido.append(ds)
+    plugin_side = source_fingerprint(source_items(rest.studies["s1"]["series"], OWN))
+    assert plugin_side == sidecar_fingerprint(qido, OWN)
+    qido[0].NumberOfSeriesRelatedInstances = 121  # one more slice: a different study
+    assert plugin_side != sidecar_fingerprint(qido, OWN)

@@ -6,6 +6,7 @@ message lists why each series was rejected, which becomes the job's "skipped" re
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -203,3 +204,20 @@ def select_series(
             return best
     detail = "; ".join(reasons) if reasons else "the study has no series"
     raise NotEligibleError(f"no usable CT series: {detail}")
+
+
+def source_fingerprint(series: Sequence[pydicom.Dataset], own_manufacturer: str) -> str:
+    """A short hash of the study's source series and their instance counts (QIDO results).
+
+    Must give the same value as ``source_fingerprint`` in ``plugin/handoff.py`` for the same
+    study (a test checks both): the plugin sends it with each hand-off, the worker records what it
+    processed, and a difference means the study changed since (late slices, a new series).
+    """
+    items = tuple(
+        sorted(
+            (str(s.get("SeriesInstanceUID", "")), int(s.get("NumberOfSeriesRelatedInstances", 0) or 0))
+            for s in series
+            if str(s.get("Manufacturer", "")) != own_manufacturer
+        )
+    )
+    return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
