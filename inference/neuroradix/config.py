@@ -51,6 +51,7 @@ class PipelineSettings(BaseSettings):
     weights_dir: Optional[Path] = None  # release folder for the deep-learning analyzer
     allow_untrained: bool = False  # test-only: run random weights, marked UNTRAINED - TEST OUTPUT
     seg_type: SegType = SegType.BINARY
+    seg_compress: bool = True  # BINARY: JPEG 2000 lossless; False: uncompressed (for viewers that need it)
     pmap_grid: PmapGrid = PmapGrid.SOURCE
     # Input limits (a huge study fails with a reason instead of exhausting memory)
     max_series_instances: int = 2000
@@ -80,7 +81,8 @@ class PipelineSettings(BaseSettings):
     @property
     def pipeline_version(self) -> str:
         """Identifies what produced a result; part of every output UID and of the job key."""
-        parts = [f"neuroradix-{__version__}", *sorted(self.analyzers), self.seg_type.value.lower(),
+        seg = self.seg_type.value.lower() + ("" if self.seg_compress else "-raw")
+        parts = [f"neuroradix-{__version__}", *sorted(self.analyzers), seg,
                  f"pm-{self.pmap_grid.value.lower()}"]
         if "deep" in self.analyzers and self.weights_dir is not None:
             parts.append(f"weights-{Path(self.weights_dir).resolve().name}")

@@ -136,6 +136,7 @@ def analyze_volume(
                 pipeline_version=settings.pipeline_version,
                 software_version=__version__,
                 seg_type=settings.seg_type.value,
+                seg_compress=settings.seg_compress,
                 pmap_grid=settings.pmap_grid.value,
                 series_number_base=9000 + 100 * index,
             )
