@@ -16,7 +16,7 @@ help:
 	@echo "make demo        set up, start the node, send a real chest CT, print the stored results"
 	@echo "make test        run the test suite (unit + real Orthanc + browser)"
 	@echo "make up / down   run / stop the node in the background (writes $(VAR)/node.env)"
-	@echo "make viewer      open the node's results in OHIF (http://127.0.0.1:8080)"
+	@echo "make viewer      open the node's results in OHIF (http://127.0.0.1:3000)"
 	@echo "make bench       stage timings, written to docs/benchmarks.md"
 	@echo "make train-smoke train all three stages on a miniature dataset (CPU, minutes)"
 
