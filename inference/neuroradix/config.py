@@ -113,6 +113,7 @@ class Settings(PipelineSettings):
     poll_seconds: float = 1.0
     workers: int = 1
     reconcile_interval_seconds: float = 60.0
+    reconcile_settle_seconds: float = 30.0  # a study found by the sweep waits this long first
     http_timeout_seconds: float = 120.0
 
     @model_validator(mode="after")

@@ -173,13 +173,15 @@ class Ledger:
         rerun: bool = False,
         max_attempts: int = 5,
         fingerprint: Optional[str] = None,
+        delay_seconds: float = 0.0,
     ) -> tuple[Job, bool]:
         """Create the job for (study, version) if it does not exist.
 
         Returns ``(job, created)``. An existing job is queued again (attempts reset) when it has
         ended and either ``rerun`` is asked for or ``fingerprint`` differs from the source the
         job saw (more slices arrived, a series was added). A running job given a different
-        fingerprint runs again once it ends. A queued job is left to run.
+        fingerprint runs again once it ends. A queued job is left to run. ``delay_seconds``
+        holds a new job back (the reconciler lets a study it found settle first).
         """
         now = utcnow()
         key = (jobs.c.study_uid == study_uid, jobs.c.pipeline_version == pipeline_version)
@@ -197,7 +199,7 @@ class Ledger:
                                 trigger=trigger,
                                 attempts=0,
                                 max_attempts=max_attempts,
-                                next_attempt_at=now,
+                                next_attempt_at=now + dt.timedelta(seconds=delay_seconds),
                                 source_fingerprint=fingerprint,
                                 pending_rerun=False,
                                 timings="{}",

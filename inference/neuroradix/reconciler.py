@@ -2,7 +2,10 @@
 
 Events from the plugin only make the node fast; this sweep makes "every eligible study has
 results for the current pipeline version" true even when an event was lost (sidecar down,
-Orthanc restarted, queue full). Studies are paged through with limit/offset.
+Orthanc restarted, queue full). Studies are paged through with limit/offset. A study found this way waits
+``reconcile_settle_seconds`` before it is processed, since QIDO cannot say whether it is still
+arriving; if it was, the plugin's hand-off with a new source fingerprint reruns it (see
+:meth:`neuroradix.ledger.Ledger.enqueue`).
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ def sweep(settings: Settings, ledger: Ledger, pacs: PacsClient, page_size: int =
         for item in page:
             uid = item.get("0020000D", {}).get("Value", [None])[0]
             if uid and uid not in known:
-                _, created = ledger.enqueue(uid, version, trigger="reconciler", max_attempts=settings.max_attempts)
+                _, created = ledger.enqueue(uid, version, trigger="reconciler", max_attempts=settings.max_attempts,
+                                            delay_seconds=settings.reconcile_settle_seconds)
                 enqueued += int(created)
                 known.add(uid)
         if len(page) < page_size:

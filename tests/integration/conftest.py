@@ -21,7 +21,8 @@ def pytest_collection_modifyitems(items):
 def node(tmp_path_factory):
     if shutil.which("Orthanc") is None:
         pytest.skip("Orthanc is not installed (make setup installs it)")
-    running = EphemeralNode(tmp_path_factory.mktemp("node")).start()
+    # Events only: the reconciler's sweep has its own node below, so no sweep races an upload here.
+    running = EphemeralNode(tmp_path_factory.mktemp("node"), reconcile_seconds=3600).start()
     yield running
     running.stop()
 

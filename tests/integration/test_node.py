@@ -111,7 +111,7 @@ def test_study_arriving_while_sidecar_is_down_is_processed_after_it_starts(node)
         datasets = _phantom_series("it-sidecar-down")
         study_uid = str(datasets[0].StudyInstanceUID)
         node.upload(datasets)
-        time.sleep(4)  # stable while nobody listens: the plugin retries, the reconciler will sweep
+        time.sleep(4)  # stable while nobody listens: the plugin keeps retrying with backoff
     finally:
         node.start_sidecar()
     job = node.wait_job(study_uid, timeout=180)
@@ -224,3 +224,19 @@ def test_study_completed_after_a_first_run_is_processed_again(node):
     node.upload(datasets[6:])  # the rest arrives: the source fingerprint changes
     job = node.wait_job(study_uid, states=("succeeded",), timeout=180)
     assert job["id"] == first["id"] and len(_outputs(node, study_uid)) == 4
+
+
+def test_reconciler_alone_brings_a_study_the_plugin_could_not_hand_off(tmp_path_factory):
+    """Level-triggered: with every plugin hand-off lost, the QIDO sweep still gets the study done."""
+    from neuroradix.node.harness import EphemeralNode
+
+    lonely = EphemeralNode(tmp_path_factory.mktemp("reconciler-node"), reconcile_seconds=2,
+                           plugin_reaches_sidecar=False).start()
+    try:
+        datasets = _phantom_series("it-reconciler")
+        study_uid = str(datasets[0].StudyInstanceUID)
+        lonely.upload(datasets)
+        job = lonely.wait_job(study_uid, states=("succeeded",), timeout=180)
+        assert job["trigger"] == "reconciler" and len(_outputs(lonely, study_uid)) == 4
+    finally:
+        lonely.stop()

@@ -27,4 +27,6 @@ def test_sweep_enqueues_missing_studies_across_pages(tmp_path):
     jobs = {j.study_uid: j for j in ledger.list(limit=100) if j.pipeline_version == settings.pipeline_version}
     assert set(jobs) == {f"1.2.{i}" for i in range(5)}
     assert {jobs[f"1.2.{i}"].trigger for i in range(1, 5)} == {"reconciler"}
+    held_back = jobs["1.2.3"].next_attempt_at - jobs["1.2.3"].created_at
+    assert abs(held_back.total_seconds() - settings.reconcile_settle_seconds) < 1  # lets the study settle
     assert sweep(settings, ledger, pacs, page_size=2) == 0  # level-triggered: nothing twice

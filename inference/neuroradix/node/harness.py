@@ -1,6 +1,7 @@
 """A throw-away node in a temporary directory (Orthanc + sidecar on free ports) for tests and benchmarks."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,7 +26,15 @@ TERMINAL = ("succeeded", "failed", "skipped")
 class EphemeralNode:
     """Orthanc + sidecar with short leases and a fast reconciler; everything lives under ``root``."""
 
-    def __init__(self, root: Path, stable_age: int = 2, lease_seconds: float = 8.0, extra_env: Optional[dict] = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        stable_age: int = 2,
+        lease_seconds: float = 8.0,
+        reconcile_seconds: float = 3.0,
+        plugin_reaches_sidecar: bool = True,
+        extra_env: Optional[dict] = None,
+    ) -> None:
         self.root = root
         self.config = NodeConfig(
             var_dir=root,
@@ -43,11 +52,15 @@ class EphemeralNode:
                 "NEURORADIX_LEASE_SECONDS": str(lease_seconds),
                 "NEURORADIX_POLL_SECONDS": "0.2",
                 "NEURORADIX_RETRY_BASE_SECONDS": "1",
-                "NEURORADIX_RECONCILE_INTERVAL_SECONDS": "3",
+                "NEURORADIX_RECONCILE_INTERVAL_SECONDS": str(reconcile_seconds),
+                "NEURORADIX_RECONCILE_SETTLE_SECONDS": "4",
                 **(extra_env or {}),
             }
         )
-        self.orthanc = OrthancProcess(self.config.orthanc_spec())
+        spec = self.config.orthanc_spec()
+        if not plugin_reaches_sidecar:  # only the reconciler can bring studies to the sidecar
+            spec = dataclasses.replace(spec, sidecar_url=f"http://127.0.0.1:{free_port()}")
+        self.orthanc = OrthancProcess(spec)
         self.sidecar: Optional[subprocess.Popen] = None
         self.pacs = PacsClient(self.config.orthanc_url + "/dicom-web", self.config.orthanc_user, self.config.orthanc_password)
 
