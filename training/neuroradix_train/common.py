@@ -62,6 +62,16 @@ class ResumableSampler(torch.utils.data.Sampler):
         return max(0, self.per_rank - self.start)
 
 
+def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, scheduler, grad_clip: Optional[float]) -> None:
+    """One update: zero the gradients, backpropagate, clip if asked, step optimiser and schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def progress(iterable, enabled: bool, **kwargs):
     """A tqdm progress bar on rank 0 (plain iteration elsewhere or without tqdm)."""
     if not enabled:

@@ -23,7 +23,7 @@ from neuroradix.errors import ConfigError
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .common import ResumableSampler, model_config, out_dir, progress, set_threads
+from .common import ResumableSampler, model_config, optimizer_step, out_dir, progress, set_threads
 from .config import require, save_config
 from .runlog import RunLog
 
@@ -206,12 +206,7 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
             y = batch["label"].to(info.device, non_blocking=True)
             with D.autocast(info.device, amp):
                 loss = loss_fn(ddp(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t["grad_clip"])
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(loss, model, optimizer, scheduler, t.get("grad_clip"))
             step += 1
             batch_in_epoch += 1
             value = D.all_reduce_mean(loss.item(), info.device if info.device.type == "cuda" else None)

@@ -21,7 +21,7 @@ from neuroradix.errors import ConfigError
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .common import ResumableSampler, out_dir, progress, set_threads
+from .common import ResumableSampler, optimizer_step, out_dir, progress, set_threads
 from .config import require, save_config
 from .findings import FINDINGS
 from .runlog import RunLog
@@ -174,12 +174,7 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
             with D.autocast(info.device, amp):
                 out = ddp(b["embeddings"].to(info.device), b["positions"].to(info.device), labels=b["labels"].to(info.device),
                           input_ids=ids.to(info.device), attention_mask=att.to(info.device), patch_mask=b["patch_mask"].to(info.device))
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            if t.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(head.parameters(), t["grad_clip"])
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(out["loss"], head, optimizer, scheduler, t.get("grad_clip"))
             step += 1
             batch_in_epoch += 1
             vals = {k: D.all_reduce_mean(float(out[k].item())) for k in ("loss", "cls_loss", "bart_loss", "coverage_loss") if out.get(k) is not None}
