@@ -183,8 +183,7 @@ def process_study(
     with timer.stage("select"):
         series = pacs.search_series(study_uid)
         timer.fingerprint = source_fingerprint(series, MANUFACTURER)
-        chosen = select_series(series, fetch, rules, MANUFACTURER)
-    timer.seconds["select"] = round(timer.seconds["select"] - timer.seconds.get("fetch", 0.0), 4)
+    chosen = select_series(series, fetch, rules, MANUFACTURER)  # fetches the candidates it checks
     datasets = fetched[chosen.series_uid]
     LOG.info("study %s: series of %d slices selected", tag, chosen.n_slices)
     try:

@@ -96,25 +96,19 @@ def main(n: int = 300, size: int = 512) -> None:
         ("PMAP on attention grid, uint16", lambda: build_pmaps(result, ctx)[0]),
         ("PMAP on CT grid, uint16", lambda: build_pmaps(result, replace(ctx, pmap_grid="SOURCE"))[0]),
     ]
-    built = {}
-    for name, make in cases:
+    def measure(name, make, path):
         t0 = time.perf_counter()
         ds = make()
         seconds = time.perf_counter() - t0
-        path = out / f"{len(built)}.dcm"
         ds.save_as(path, enforce_file_format=True)
-        built[name] = ds
-        frames = getattr(ds, "NumberOfFrames", 1)
-        print(f"| {name} | {frames} frames | {path.stat().st_size / 1e6:.2f} MB | {seconds:.1f} s |")
+        frames = getattr(ds, "NumberOfFrames", None)
+        print(f"| {name} | {f'{frames} frames' if frames else '-'} | {path.stat().st_size / 1e6:.2f} MB | {seconds:.1f} s |")
+        return ds
+
+    built = {name: measure(name, make, out / f"{i}.dcm") for i, (name, make) in enumerate(cases)}
     seg, pmap = built["SEG BINARY, JPEG 2000 Lossless"], built["PMAP on attention grid, uint16"]
-    others = (("SR", lambda: build_sr(result, ctx, seg, [pmap])), ("PDF", lambda: build_pdf(result, ctx, seg)))
-    for name, make in others:
-        t0 = time.perf_counter()
-        ds = make()
-        seconds = time.perf_counter() - t0
-        path = out / f"{name}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        print(f"| {name} | - | {path.stat().st_size / 1e6:.2f} MB | {seconds:.1f} s |")
+    measure("SR", lambda: build_sr(result, ctx, seg, [pmap]), out / "SR.dcm")
+    measure("PDF", lambda: build_pdf(result, ctx, seg), out / "PDF.dcm")
 
 
 if __name__ == "__main__":
