@@ -29,6 +29,8 @@ def test_config_round_trip_through_json():
     lambda: PreprocessConfig(orientation="SPP"),
     lambda: BackboneConfig(in_channels=1),
     lambda: BackboneConfig(feature_size=20),
+    lambda: BackboneConfig(window_size=8),
+    lambda: BackboneConfig(window_size=1),
     lambda: HeadConfig(num_cls_queries=5),
     lambda: HeadConfig(bart={"d_model": 12}),
     lambda: ModelConfig(head=HeadConfig(embed_dim=100)),
@@ -36,6 +38,16 @@ def test_config_round_trip_through_json():
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         bad()
+
+
+def test_window_size_reaches_swinunetr_and_old_configs_keep_monai_default():
+    from neuroradix.models.backbone import build_backbone
+
+    d = tiny_config().to_dict()
+    d["backbone"].pop("window_size")  # a release written before the setting existed
+    assert ModelConfig.from_dict(d).backbone.window_size == 7
+    model = build_backbone(BackboneConfig(feature_size=12, window_size=4))
+    assert tuple(model.swinViT.window_size) == (4, 4, 4)
 
 
 def test_from_dict_refuses_unknown_keys():

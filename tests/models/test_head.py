@@ -97,3 +97,35 @@ def test_generate_returns_text_and_token_attention(tiny_tokenizer):
     assert info["token_attention"][0].shape == (t, 5) and info["token_cross_attention"][0].shape == (t, cfg.num_gen_queries)
     # token -> gen query -> patch is a composition of two softmaxes: rows sum to one
     assert torch.allclose(info["token_attention"][0].sum(-1), torch.ones(t), atol=1e-5)
+
+
+def test_standardized_head_equals_a_plain_head_on_standardized_input(tiny_tokenizer):
+    base = tiny_config().head
+    plain = MultitaskHead(base, tiny_tokenizer).eval()
+    std_head = MultitaskHead(dataclasses.replace(base, standardize_embeddings=True), tiny_tokenizer).eval()
+    missing = std_head.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["bridge.embed_mean", "bridge.embed_std"]  # stored with the weights
+    emb, pos, _ = _inputs(base)
+    mean, std = torch.linspace(-3, 3, base.embed_dim), torch.linspace(0.5, 20, base.embed_dim)
+    std_head.set_embedding_stats(mean, std)
+    with torch.no_grad():
+        a = std_head(emb * std + mean, pos)["logits_cls"]
+        b = plain(emb, pos)["logits_cls"]
+    assert torch.allclose(a, b, atol=1e-4)
+    again = MultitaskHead(dataclasses.replace(base, standardize_embeddings=True), tiny_tokenizer)
+    again.load_state_dict(std_head.state_dict())
+    assert torch.equal(again.bridge.embed_std, std_head.bridge.embed_std)
+    with pytest.raises(ValueError, match="without standardize_embeddings"):
+        plain.set_embedding_stats(mean, std)
+
+
+def test_training_prompt_lists_the_true_findings(tiny_tokenizer):
+    cfg = dataclasses.replace(tiny_config().head, prompt_top_k=2)
+    head = MultitaskHead(cfg, tiny_tokenizer)
+    logits = torch.full((2, cfg.num_outputs), -5.0)
+    logits[0, 3] = 5.0  # the classifier's (wrong) finding
+    labels = torch.zeros(2, cfg.num_outputs)
+    labels[0, [1, 7, 9]] = 1.0
+    names = head.finding_names
+    assert head.prompts(logits, labels) == [format_prompt([names[1], names[7]]), format_prompt([])]
+    assert head.prompts(logits) == [format_prompt([names[3]]), format_prompt([])]

@@ -62,6 +62,8 @@ def register(subparsers) -> None:
     p.add_argument("--work", type=Path, default=Path("var/train-smoke"))
     p.add_argument("--real-ct", type=Path, default=Path("../shared/data/real-ct"))
     p.add_argument("--no-assert", action="store_true", help="report the numbers without failing on thresholds")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="STAGE:KEY=VALUE",
+                   help="override one setting of one stage, e.g. --set stage1:train.amp=false (repeatable)")
     p.set_defaults(func=_smoke)
 
 
@@ -117,7 +119,8 @@ def _publish(args) -> int:
 def _smoke(args) -> int:
     from .smoke import run_smoke
 
-    result = run_smoke(args.work, real_ct_dir=args.real_ct if args.real_ct.is_dir() else None, check=not args.no_assert)
+    result = run_smoke(args.work, real_ct_dir=args.real_ct if args.real_ct.is_dir() else None, check=not args.no_assert,
+                       extra_sets=args.sets)
     sys.stdout.write(json.dumps(result, indent=1, default=float) + "\n")
     return 0
 

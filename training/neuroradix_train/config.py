@@ -1,6 +1,6 @@
 """Stage configuration: YAML files with the original defaults, overridable without editing them.
 
-A run's configuration is the stage's default file (``training/configs/<stage>.yaml``), then any
+A run's configuration is the stage's default file (``training/neuroradix_train/configs/<stage>.yaml``), then any
 ``--config`` files merged on top in order, then ``--set dotted.key=value`` overrides (values
 parsed as YAML, so ``--set train.lr=3e-4`` gives a float and ``--set model.preprocess.patch_size=64``
 an int). Keys that are not in the defaults are refused, naming the key, so a typo never runs
@@ -16,7 +16,7 @@ import yaml
 
 from neuroradix.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def default_config_path(name: str) -> Path:

@@ -100,3 +100,10 @@ def autocast(device: torch.device, enabled: bool = True):
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return torch.autocast(device_type="cpu", enabled=False)
+
+
+def peak_memory_gb(device: torch.device) -> Optional[float]:
+    """Peak CUDA memory allocated by this process so far, in GB (``None`` off the GPU)."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 1024**3, 2)

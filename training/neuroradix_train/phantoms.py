@@ -37,7 +37,7 @@ _POSITIVE = {
     "Emphysema": "Emphysematous changes are observed in both lungs.",
     "Pleural effusion": "Pleural effusion is observed in the right hemithorax.",
     "Cardiomegaly": "Cardiomegaly is present; the heart size is increased.",
-    "Lung nodule": "A nodule is observed in the right lung.",
+    "Lung nodule": "Multiple nodules are observed in the right lung.",
     "Consolidation": "Consolidation is observed in the left lung.",
     "Arterial wall calcification": "Atherosclerotic calcifications are observed in the wall of the aorta.",
 }
@@ -94,32 +94,35 @@ def make_phantom(findings: Sequence[str], seed: int, spec: PhantomSpec = Phantom
     heart = _ellipsoid(grid, (cz - S * 0.12, cy - R * 0.08, cx + C * 0.04), np.array((S * 0.14, R * 0.14, C * 0.1)) * heart_scale * j(0.05))
     hu[heart] = 45.0
     lab[heart] = TS["heart"]
-    aorta = ((y - (cy + R * 0.08)) ** 2 + (x - (cx + C * 0.02)) ** 2 <= (1.6 * j(0.1)) ** 2) & (z > cz - S * 0.35) & (z < cz + S * 0.3)
+    # tubes with adult calibres, in voxels of the in-plane spacing: aorta ~26 mm, trachea ~20 mm across
+    aorta_r, trachea_r = 13.0 / spec.spacing[1] * j(0.1), 10.0 / spec.spacing[1]
+    aorta = ((y - (cy + R * 0.08)) ** 2 + (x - (cx + C * 0.02)) ** 2 <= aorta_r**2) & (z > cz - S * 0.35) & (z < cz + S * 0.3)
     hu[aorta] = 40.0
     lab[aorta] = TS["aorta"]
-    trachea = ((y - (cy - R * 0.05)) ** 2 + (x - cx) ** 2 <= 1.4**2) & (z > cz + S * 0.05)
+    trachea = ((y - (cy - R * 0.05)) ** 2 + (x - cx) ** 2 <= trachea_r**2) & (z > cz + S * 0.05)
     hu[trachea] = -1000.0
     lab[trachea] = TS["trachea"]
     spine = ((y - (cy + R * 0.3)) ** 2 + (x - cx) ** 2 <= 2.6**2) & body
     hu[spine] = 500.0
     lab[spine] = TS["vertebrae_T6"]
     lungs = lung_r | lung_l
-    if "Emphysema" in findings:
-        for _ in range(30):
-            c = (rng.uniform(0, S), rng.uniform(0, R), rng.uniform(0, C))
-            hu[lungs & _ellipsoid(grid, c, (2.5, 2.5, 2.5))] = -990.0
+    if "Emphysema" in findings:  # ~40 bullae of 3 cm inside the lungs: ~15 % of the lung volume below -950 HU
+        inside = np.argwhere(lungs)
+        for c in inside[rng.choice(len(inside), size=40, replace=False)]:
+            hu[lungs & _ellipsoid(grid, c, (2.0, 2.5, 2.5))] = -990.0
     if "Pleural effusion" in findings:
         eff = lung_r & (y > cy + R * 0.1)
         hu[eff] = 10.0
+        lab[eff] = 0  # fluid in the pleural space is not lung (lung masks exclude an effusion)
     if "Consolidation" in findings:
         c = (cz + rng.uniform(-4, 4), cy, cx + C * 0.19)
         hu[lung_l & _ellipsoid(grid, c, (6.0, 6.0, 4.0))] = 30.0
-    if "Lung nodule" in findings:
-        for _ in range(2):
-            c = (cz + rng.uniform(-6, 6), cy + rng.uniform(-5, 5), cx - C * 0.19 + rng.uniform(-2, 2))
-            hu[lung_r & _ellipsoid(grid, c, (1.5, 1.8, 1.8))] = 40.0
+    if "Lung nodule" in findings:  # 5 solid nodules of ~2.5 cm in the right lung
+        for _ in range(5):
+            c = (cz + rng.uniform(-10, 10), cy + rng.uniform(-8, 8), cx - C * 0.19 + rng.uniform(-3, 3))
+            hu[lung_r & _ellipsoid(grid, c, (1.7, 2.1, 2.1))] = 40.0
     if "Arterial wall calcification" in findings:
-        wall = ((y - (cy + R * 0.08)) ** 2 + (x - (cx + C * 0.02)) ** 2 <= 2.6**2) & ~aorta & (z > cz - S * 0.35) & (z < cz + S * 0.3)
+        wall = ((y - (cy + R * 0.08)) ** 2 + (x - (cx + C * 0.02)) ** 2 <= (aorta_r + 1.0) ** 2) & ~aorta & (z > cz - S * 0.35) & (z < cz + S * 0.3)
         hu[wall & (rng.random(spec.shape) < 0.5)] = 900.0
     hu += rng.normal(0.0, 15.0, spec.shape).astype(np.float32)
     return hu, lab

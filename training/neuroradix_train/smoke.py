@@ -5,16 +5,20 @@
 3. stage 2 export;
 4. stage 3 with ``stage3-tiny.yaml`` -> macro AUROC over the planted findings, generated reports,
    CE-F1 against the templated references;
-5. publish a release into ``<work>/release`` and load it through ``neuroradix.weights``.
+5. publish a release into ``<work>/release`` and serve a validation phantom with it through the
+   node's own path (DICOM series -> series selection -> volume assembly -> deep analyzer -> SEG,
+   SR, Parametric Map, PDF), checking the node's labels against the phantom's truth.
 
 The release is marked untrained: phantom weights must never reach a PACS as real results.
-Thresholds: Dice > 0.8, macro AUROC > 0.9, CE micro F1 > 0.8 (see :data:`THRESHOLDS`).
+Thresholds: Dice > 0.8 (validation and through the node), macro AUROC > 0.9, CE micro F1 > 0.8
+(see :data:`THRESHOLDS`).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -26,7 +30,7 @@ from .phantoms import PLANTED
 
 log = logging.getLogger(__name__)
 
-THRESHOLDS = {"dice": 0.8, "macro_auroc": 0.9, "ce_f1": 0.8}
+THRESHOLDS = {"dice": 0.8, "macro_auroc": 0.9, "ce_f1": 0.8, "node_dice": 0.8}
 PHANTOM_ORGANS = ("left lung", "right lung", "heart", "aorta", "trachea")  # each phantom lung is one lobe label
 
 
@@ -46,8 +50,51 @@ def _organ_labels() -> dict[str, int]:
     return {name: int(remap.lut[src]) for name, src in pairs.items() if remap.lut[src] > 0}
 
 
+def node_check(release: Path, root: Path, split: str = "valid", index: int = 1) -> dict:
+    """Serve one phantom through the node's own path with the published release.
+
+    The phantom NIfTI becomes a DICOM CT series (``volume_to_ct_series``); ``analyze_datasets``
+    selects, assembles and analyzes it with :class:`~neuroradix.analyzers.deep.DeepAnalyzer` and
+    encodes SEG/SR/Parametric Map/PDF as a node would store them. Returns the DICOM modalities
+    written and the Dice of the node's labels (on the CT's own grid) against the phantom's truth,
+    so a geometry mismatch between training and the node (an axis order, a flipped side) shows.
+    """
+    from neuroradix.analyzers.deep import DeepAnalyzer
+    from neuroradix.config import PipelineSettings
+    from neuroradix.dicom.ctseries import nifti_to_volume, volume_to_ct_series
+    from neuroradix.models.remap import load_remap
+    from neuroradix.standalone import analyze_datasets
+    from neuroradix.types import Volume
+
+    from .metrics import dice_per_class
+
+    name = f"{split}_{index}_a_1.nii.gz"
+    raw = nifti_to_volume(root / "dataset" / split / f"{split}_{index}" / f"{split}_{index}_a" / name)
+    truth = nifti_to_volume(root / "dataset" / "segmentations" / split / name)
+    volume = Volume((raw.array.astype("float32") - 1024.0).astype("int16"), raw.affine)  # stored as HU + 1024
+    datasets = volume_to_ct_series(volume, uid_seed=f"smoke-{name}")
+    analyzer = DeepAnalyzer(release, allow_untrained=True, device="cpu", sw_batch_size=2)
+    outcome = analyze_datasets(datasets, PipelineSettings(), [analyzer])
+    deep = outcome.analyzers[0]
+    if deep.result is None:
+        raise SmokeFailure(f"the node produced no result with the release: {deep.status}")
+    target = load_remap("totalseg117-to-chest-ct-43").apply(truth.array)
+    organs = _organ_labels()
+    dice = dice_per_class(deep.result.labels, target, organs.values())
+    return {"case": name, "status": deep.status, "modalities": sorted(str(ds.Modality) for ds in deep.datasets),
+            "dice": {n: float(dice[label]) for n, label in organs.items()}}
+
+
+def _sets_for(stage: str, extra_sets: Sequence[str]) -> list[str]:
+    """The ``STAGE:KEY=VALUE`` overrides meant for ``stage`` (``stage1``, ``stage2`` or ``stage3``), prefix removed."""
+    for s in extra_sets:
+        if s.split(":", 1)[0] not in ("stage1", "stage2", "stage3") or ":" not in s:
+            raise ValueError(f"smoke override {s!r} must look like stage1:train.lr=1e-3 (stage1, stage2 or stage3)")
+    return [s.split(":", 1)[1] for s in extra_sets if s.split(":", 1)[0] == stage]
+
+
 def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = True, n_train: int = 40, n_valid: int = 20,
-              seg_train_scans: int = 12, seg_epochs: int = 12, head_epochs: Optional[int] = None,
+              seg_train_scans: int = 12, seg_epochs: int = 50, seg_valid_scans: int = 8, head_epochs: Optional[int] = None,
               extra_sets: Sequence[str] = ()) -> dict:
     """Run the smoke pipeline under ``work``; returns the numbers (raises :class:`SmokeFailure` when ``check``)."""
     from .phantoms import build_miniature_ctrate
@@ -61,19 +108,22 @@ def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = T
     root = work / "ctrate-mini"
     if not (root / "dataset" / "metadata" / "validation_metadata.csv").is_file():
         build_miniature_ctrate(root, n_train=n_train, n_valid=n_valid, real_ct_dir=real_ct_dir, seed=0)
+    for stage_dir in ("stage1", "embeddings", "head", "release"):  # outputs of an earlier run; the dataset stays
+        shutil.rmtree(work / stage_dir, ignore_errors=True)
     timings = {}
     s1 = load_config("stage1", [CONFIG_DIR / "stage1-tiny.yaml"],
                      [f"data.root={root}", f"train.out_dir={work / 'stage1'}", f"data.max_train_scans={seg_train_scans}",
-                      f"train.epochs={seg_epochs}", *[s for s in extra_sets if s.startswith("stage1:")]])
+                      f"train.epochs={seg_epochs}", f"train.val_every_epochs={seg_epochs}", f"data.max_valid_scans={seg_valid_scans}",
+                      *_sets_for("stage1", extra_sets)])
     r1 = train_seg(s1)
     timings["stage1_s"] = round(time.time() - t0, 1)
     organs = _organ_labels()
     dice = {name: r1["dice_per_class"].get(label, float("nan")) for name, label in organs.items()}
     s2 = load_config("stage2", None, [f"data.root={root}", f"export.backbone={work / 'stage1'}", f"export.out_dir={work / 'embeddings'}",
-                                      "export.threads=2"])
+                                      "export.threads=2", *_sets_for("stage2", extra_sets)])
     export_embeddings(s2)
     timings["stage2_s"] = round(time.time() - t0 - timings["stage1_s"], 1)
-    sets3 = [f"data.embeddings={work / 'embeddings'}", f"train.out_dir={work / 'head'}"]
+    sets3 = [f"data.embeddings={work / 'embeddings'}", f"train.out_dir={work / 'head'}", *_sets_for("stage3", extra_sets)]
     if head_epochs:
         sets3.append(f"train.epochs={head_epochs}")
     r3 = train_head(load_config("stage3", [CONFIG_DIR / "stage3-tiny.yaml"], sets3))
@@ -84,11 +134,13 @@ def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = T
     rep = r3["metrics"].get("report", {})
     release = publish_release(work / "stage1", work / "head", work / "release", version="0.0.0-smoke",
                               dataset="neuroradix phantoms", licence="Apache-2.0", untrained=True)
+    served = node_check(release, root)
+    timings["node_s"] = round(time.time() - t0 - sum(timings.values()), 1)
     result = {"dice": dice, "dice_mean_phantom_organs": sum(dice.values()) / max(len(dice), 1),
               "planted_auroc": planted_auroc, "macro_auroc_planted": macro,
               "ce_micro_f1": rep.get("ce_micro_f1"), "bleu1": rep.get("bleu1"), "meteor": rep.get("meteor"),
               "rouge_l": rep.get("rouge_l"), "labeler_agreement": r3["metrics"]["labeler_agreement"],
-              "release": str(release), "seconds": timings}
+              "release": str(release), "node": served, "seconds": timings}
     (work / "smoke.json").write_text(json.dumps(result, indent=1, default=float))
     if check:
         failures = []
@@ -99,6 +151,10 @@ def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = T
             failures.append(f"macro AUROC over planted findings {macro:.3f} <= {THRESHOLDS['macro_auroc']}")
         if not (rep.get("ce_micro_f1") or 0) > THRESHOLDS["ce_f1"]:
             failures.append(f"CE micro F1 {rep.get('ce_micro_f1')} <= {THRESHOLDS['ce_f1']}")
+        low_node = {k: v for k, v in served["dice"].items() if math.isnan(v) or v <= THRESHOLDS["node_dice"]}
+        if low_node or "SEG" not in served["modalities"]:
+            failures.append(f"the node with the release: Dice <= {THRESHOLDS['node_dice']} for {low_node}, "
+                            f"objects {served['modalities']}")
         if failures:
             raise SmokeFailure("; ".join(failures) + f" (numbers in {work / 'smoke.json'})")
     return result

@@ -1,7 +1,7 @@
 """Stage 1: the two-channel SwinUNETR segmentation backbone (43 classes).
 
 Pipeline per scan (MONAI dictionary transforms, the original design's defaults in
-``training/configs/stage1.yaml``): cached preprocessing with ``RemapLabelsD`` (source scheme ->
+``training/neuroradix_train/configs/stage1.yaml``): cached preprocessing with ``RemapLabelsD`` (source scheme ->
 43) -> ``AddGlobalResized`` -> ``RandCropByPosNegLabeld`` (96^3, 8 samples) ->
 ``AppendGlobalChannel`` -> flips on all axes, 90-degree rotations, a random affine, Gaussian
 noise, contrast, coarse dropout. Loss ``DiceCELoss`` (one-hot + softmax), AdamW, bf16
@@ -42,7 +42,9 @@ def train_transforms(cfg: dict, patch: int):
     keys = ["image", "label"]
     return T.Compose([
         AddGlobalResizedD(keys="image", global_key="global", size=patch),
-        T.SpatialPadd(keys=keys, spatial_size=roi),
+        # pad at the far end, as the node's sliding window does: a scan smaller than the patch must
+        # sit at the same place in training and at inference
+        T.SpatialPadd(keys=keys, spatial_size=roi, method="end"),
         T.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=roi, pos=t["pos"], neg=t["neg"],
                                  num_samples=t["num_samples"], allow_smaller=False),
         AppendGlobalChannelD(keys="image", global_key="global"),
@@ -74,6 +76,37 @@ class SegDataset(torch.utils.data.Dataset):
                     "label": torch.from_numpy(z["label"].astype(np.int64))[None]}
         self.transform.set_random_state(seed=(self.seed * 1_000_003 + int(key)) % (2**32))
         return self.transform(item)
+
+
+class SegLoss(torch.nn.Module):
+    """``DiceCELoss`` (one-hot + softmax) with a choice of the classes the Dice term averages over.
+
+    ``dice_classes="all"`` is MONAI's ``DiceCELoss`` as is (the original design). With 44 output
+    channels most classes are absent from a crop; their soft Dice stays near 1 with almost no
+    gradient, so a crop's few present organs get 1/44 of the Dice term each. ``"present"``
+    averages the Dice over the classes present in each crop's label instead (the cross-entropy
+    still pushes absent classes down everywhere), which small-data runs learn much faster with.
+    """
+
+    def __init__(self, dice_classes: str = "all") -> None:
+        super().__init__()
+        from monai.losses import DiceCELoss, DiceLoss
+
+        if dice_classes not in ("all", "present"):
+            raise ConfigError(f"train.dice_classes must be 'all' or 'present', got {dice_classes!r}")
+        self.present = dice_classes == "present"
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.dice = DiceLoss(to_onehot_y=True, softmax=True, reduction="none")
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not self.present:
+            return self.dice_ce(logits, target)
+        per_class = self.dice(logits, target).flatten(1)  # [B, C]
+        counts = torch.zeros_like(per_class).scatter_add_(1, target.flatten(1).long(), torch.ones_like(target.flatten(1), dtype=per_class.dtype))
+        mask = (counts > 0).to(per_class.dtype)
+        dice = (per_class * mask).sum() / mask.sum()
+        ce = torch.nn.functional.cross_entropy(logits, target[:, 0].long())
+        return dice + ce
 
 
 def _collate(batch):
@@ -150,8 +183,6 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
         Stop after this many optimiser steps in total (overrides ``train.max_steps``); used to
         interrupt a run on purpose.
     """
-    from monai.losses import DiceCELoss
-
     from neuroradix.models.backbone import build_backbone
 
     t = cfg["train"]
@@ -183,9 +214,9 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
     if resume and (run_dir / ckpt.LAST).is_file():
         payload = ckpt.load_checkpoint(run_dir / ckpt.LAST, model=model, optimizer=optimizer, scheduler=scheduler)
         step, epoch, start_in_epoch = payload["step"], payload["epoch"], payload["extra"].get("batch_in_epoch", 0)
-    runlog = RunLog(run_dir, enabled=info.is_main, resume_step=step if resume else None)
+    runlog = RunLog(run_dir, enabled=info.is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard")))
     ddp = D.wrap_ddp(model, info)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = SegLoss(t.get("dice_classes", "all"))
     sampler = ResumableSampler(len(train_items), seed=t["seed"], rank=info.rank, world_size=info.world_size)
     dataset = SegDataset([p for _, p in train_items], train_transforms(cfg, pcfg.patch_size), seed=t["seed"])
     loader_kw = dict(batch_size=t["batch_size"], sampler=sampler, num_workers=t["num_workers"], collate_fn=_collate,
@@ -212,7 +243,7 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
             value = D.all_reduce_mean(loss.item(), info.device if info.device.type == "cuda" else None)
             losses.append(value)
             runlog.step(step=step, epoch=epoch, loss=value, lr=scheduler.get_last_lr()[0], crops=int(x.shape[0]) * info.world_size,
-                        seconds=round(time.time() - t0, 2))
+                        seconds=round(time.time() - t0, 2), gpu_peak_gb=D.peak_memory_gb(info.device))
             if info.is_main and t["ckpt_every_steps"] and step % t["ckpt_every_steps"] == 0:
                 ckpt.save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch,
                                      config=cfg, extra={"batch_in_epoch": batch_in_epoch})

@@ -27,14 +27,40 @@ from .config import require, save_config
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
+BACKBONE_SHA = "backbone.sha256"
+
+
+def _backbone_path(cfg: dict) -> Path:
+    src = Path(require(cfg, "export.backbone"))
+    return src / "backbone.pt" if src.is_dir() else src
+
+
+def _claim_export_dir(out: Path, backbone: Path) -> None:
+    """Record which backbone an export folder holds; refuse to mix embeddings of two backbones.
+
+    Files already written are skipped on a rerun (resuming an interrupted export), which is only
+    right when they came from the same weights.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(backbone.read_bytes()).hexdigest()
+    marker = out / BACKBONE_SHA
+    has_files = any(out.glob("*/*.pt"))
+    if marker.is_file():
+        if marker.read_text(encoding="utf-8").strip() != digest:
+            raise ConfigError(f"{out} holds embeddings of another backbone (sha256 {marker.read_text().strip()[:12]}, "
+                              f"this one {digest[:12]}): choose a new export.out_dir or delete the folder")
+    elif has_files:
+        raise ConfigError(f"{out} holds embeddings of an unknown backbone: choose a new export.out_dir or delete the folder")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(digest + "\n", encoding="utf-8")
 
 
 def load_backbone(cfg: dict, mcfg, device):
     """The stage-1 backbone: ``export.backbone`` (a ``backbone.pt`` state dict or a stage-1 run folder)."""
     from neuroradix.models.backbone import build_backbone
 
-    src = Path(require(cfg, "export.backbone"))
-    path = src / "backbone.pt" if src.is_dir() else src
+    path = _backbone_path(cfg)
     if not path.is_file():
         raise ConfigError(f"stage-1 backbone {path} does not exist (run train-seg first)")
     model = build_backbone(mcfg.backbone)
@@ -77,7 +103,7 @@ def export_embeddings(cfg: dict) -> Path:
     remap = load_remap(cfg["data"]["remap"])
     options = SlidingOptions(sw_batch_size=e["sw_batch_size"], amp=e["amp"])
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        _claim_export_dir(out, _backbone_path(cfg))
         save_config(cfg, out / "config.yaml")
         (out / "model_config.json").write_text(json.dumps(mcfg.to_dict(), indent=1), encoding="utf-8")
     D.barrier()

@@ -62,6 +62,11 @@ class EmbeddingDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature mean and standard deviation over every patch of every scan."""
+        allp = torch.cat([item[0].float() for item in self.items])
+        return allp.mean(0), allp.std(0, unbiased=False)
+
     def __getitem__(self, key: int):
         return self.items[key % len(self.items)]
 
@@ -146,9 +151,12 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
     D.barrier()
     tok = load_tokenizer(tok_dir)
     torch.manual_seed(t["seed"])
-    head = MultitaskHead(mcfg.head, tok).to(info.device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    head = MultitaskHead(mcfg.head, tok)
     train_ds, val_ds = EmbeddingDataset(train_rows), EmbeddingDataset(val_rows)
+    if mcfg.head.standardize_embeddings:  # a resumed run gets the same values back from its checkpoint
+        head.set_embedding_stats(*train_ds.feature_stats())
+    head = head.to(info.device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     per_epoch = math.ceil(len(train_ds) / info.world_size / t["batch_size"])
     planned = int(t.get("max_steps") or t["epochs"] * per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -157,7 +165,7 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
     if resume and (run_dir / ckpt.LAST).is_file():
         payload = ckpt.load_checkpoint(run_dir / ckpt.LAST, model=head, optimizer=optimizer, scheduler=scheduler)
         step, epoch, start_in_epoch = payload["step"], payload["epoch"], payload["extra"].get("batch_in_epoch", 0)
-    runlog = RunLog(run_dir, enabled=info.is_main, resume_step=step if resume else None)
+    runlog = RunLog(run_dir, enabled=info.is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard")))
     ddp = D.wrap_ddp(head, info, find_unused_parameters=True)
     sampler = ResumableSampler(len(train_ds), seed=t["seed"], rank=info.rank, world_size=info.world_size)
     stop_at = int(max_steps or 0) or None
@@ -179,7 +187,8 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
             batch_in_epoch += 1
             vals = {k: D.all_reduce_mean(float(out[k].item())) for k in ("loss", "cls_loss", "bart_loss", "coverage_loss") if out.get(k) is not None}
             losses.append(vals["loss"])
-            runlog.step(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t0, 2), **vals)
+            runlog.step(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t0, 2),
+                        gpu_peak_gb=D.peak_memory_gb(info.device), **vals)
             if info.is_main and t["ckpt_every_steps"] and step % t["ckpt_every_steps"] == 0:
                 ckpt.save_checkpoint(run_dir, model=head, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch,
                                      config=cfg, extra={"batch_in_epoch": batch_in_epoch})

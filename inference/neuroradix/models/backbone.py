@@ -31,6 +31,7 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
         out_channels=cfg.out_channels,
         feature_size=cfg.feature_size,
         use_checkpoint=cfg.use_checkpoint,
+        window_size=cfg.window_size,
         spatial_dims=3,
     )
 

@@ -81,8 +81,12 @@ class CrossAttentionBridge(nn.Module):
     """Project patch embeddings (``embed_dim``) to ``d_model`` and read them with two query streams."""
 
     def __init__(self, embed_dim: int, d_model: int, num_cls_queries: int, num_gen_queries: int,
-                 num_heads: int = 8, dropout: float = 0.1, gat_heads: int = 4) -> None:
+                 num_heads: int = 8, dropout: float = 0.1, gat_heads: int = 4, standardize: bool = False) -> None:
         super().__init__()
+        if standardize:  # per-feature mean and std of the training embeddings (set by stage 3, saved with the weights)
+            self.register_buffer("embed_mean", torch.zeros(embed_dim))
+            self.register_buffer("embed_std", torch.ones(embed_dim))
+        self.standardize = standardize
         self.proj = nn.Sequential(nn.Linear(embed_dim, d_model), nn.LayerNorm(d_model))
         self.pos = nn.Linear(3, d_model)
         self.cls_stream = _Stream(num_cls_queries, d_model, num_heads, dropout)
@@ -102,6 +106,8 @@ class CrossAttentionBridge(nn.Module):
         """``embeddings [B, N, E]``, ``positions [B, N, 3]`` (0..1) and ``patch_mask [B, N]`` (True = real)."""
         if embeddings.ndim != 3:
             raise ValueError(f"embeddings must be [B, N, E], got {tuple(embeddings.shape)}")
+        if self.standardize:
+            embeddings = (embeddings - self.embed_mean.to(embeddings.dtype)) / self.embed_std.to(embeddings.dtype)
         memory = self.proj(embeddings)
         if positions is not None:
             memory = memory + self.pos(positions.to(memory.dtype))

@@ -91,16 +91,37 @@ class MultitaskHead(nn.Module):
         self.tokenizer = tokenizer
         self.finding_names = tuple(finding_names)
         self.bridge = CrossAttentionBridge(cfg.embed_dim, cfg.d_model, cfg.num_cls_queries, cfg.num_gen_queries,
-                                           cfg.num_heads, cfg.dropout, cfg.gat_heads)
+                                           cfg.num_heads, cfg.dropout, cfg.gat_heads, cfg.standardize_embeddings)
         self.classifier = MoEClassifier(cfg.d_model, cfg.num_outputs, cfg.num_experts)
         self.bart = build_bart(cfg, tokenizer)
         self.log_vars = nn.Parameter(torch.zeros(2)) if cfg.uncertainty_weighting else None
 
+    def set_embedding_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-feature statistics of the training embeddings, used to standardise the input.
+
+        Only for heads built with ``standardize_embeddings``; features that never vary get std 1.
+        """
+        if not self.cfg.standardize_embeddings:
+            raise ValueError("this head was configured without standardize_embeddings")
+        mean, std = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
+        if mean.shape != (self.cfg.embed_dim,) or std.shape != (self.cfg.embed_dim,):
+            raise ValueError(f"embedding statistics must have shape ({self.cfg.embed_dim},)")
+        self.bridge.embed_mean.copy_(mean)
+        self.bridge.embed_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
     # ------------------------------------------------------------------ prompts and tokens
-    def prompts(self, logits_cls: torch.Tensor) -> list[str]:
-        """Soft-prompt text per sample from the predicted finding probabilities."""
+    def prompts(self, logits_cls: torch.Tensor, labels: Optional[torch.Tensor] = None) -> list[str]:
+        """Soft-prompt text per sample from the predicted finding probabilities.
+
+        With ``labels`` (training, ``prompt_from_labels``) the prompt lists the true findings
+        instead, so the decoder learns to follow the prompt; at inference the classifier's
+        findings fill it and the report agrees with the classification.
+        """
         if not self.cfg.soft_prompt:
             return ["" for _ in range(logits_cls.shape[0])]
+        if labels is not None:
+            return [format_prompt([self.finding_names[i] for i in torch.nonzero(row[: self.cfg.num_findings] > 0.5).flatten().tolist()]
+                                  [: self.cfg.prompt_top_k]) for row in labels]
         probs = torch.sigmoid(logits_cls.detach().float()[:, : self.cfg.num_findings])
         out = []
         for row in probs:
@@ -173,7 +194,8 @@ class MultitaskHead(nn.Module):
             out["cls_loss"] = F.binary_cross_entropy_with_logits(logits_cls, labels.to(logits_cls.dtype))
         gen_loss = None
         if input_ids is not None:
-            dec_in, dec_mask, tgt = self._decoder_batch(self.prompts(logits_cls), input_ids, attention_mask)
+            forced = labels if (self.training and labels is not None and self.cfg.prompt_from_labels) else None
+            dec_in, dec_mask, tgt = self._decoder_batch(self.prompts(logits_cls, forced), input_ids, attention_mask)
             bart_out = self.bart(encoder_outputs=(br.gen_repr,), decoder_input_ids=dec_in,
                                  decoder_attention_mask=dec_mask, output_attentions=True, return_dict=True)
             logits = bart_out.logits
