@@ -16,3 +16,4 @@ def mini_ctrate(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("ctrate")
     return build_miniature_ctrate(root, n_train=6, n_valid=4, seed=1, real_ct_dir=REAL_CT if REAL_CT.is_dir() else None)
+

@@ -2,12 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +12,7 @@ from neuroradix_train.findings import FINDINGS
 from neuroradix_train.phantoms import PLANTED, phantom_report
 from neuroradix_train.plots import read_jsonl
 
-ROOT = Path(__file__).resolve().parents[2]
+from training_helpers import kill_after_steps
 
 
 def _embedding_export(directory, n_train=48, n_valid=16, seed=0):
@@ -70,20 +64,8 @@ def test_head_resumes_after_sigkill_with_the_same_losses(export, tmp_path):
     whole = tmp_path / "whole"
     train_head(_cfg(export, whole, epochs=4))
     out = tmp_path / "head"
-    cmd = [sys.executable, "-m", "neuroradix_train.cli", "train-head", "--config", str(CONFIG_DIR / "stage3-tiny.yaml"),
-           *[a for s in _sets(export, out, 4) for a in ("--set", s)]]
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'inference'}:{ROOT / 'training'}")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline and proc.poll() is None:
-            if (out / "steps.jsonl").is_file() and len(read_jsonl(out / "steps.jsonl")) >= 5:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_after_steps(["train-head", "--config", str(CONFIG_DIR / "stage3-tiny.yaml"),
+                      *[a for s in _sets(export, out, 4) for a in ("--set", s)]], out / "steps.jsonl", 5)
     assert not (out / "head.pt").exists()
     payload = torch.load(out / "last.pt", weights_only=False)
     assert payload["step"] >= 2 and payload["optimizer"] is not None and "numpy" in payload["rng"]

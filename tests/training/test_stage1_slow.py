@@ -3,16 +3,16 @@ depending on load), the DDP run under torchrun, and the full smoke pipeline."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from neuroradix_train.config import CONFIG_DIR, load_config
 from neuroradix_train.plots import read_jsonl
+
+from training_helpers import kill_after_steps
 
 pytestmark = [pytest.mark.slow, pytest.mark.smoke]
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,22 +31,10 @@ def test_stage1_resumes_after_sigkill_with_the_same_losses(mini_ctrate, tmp_path
     sets = ["train.threads=1"]
     train_seg(_cfg(mini_ctrate, tmp_path / "whole", *sets))
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'inference'}:{ROOT / 'training'}")
-    cmd = [sys.executable, "-m", "neuroradix_train.cli", "train-seg", "--config", str(CONFIG_DIR / "stage1-tiny.yaml"),
-           "--set", f"data.root={mini_ctrate}", "--set", f"train.out_dir={out}", "--set", "data.max_train_scans=4",
-           "--set", "data.max_valid_scans=1", "--set", "train.epochs=2", "--set", "train.ckpt_every_steps=1",
-           "--set", "train.val_every_epochs=2", *[a for s in sets for a in ("--set", s)]]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 1800
-        while time.time() < deadline and proc.poll() is None:
-            if (out / "steps.jsonl").is_file() and len(read_jsonl(out / "steps.jsonl")) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    kill_after_steps(["train-seg", "--config", str(CONFIG_DIR / "stage1-tiny.yaml"), "--set", f"data.root={mini_ctrate}",
+                      "--set", f"train.out_dir={out}", "--set", "data.max_train_scans=4", "--set", "data.max_valid_scans=1",
+                      "--set", "train.epochs=2", "--set", "train.ckpt_every_steps=1", "--set", "train.val_every_epochs=2",
+                      *[a for s in sets for a in ("--set", s)]], out / "steps.jsonl", 2)
     assert not (out / "backbone.pt").exists()
     r = train_seg(_cfg(mini_ctrate, out, *sets), resume=True)
     whole, resumed = read_jsonl(tmp_path / "whole" / "steps.jsonl"), read_jsonl(out / "steps.jsonl")

@@ -102,9 +102,10 @@ class SegLoss(torch.nn.Module):
         if not self.present:
             return self.dice_ce(logits, target)
         per_class = self.dice(logits, target).flatten(1)  # [B, C]
-        counts = torch.zeros_like(per_class).scatter_add_(1, target.flatten(1).long(), torch.ones_like(target.flatten(1), dtype=per_class.dtype))
-        mask = (counts > 0).to(per_class.dtype)
-        dice = (per_class * mask).sum() / mask.sum()
+        voxels = target.flatten(1).long()
+        counts = torch.zeros_like(per_class).scatter_add_(1, voxels, torch.ones_like(voxels, dtype=per_class.dtype))
+        present = (counts > 0).to(per_class.dtype)
+        dice = (per_class * present).sum() / present.sum()
         ce = torch.nn.functional.cross_entropy(logits, target[:, 0].long())
         return dice + ce
 

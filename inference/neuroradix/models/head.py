@@ -120,8 +120,11 @@ class MultitaskHead(nn.Module):
         if not self.cfg.soft_prompt:
             return ["" for _ in range(logits_cls.shape[0])]
         if labels is not None:
-            return [format_prompt([self.finding_names[i] for i in torch.nonzero(row[: self.cfg.num_findings] > 0.5).flatten().tolist()]
-                                  [: self.cfg.prompt_top_k]) for row in labels]
+            out = []
+            for row in labels:
+                present = torch.nonzero(row[: self.cfg.num_findings] > 0.5).flatten().tolist()
+                out.append(format_prompt([self.finding_names[i] for i in present][: self.cfg.prompt_top_k]))
+            return out
         probs = torch.sigmoid(logits_cls.detach().float()[:, : self.cfg.num_findings])
         out = []
         for row in probs:
