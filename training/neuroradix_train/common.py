@@ -93,3 +93,36 @@ def out_dir(cfg: dict) -> Path:
 def set_threads(n: Optional[int]) -> None:
     if n:
         torch.set_num_threads(int(n))
+
+
+class RunCheckpoints:
+    """The checkpoint rhythm of a training loop (rank 0 writes; every rank stops together).
+
+    ``after_step`` writes ``last.pt`` every ``every`` steps and says whether ``stop_at`` (a
+    deliberate interruption, ``--max-steps``) is reached; ``epoch_end`` writes one at the end
+    of each epoch or interruption, with the position in the epoch a resume starts from.
+    """
+
+    def __init__(self, run_dir: Path, *, model, optimizer, scheduler, config: dict, is_main: bool,
+                 every: Optional[int], stop_at: Optional[int]) -> None:
+        self.run_dir, self.config, self.is_main = run_dir, config, is_main
+        self.parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+        self.every, self.stop_at = every, stop_at
+
+    def save(self, step: int, epoch: int, batch_in_epoch: int) -> None:
+        if self.is_main:
+            from . import checkpoint as ckpt
+
+            ckpt.save_checkpoint(self.run_dir, **self.parts, step=step, epoch=epoch, config=self.config,
+                                 extra={"batch_in_epoch": batch_in_epoch})
+
+    def after_step(self, step: int, epoch: int, batch_in_epoch: int) -> bool:
+        """Checkpoint when due; ``True`` when the run must stop after this step."""
+        if self.every and step % self.every == 0:
+            self.save(step, epoch, batch_in_epoch)
+        return self.stop_at is not None and step >= self.stop_at
+
+    def epoch_end(self, step: int, epoch: int, interrupted_at: Optional[int]) -> None:
+        """``interrupted_at``: the batch the epoch stopped after, ``None`` when it finished."""
+        self.save(step, epoch, interrupted_at or 0)
+

@@ -23,7 +23,7 @@ from neuroradix.errors import ConfigError
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .common import ResumableSampler, model_config, optimizer_step, out_dir, progress, set_threads
+from .common import ResumableSampler, RunCheckpoints, model_config, optimizer_step, out_dir, progress, set_threads
 from .config import require, save_config
 from .runlog import RunLog
 
@@ -224,6 +224,8 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
                      pin_memory=info.device.type == "cuda", persistent_workers=False)
     amp = bool(t["amp"])
     stop_at = total if total else None
+    checkpoints = RunCheckpoints(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, config=cfg,
+                                 is_main=info.is_main, every=t["ckpt_every_steps"], stop_at=stop_at)
     last_val: dict = {}
     model.train()
     t0 = time.time()
@@ -245,10 +247,7 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
             losses.append(value)
             runlog.step(step=step, epoch=epoch, loss=value, lr=scheduler.get_last_lr()[0], crops=int(x.shape[0]) * info.world_size,
                         seconds=round(time.time() - t0, 2), gpu_peak_gb=D.peak_memory_gb(info.device))
-            if info.is_main and t["ckpt_every_steps"] and step % t["ckpt_every_steps"] == 0:
-                ckpt.save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch,
-                                     config=cfg, extra={"batch_in_epoch": batch_in_epoch})
-            if stop_at is not None and step >= stop_at:
+            if checkpoints.after_step(step, epoch, batch_in_epoch):
                 broke = batch_in_epoch < start_in_epoch + len(sampler)
                 break
         finished_epoch = not broke
@@ -260,9 +259,7 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
                 runlog.epoch(epoch=epoch, step=step, train_loss=float(np.mean(losses)) if losses else None,
                              val_dice_mean=last_val["dice_mean"], **{f"dice_{c}": v for c, v in last_val["dice_per_class"].items()})
                 log.info("epoch %d step %d loss %.4f val dice %.3f", epoch, step, np.mean(losses) if losses else float("nan"), last_val["dice_mean"])
-        if info.is_main:
-            ckpt.save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch,
-                                 config=cfg, extra={"batch_in_epoch": 0 if finished_epoch else batch_in_epoch})
+        checkpoints.epoch_end(step, epoch, None if finished_epoch else batch_in_epoch)
     result = {"step": step, "epoch": epoch, "out_dir": str(run_dir)}
     if info.is_main:
         if not last_val:

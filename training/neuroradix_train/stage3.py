@@ -21,7 +21,7 @@ from neuroradix.errors import ConfigError
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .common import ResumableSampler, optimizer_step, out_dir, progress, set_threads
+from .common import ResumableSampler, RunCheckpoints, optimizer_step, out_dir, progress, set_threads
 from .config import require, save_config
 from .findings import FINDINGS
 from .runlog import RunLog
@@ -169,6 +169,8 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
     ddp = D.wrap_ddp(head, info, find_unused_parameters=True)
     sampler = ResumableSampler(len(train_ds), seed=t["seed"], rank=info.rank, world_size=info.world_size)
     stop_at = int(max_steps or 0) or None
+    checkpoints = RunCheckpoints(run_dir, model=head, optimizer=optimizer, scheduler=scheduler, config=cfg,
+                                 is_main=info.is_main, every=t["ckpt_every_steps"], stop_at=stop_at)
     amp = bool(t["amp"])
     t0 = time.time()
     head.train()
@@ -189,10 +191,7 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
             losses.append(vals["loss"])
             runlog.step(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t0, 2),
                         gpu_peak_gb=D.peak_memory_gb(info.device), **vals)
-            if info.is_main and t["ckpt_every_steps"] and step % t["ckpt_every_steps"] == 0:
-                ckpt.save_checkpoint(run_dir, model=head, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch,
-                                     config=cfg, extra={"batch_in_epoch": batch_in_epoch})
-            if stop_at is not None and step >= stop_at:
+            if checkpoints.after_step(step, epoch, batch_in_epoch):
                 broke = batch_in_epoch < start_in_epoch + len(sampler)
                 break
         start_in_epoch = 0
@@ -203,9 +202,7 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
                 m = head_metrics(pred["labels"], pred["probabilities"])
                 runlog.epoch(epoch=epoch, step=step, train_loss=float(np.mean(losses)) if losses else None,
                              val_macro_auroc=m["macro"]["auroc"], val_macro_f1=m["macro"]["f1"])
-        if info.is_main:
-            ckpt.save_checkpoint(run_dir, model=head, optimizer=optimizer, scheduler=scheduler, step=step, epoch=epoch,
-                                 config=cfg, extra={"batch_in_epoch": batch_in_epoch if broke else 0})
+        checkpoints.epoch_end(step, epoch, batch_in_epoch if broke else None)
     result: dict = {"step": step, "epoch": epoch, "out_dir": str(run_dir)}
     if info.is_main:
         torch.save(head.state_dict(), run_dir / "head.pt")
