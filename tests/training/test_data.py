@@ -87,3 +87,21 @@ def test_real_ct_segmentation_goes_through_remap(mini_ctrate):
     out = load_remap("totalseg117-to-chest-ct-43").apply(src)
     assert 0 < out.max() <= 43 and set(np.unique(out)) <= set(range(44))  # now in the 43-class scheme
     assert 0 < float(np.median(vol.array[src == 5])) < 300  # liver (117 id 5) is soft tissue in HU
+
+
+def test_smoke_rebuilds_a_dataset_of_an_older_phantom_version(tmp_path):
+    from neuroradix_train.phantoms import PHANTOM_VERSION
+    from neuroradix_train.smoke import ensure_dataset
+
+    root = tmp_path / "mini"
+    ensure_dataset(root, n_train=1, n_valid=1, real_ct_dir=None)
+    version = root / "dataset" / "phantoms.version"
+    assert version.read_text().strip() == PHANTOM_VERSION
+    stale = root / "cache" / "stage1" / "old.npz"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x")
+    ensure_dataset(root, n_train=1, n_valid=1, real_ct_dir=None)  # same version: kept as is
+    assert stale.exists()
+    version.write_text("1\n")
+    ensure_dataset(root, n_train=1, n_valid=1, real_ct_dir=None)
+    assert not stale.exists() and version.read_text().strip() == PHANTOM_VERSION

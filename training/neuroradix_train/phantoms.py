@@ -30,6 +30,9 @@ TS = {
     "vertebrae_T6": 38, "heart": 51, "aorta": 52, "sternum": 116,
 }
 
+PHANTOM_VERSION = "2"
+"""Changes whenever the phantoms' anatomy or findings change; a dataset of another version is rebuilt."""
+
 PLANTED = ("Emphysema", "Pleural effusion", "Cardiomegaly", "Lung nodule", "Consolidation", "Arterial wall calcification")
 """Findings the phantom can carry, each with an imaging signature."""
 
@@ -205,6 +208,7 @@ def build_miniature_ctrate(
                 w = csv.writer(fh)
                 w.writerow(header)
                 w.writerows(rows[split][kind])
+    (ds / "phantoms.version").write_text(PHANTOM_VERSION + "\n", encoding="utf-8")
     (ds / "README.md").write_text(
         "Miniature CT-RATE-layout dataset built by neuroradix_train.phantoms (synthetic phantoms"
         " plus TotalSegmentator test CTs, Apache-2.0). Not CT-RATE data.\n", encoding="utf-8")

@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 from neuroradix.errors import NeuroRadixError
 
 from .config import CONFIG_DIR, load_config
-from .phantoms import PLANTED
+from .phantoms import PHANTOM_VERSION, PLANTED
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,20 @@ def node_check(release: Path, root: Path, split: str = "valid", index: int = 1) 
             "dice": {n: float(dice[label]) for n, label in organs.items()}}
 
 
+def ensure_dataset(root: Path, *, n_train: int, n_valid: int, real_ct_dir: Optional[Path]) -> None:
+    """Build the miniature dataset under ``root`` unless one of this phantom version is there.
+
+    A dataset made by an older phantom generator is removed with its preprocessing cache first.
+    """
+    from .phantoms import build_miniature_ctrate
+
+    version = root / "dataset" / "phantoms.version"
+    if version.is_file() and version.read_text(encoding="utf-8").strip() == PHANTOM_VERSION:
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    build_miniature_ctrate(root, n_train=n_train, n_valid=n_valid, real_ct_dir=real_ct_dir, seed=0)
+
+
 def _sets_for(stage: str, extra_sets: Sequence[str]) -> list[str]:
     """The ``STAGE:KEY=VALUE`` overrides meant for ``stage`` (``stage1``, ``stage2`` or ``stage3``), prefix removed."""
     for s in extra_sets:
@@ -97,7 +111,6 @@ def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = T
               seg_train_scans: int = 12, seg_epochs: int = 50, seg_valid_scans: int = 8, head_epochs: Optional[int] = None,
               extra_sets: Sequence[str] = ()) -> dict:
     """Run the smoke pipeline under ``work``; returns the numbers (raises :class:`SmokeFailure` when ``check``)."""
-    from .phantoms import build_miniature_ctrate
     from .release import publish_release
     from .stage1 import train_seg
     from .stage2 import export_embeddings
@@ -106,8 +119,7 @@ def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = T
     work = Path(work)
     t0 = time.time()
     root = work / "ctrate-mini"
-    if not (root / "dataset" / "metadata" / "validation_metadata.csv").is_file():
-        build_miniature_ctrate(root, n_train=n_train, n_valid=n_valid, real_ct_dir=real_ct_dir, seed=0)
+    ensure_dataset(root, n_train=n_train, n_valid=n_valid, real_ct_dir=real_ct_dir)
     for stage_dir in ("stage1", "embeddings", "head", "release"):  # outputs of an earlier run; the dataset stays
         shutil.rmtree(work / stage_dir, ignore_errors=True)
     timings = {}
