@@ -11,6 +11,8 @@ import torch
 
 from neuroradix.errors import ConfigError
 
+from . import checkpoint as ckpt
+
 log = logging.getLogger(__name__)
 
 
@@ -111,8 +113,6 @@ class RunCheckpoints:
 
     def save(self, step: int, epoch: int, batch_in_epoch: int) -> None:
         if self.is_main:
-            from . import checkpoint as ckpt
-
             ckpt.save_checkpoint(self.run_dir, **self.parts, step=step, epoch=epoch, config=self.config,
                                  extra={"batch_in_epoch": batch_in_epoch})
 

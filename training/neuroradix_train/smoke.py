@@ -53,7 +53,7 @@ def _organ_labels() -> dict[str, int]:
 def node_check(release: Path, root: Path, split: str = "valid", index: int = 1) -> dict:
     """Serve one phantom through the node's own path with the published release.
 
-    The phantom NIfTI becomes a DICOM CT series (``volume_to_ct_series``); ``analyze_datasets``
+    The phantom, read as training reads it, becomes a DICOM CT series (``volume_to_ct_series``); ``analyze_datasets``
     selects, assembles and analyzes it with :class:`~neuroradix.analyzers.deep.DeepAnalyzer` and
     encodes SEG/SR/Parametric Map/PDF as a node would store them. Returns the DICOM modalities
     written and the Dice of the node's labels (on the CT's own grid) against the phantom's truth,
@@ -61,24 +61,24 @@ def node_check(release: Path, root: Path, split: str = "valid", index: int = 1) 
     """
     from neuroradix.analyzers.deep import DeepAnalyzer
     from neuroradix.config import PipelineSettings
-    from neuroradix.dicom.ctseries import nifti_to_volume, volume_to_ct_series
+    from neuroradix.dicom.ctseries import volume_to_ct_series
     from neuroradix.models.remap import load_remap
     from neuroradix.standalone import analyze_datasets
-    from neuroradix.types import Volume
 
+    from .data import load_label_map, load_records, load_volume
     from .metrics import dice_per_class
 
     name = f"{split}_{index}_a_1.nii.gz"
-    raw = nifti_to_volume(root / "dataset" / split / f"{split}_{index}" / f"{split}_{index}_a" / name)
-    truth = nifti_to_volume(root / "dataset" / "segmentations" / split / name)
-    volume = Volume((raw.array.astype("float32") - 1024.0).astype("int16"), raw.affine)  # stored as HU + 1024
+    record = next(r for r in load_records(root, split, require_labels=False) if r.name == name)
+    volume = load_volume(record)  # HU through the metadata's rescale, as training reads it
+    truth = load_label_map(record.segmentation)
     datasets = volume_to_ct_series(volume, uid_seed=f"smoke-{name}")
     analyzer = DeepAnalyzer(release, allow_untrained=True, device="cpu", sw_batch_size=2)
     outcome = analyze_datasets(datasets, PipelineSettings(), [analyzer])
     deep = outcome.analyzers[0]
     if deep.result is None:
         raise SmokeFailure(f"the node produced no result with the release: {deep.status}")
-    target = load_remap("totalseg117-to-chest-ct-43").apply(truth.array)
+    target = load_remap("totalseg117-to-chest-ct-43").apply(truth)
     organs = _organ_labels()
     dice = dice_per_class(deep.result.labels, target, organs.values())
     return {"case": name, "status": deep.status, "modalities": sorted(str(ds.Modality) for ds in deep.datasets),

@@ -95,13 +95,13 @@ class SegLoss(torch.nn.Module):
         if dice_classes not in ("all", "present"):
             raise ConfigError(f"train.dice_classes must be 'all' or 'present', got {dice_classes!r}")
         self.present = dice_classes == "present"
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
-        self.dice = DiceLoss(to_onehot_y=True, softmax=True, reduction="none")
+        self.loss = (DiceLoss(to_onehot_y=True, softmax=True, reduction="none") if self.present
+                     else DiceCELoss(to_onehot_y=True, softmax=True))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not self.present:
-            return self.dice_ce(logits, target)
-        per_class = self.dice(logits, target).flatten(1)  # [B, C]
+            return self.loss(logits, target)
+        per_class = self.loss(logits, target).flatten(1)  # [B, C]
         voxels = target.flatten(1).long()
         counts = torch.zeros_like(per_class).scatter_add_(1, voxels, torch.ones_like(voxels, dtype=per_class.dtype))
         present = (counts > 0).to(per_class.dtype)

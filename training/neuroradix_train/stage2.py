@@ -41,9 +41,9 @@ def _claim_export_dir(out: Path, backbone: Path) -> None:
     Files already written are skipped on a rerun (resuming an interrupted export), which is only
     right when they came from the same weights.
     """
-    import hashlib
+    from neuroradix.weights import sha256_file
 
-    digest = hashlib.sha256(backbone.read_bytes()).hexdigest()
+    digest = sha256_file(backbone)
     marker = out / BACKBONE_SHA
     has_files = any(out.glob("*/*.pt"))
     if marker.is_file():
