@@ -82,7 +82,7 @@ def source_items(series: list, own_manufacturer: str) -> tuple:
 
 def source_fingerprint(items: tuple) -> str:
     """Short hash of :func:`source_items`; the sidecar computes the same from QIDO
-    (``neuroradix.dicom.series.source_fingerprint``) and reruns a job when they differ."""
+    (``neuroradix.pacs.series.source_fingerprint``) and reruns a job when they differ."""
     return hashlib.sha256(repr(items).encode()).hexdigest()[:16]
 
 
@@ -113,8 +113,8 @@ class Handoff:
         self._rest_get = rest_get
         self._post = post or _urllib_post
         self._sleep = sleep
-        self._queue: "queue.Queue[Optional[str]]" = queue.Queue(maxsize=config.max_queue)
-        self._seen: "collections.OrderedDict[str, str]" = collections.OrderedDict()
+        self._queue: queue.Queue[Optional[str]] = queue.Queue(maxsize=config.max_queue)
+        self._seen: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.posted = 0

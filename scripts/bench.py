@@ -35,10 +35,9 @@ def cpu_name() -> str:
 
 
 def cases(quick: bool):
-    from neuroradix.dicom.ctseries import volume_to_ct_series
-    from neuroradix.phantom import thorax_phantom
-    from neuroradix.sample import sample_ct_volume
-
+    from neuroradix.imaging.ctseries import volume_to_ct_series
+    from neuroradix.samples.phantom import thorax_phantom
+    from neuroradix.samples.real_ct import sample_ct_volume
     volume, source = sample_ct_volume()
     yield f"sample chest CT ({source.split(':')[0]}, {volume.shape[0]}x{volume.shape[1]}x{volume.shape[2]})", \
         volume_to_ct_series(volume, uid_seed="bench-sample")
@@ -49,7 +48,6 @@ def cases(quick: bool):
 
 def run(quick: bool) -> list[dict]:
     from neuroradix.node.harness import EphemeralNode
-
     rows = []
     with tempfile.TemporaryDirectory(prefix="neuroradix-bench-") as tmp:
         stable_age = 2

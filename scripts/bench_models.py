@@ -83,7 +83,6 @@ def main(argv=None) -> int:
     from neuroradix.models.tokenizer import train_tokenizer
     from neuroradix.models.transforms import preprocess_volume
     from neuroradix.types import Volume
-
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     pre = (PreprocessConfig(target_spacing=None, target_shape=(args.resize,) * 3, overlap=args.overlap)
@@ -115,7 +114,7 @@ def main(argv=None) -> int:
     emb = res.embeddings[None].to(device)
     pos = torch.from_numpy(res.grid.positions())[None].to(device)
     with Stage(rows, "head: classify + generate report", device):
-        texts_out, info = head.generate(emb, pos)
+        _texts_out, info = head.generate(emb, pos)
     generated = len(info["tokens"][0])
     from transformers.modeling_outputs import BaseModelOutput
 

@@ -28,7 +28,7 @@ done
 # 2. training, full-size configs, a miniature phantom dataset at 1.5 mm (200x192x224 voxels)
 timeout 120 "$PY" -c "
 from pathlib import Path
-from neuroradix_train.phantoms import build_miniature_ctrate
+from neuroradix_train.data.phantoms import build_miniature_ctrate
 build_miniature_ctrate(Path('$WORK/data'), n_train=8, n_valid=4, real_ct_dir=None, seed=0)
 " || exit 1
 train 200 train-seg --set data.root="$WORK/data" --set train.out_dir="$WORK/stage1" --set train.epochs=100 \

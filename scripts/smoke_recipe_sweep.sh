@@ -12,7 +12,7 @@ mkdir -p "$W"
 export PYTHONPATH="$PWD/inference:$PWD/training${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "$PY" -c "
 from pathlib import Path
-from neuroradix_train.phantoms import build_miniature_ctrate
+from neuroradix_train.data.phantoms import build_miniature_ctrate
 build_miniature_ctrate(Path('$W/data'), n_train=40, n_valid=20, real_ct_dir=None, seed=0)" || exit 1
 common=(--config training/neuroradix_train/configs/stage1-tiny.yaml --set data.root="$W/data" --set data.max_train_scans=12
         --set data.max_valid_scans=6 --set train.val_every_epochs=5 --set train.amp=false --set train.threads=3)

@@ -8,6 +8,25 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from neuroradix.analyzers.registry import build_analyzers
+from neuroradix.config import PipelineSettings, load_settings
+from neuroradix.errors import NeuroRadixError
+from neuroradix.jobs.ledger import Ledger
+from neuroradix.jobs.reconciler import sweep
+from neuroradix.jobs.worker import Worker
+from neuroradix.node.demo import run_demo
+from neuroradix.node.launcher import down, dump_status, up
+from neuroradix.node.serve import serve
+from neuroradix.offline import (
+    analyze_datasets,
+    archive_entries,
+    groups_from_outcome,
+    read_folder,
+    read_zip,
+    write_folder,
+)
+from neuroradix.pacs.dicomweb import PacsClient
+
 
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
@@ -19,7 +38,6 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from .node.launcher import up  # noqa: PLC0415
 
     config = up(args.var)
     print(f"Node is up. Orthanc {config.orthanc_url} (DICOM {config.aet}@127.0.0.1:{config.dicom_port}), "
@@ -28,7 +46,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-    from .node.launcher import down  # noqa: PLC0415
 
     stopped = down(args.var)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -36,39 +53,29 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from .node.launcher import dump_status  # noqa: PLC0415
 
     print(dump_status(args.var))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .node.demo import run_demo  # noqa: PLC0415
 
     return run_demo(args.var)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .config import load_settings  # noqa: PLC0415
-    from .node.serve import serve  # noqa: PLC0415
 
     serve(load_settings(), args.host, args.port)
     return 0
 
 
 def _cmd_worker(_args: argparse.Namespace) -> int:
-    from .config import load_settings  # noqa: PLC0415
-    from .worker import Worker  # noqa: PLC0415
 
     Worker(load_settings()).run_forever()
     return 0
 
 
 def _cmd_reconcile(_args: argparse.Namespace) -> int:
-    from .config import load_settings  # noqa: PLC0415
-    from .dicom.dicomweb import PacsClient  # noqa: PLC0415
-    from .ledger import Ledger  # noqa: PLC0415
-    from .reconciler import sweep  # noqa: PLC0415
 
     settings = load_settings()
     pacs = PacsClient(settings.dicomweb_url, settings.orthanc_user, settings.orthanc_password.get_secret_value())
@@ -77,10 +84,6 @@ def _cmd_reconcile(_args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from .analyzers.registry import build_analyzers  # noqa: PLC0415
-    from .config import PipelineSettings  # noqa: PLC0415
-    from .errors import NeuroRadixError  # noqa: PLC0415
-    from .standalone import analyze_datasets, archive_entries, groups_from_outcome, read_folder, read_zip, write_folder  # noqa: PLC0415
 
     overrides: dict = {}
     if args.analyzers:
@@ -137,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seg-type", choices=["BINARY", "LABELMAP"])
     p.set_defaults(func=_cmd_analyze)
 
-    for module in ("neuroradix.models.cli", "neuroradix.viewer", "neuroradix_train.cli"):
+    for module in ("neuroradix.models.cli", "neuroradix.node.viewer", "neuroradix_train.cli"):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as exc:  # that part is not installed; anything else is a bug

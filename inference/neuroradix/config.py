@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from . import __version__
+from neuroradix import __version__
 
 
 class SegType(str, enum.Enum):
@@ -71,7 +71,7 @@ class PipelineSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_analyzers(self) -> "PipelineSettings":
+    def _check_analyzers(self) -> PipelineSettings:
         known = {"lung-hu", "deep"}
         unknown = set(self.analyzers) - known
         if unknown or not self.analyzers:
@@ -117,7 +117,7 @@ class Settings(PipelineSettings):
     http_timeout_seconds: float = 120.0
 
     @model_validator(mode="after")
-    def _check(self) -> "Settings":
+    def _check(self) -> Settings:
         if len(self.sidecar_token.get_secret_value()) < 16:
             raise ValueError("SIDECAR_TOKEN must be a real secret of 16+ characters (make up generates one)")
         if not self.orthanc_password.get_secret_value():

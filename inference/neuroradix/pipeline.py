@@ -1,7 +1,7 @@
 """One study through the pipeline: select -> fetch -> decode -> assemble -> analyze -> encode -> store.
 
 Each stage is a plain step with its inputs and outputs named here; the timings of every stage go
-into the job's record. Only :mod:`neuroradix.worker` calls :func:`process_study`; the analyzers
+into the job's record. Only :mod:`neuroradix.jobs.worker` calls :func:`process_study`; the analyzers
 and writers it calls know nothing about DICOMweb or the ledger.
 """
 from __future__ import annotations
@@ -14,19 +14,19 @@ from typing import Iterator, Optional, Sequence, Union
 
 import pydicom
 
-from . import MANUFACTURER, __version__
-from .analyzers.base import Analyzer
-from .analyzers.registry import Unavailable
-from .config import PipelineSettings, Settings
-from .dicom.dicomweb import PacsClient
-from .dicom.encode import encode_result
-from .dicom.common import OutputContext
-from .dicom.series import load_rules, select_series, source_fingerprint
-from .dicom.volume import AssembledSeries, GeometryLimits, assemble
-from .errors import BadInputError, NotConfiguredError
-from .results import result_summary
-from .types import StudyResult
-from .uids import short_hash
+from neuroradix import MANUFACTURER, __version__
+from neuroradix.analyzers.base import Analyzer
+from neuroradix.analyzers.registry import Unavailable
+from neuroradix.config import PipelineSettings, Settings
+from neuroradix.errors import BadInputError, NotConfiguredError
+from neuroradix.imaging.volume import AssembledSeries, GeometryLimits, assemble
+from neuroradix.pacs.dicomweb import PacsClient
+from neuroradix.pacs.series import load_rules, select_series, source_fingerprint
+from neuroradix.types import StudyResult
+from neuroradix.uids import short_hash
+from neuroradix.writers.common import OutputContext
+from neuroradix.writers.encode import encode_result
+from neuroradix.writers.summary import result_summary
 
 LOG = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Union
 
-from .errors import ConfigError
-from .types import Code, SegmentDescription
+from neuroradix.errors import ConfigError
+from neuroradix.types import Code, SegmentDescription
 
 
 @dataclass(frozen=True)

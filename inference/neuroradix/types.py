@@ -34,7 +34,7 @@ class Code:
                 raise ValueError(f"Code.{name} must be a non-empty string")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Code":
+    def from_dict(cls, data: dict) -> Code:
         """Build from ``{"value": ..., "scheme": ..., "meaning": ...}``."""
         return cls(str(data["value"]), str(data["scheme"]), str(data["meaning"]))
 

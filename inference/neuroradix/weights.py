@@ -20,14 +20,15 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
-from .errors import NotConfiguredError, WeightsError
-from .models.config import ModelConfig, diff_dicts, tiny_config
-from .models.findings import load_findings
-from .schemes import load_scheme
+from neuroradix.errors import NotConfiguredError, WeightsError
+from neuroradix.models.config import ModelConfig, diff_dicts, tiny_config
+from neuroradix.models.findings import load_findings
+from neuroradix.schemes import load_scheme
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +75,15 @@ class Release:
         return self.path / self.manifest["files"][key]["path"]
 
     def load_tokenizer(self):
-        from .models.tokenizer import load_tokenizer
-
+        from neuroradix.models.tokenizer import load_tokenizer  # noqa: PLC0415 - optional heavy dependency (torch etc.)
         return load_tokenizer(self.path / self.manifest["tokenizer"]["path"])
 
     def build_models(self, device: str = "cpu"):
         """Build the backbone and head and load their state dicts (strict); ``(backbone, head, tokenizer)``."""
-        import torch
+        import torch  # noqa: PLC0415 - optional heavy dependency (torch etc.)
 
-        from .models.backbone import build_backbone
-        from .models.head import MultitaskHead
-
+        from neuroradix.models.backbone import build_backbone  # noqa: PLC0415 - optional heavy dependency (torch etc.)
+        from neuroradix.models.head import MultitaskHead  # noqa: PLC0415 - optional heavy dependency (torch etc.)
         tok = self.load_tokenizer()
         backbone = build_backbone(self.config.backbone)
         head = MultitaskHead(self.config.head, tok)
@@ -128,7 +127,7 @@ def write_release(
     licence:
         Licence of the weights (CT-RATE's CC BY-NC-SA 4.0 carries over to models trained on it).
     """
-    import torch
+    import torch  # noqa: PLC0415 - optional heavy dependency (torch etc.)
 
     if set(files) != set(_MODEL_FILES):
         raise ValueError(f"files must have exactly the keys {list(_MODEL_FILES)}, got {sorted(files)}")
@@ -158,7 +157,7 @@ def write_release(
         "name": name,
         "version": str(version),
         "untrained": bool(untrained),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "model": model_cfg.to_dict(),
         "class_scheme": {"name": scheme.name, "version": scheme.version, "classes": len(scheme)},
         "findings": {"name": findings.name, "version": findings.version, "names": findings.names},
@@ -242,14 +241,12 @@ def load_release(directory: Union[str, Path], *, allow_untrained: bool = False,
 
 def make_test_release(out_dir: Union[str, Path], cfg: Optional[ModelConfig] = None, *, seed: int = 0) -> Path:
     """A release in the real format with random weights, marked untrained (tests and demos)."""
-    import tempfile
 
-    import torch
+    import torch  # noqa: PLC0415 - optional heavy dependency (torch etc.)
 
-    from .models.backbone import build_backbone
-    from .models.head import MultitaskHead
-    from .models.tokenizer import train_tokenizer
-
+    from neuroradix.models.backbone import build_backbone  # noqa: PLC0415 - optional heavy dependency (torch etc.)
+    from neuroradix.models.head import MultitaskHead  # noqa: PLC0415 - optional heavy dependency (torch etc.)
+    from neuroradix.models.tokenizer import train_tokenizer  # noqa: PLC0415 - optional heavy dependency (torch etc.)
     cfg = cfg or tiny_config()
     torch.manual_seed(seed)
     texts = [

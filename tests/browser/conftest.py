@@ -21,9 +21,8 @@ from typing import Iterator
 
 import pytest
 
-from neuroradix.viewer import DEFAULT_DIST, ViewerSettings, create_app
-
-from ohif_study_data import REAL_CT, ProcessedStudy, build_processed_study, to_part10
+from neuroradix.node.viewer import DEFAULT_DIST, ViewerSettings, create_app
+from tests.browser.ohif_study_data import REAL_CT, ProcessedStudy, build_processed_study, to_part10
 
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied frame otherwise
@@ -109,7 +108,6 @@ def _wait_http(url: str, timeout: float = 30.0) -> None:
 def processed_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerStudy]:
     """A processed study in a fresh Orthanc, with OHIF and the proxy in front of it."""
     from neuroradix.node.orthanc import OrthancProcess, OrthancSpec, free_port
-
     datasets, study = build_processed_study()
     spec = OrthancSpec(
         data_dir=tmp_path_factory.mktemp("orthanc"),

@@ -4,7 +4,7 @@
 chest CT (``thorax_ct_1.5mm.nii.gz``, 191 slices of 167 x 233 at 1.5 mm, cut to 166 x 232, see
 :func:`even_in_plane`), writes it as a DICOM CT
 series, runs the node's no-weights :class:`~neuroradix.analyzers.lung.LungAnalyzer` on it and
-encodes the result with :func:`~neuroradix.dicom.encode.encode_result`: SEG, Parametric Map of
+encodes the result with :func:`~neuroradix.writers.encode.encode_result`: SEG, Parametric Map of
 the attention map, SR and Encapsulated PDF, all in the CT's study, plus the same segmentation as a
 LABELMAP SEG (the node's other SEG setting) in a series of its own. That is the pipeline's
 analyze-and-encode path without the PACS round trip; the ``processed_study`` fixture in
@@ -24,11 +24,11 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from neuroradix.analyzers.lung import LungAnalyzer
-from neuroradix.dicom.common import OutputContext
-from neuroradix.dicom.ctseries import nifti_to_volume, volume_to_ct_series
-from neuroradix.dicom.encode import encode_result
-from neuroradix.dicom.seg import build_seg
-from neuroradix.sample import even_in_plane
+from neuroradix.imaging.ctseries import nifti_to_volume, volume_to_ct_series
+from neuroradix.samples.real_ct import even_in_plane
+from neuroradix.writers.common import OutputContext
+from neuroradix.writers.encode import encode_result
+from neuroradix.writers.seg import build_seg
 
 logger = logging.getLogger(__name__)
 

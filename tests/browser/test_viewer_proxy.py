@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from neuroradix.errors import ConfigError
-from neuroradix.viewer import (
+from neuroradix.node.viewer import (
     ViewerSettings,
     create_app,
     read_env_file,

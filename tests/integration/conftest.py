@@ -29,8 +29,7 @@ def node(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def thorax_volume():
-    from neuroradix.dicom.ctseries import nifti_to_volume
-
+    from neuroradix.imaging.ctseries import nifti_to_volume
     path = SHARED / "thorax_ct_1.5mm.nii.gz"
     if not path.exists():
         pytest.skip("the shared real chest CT is not present")

@@ -6,18 +6,16 @@ import gzip
 import subprocess
 
 import nibabel as nib
-
 import pytest
 
-from neuroradix.dicom.ctseries import volume_to_ct_series
+from neuroradix.imaging.ctseries import volume_to_ct_series
 from neuroradix.node.harness import EphemeralNode
-from neuroradix.phantom import thorax_phantom
+from neuroradix.samples.phantom import thorax_phantom
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     from neuroradix.weights import make_test_release
-
     return make_test_release(tmp_path_factory.mktemp("release") / "tiny")
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from neuroradix.dicom.ctseries import volume_to_ct_series, write_series
-from neuroradix.phantom import thorax_phantom
+from neuroradix.imaging.ctseries import volume_to_ct_series, write_series
+from neuroradix.samples.phantom import thorax_phantom
 from tests.factory import ct_series
 
 SEG, SR, PM, PDF = (
@@ -229,7 +229,6 @@ def test_study_completed_after_a_first_run_is_processed_again(node):
 def test_reconciler_alone_brings_a_study_the_plugin_could_not_hand_off(tmp_path_factory):
     """Level-triggered: with every plugin hand-off lost, the QIDO sweep still gets the study done."""
     from neuroradix.node.harness import EphemeralNode
-
     lonely = EphemeralNode(tmp_path_factory.mktemp("reconciler-node"), reconcile_seconds=2,
                            plugin_reaches_sidecar=False).start()
     try:

@@ -17,16 +17,8 @@ def _threads():
 
 
 @pytest.fixture(scope="session")
-def test_release(tmp_path_factory):
-    from neuroradix.weights import make_test_release
-
-    return make_test_release(tmp_path_factory.mktemp("release") / "tiny")
-
-
-@pytest.fixture(scope="session")
 def tiny_tokenizer():
     from neuroradix.models.tokenizer import train_tokenizer
-
     texts = ["No pleural effusion. Mild emphysema in both upper lobes.",
              "Heart size normal. A nodule in the right lower lobe."] * 10
     return train_tokenizer(texts, vocab_size=300)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from neuroradix.errors import ConfigError
-from neuroradix.models.config import (BackboneConfig, HeadConfig, ModelConfig, PreprocessConfig, diff_dicts,
-                                      tiny_config)
+from neuroradix.models.config import BackboneConfig, HeadConfig, ModelConfig, PreprocessConfig, diff_dicts, tiny_config
 from neuroradix.models.findings import CTRATE_FINDINGS, load_findings
 from neuroradix.models.remap import load_remap, parse_remap
 from neuroradix.schemes import load_scheme
@@ -42,7 +41,6 @@ def test_config_validation(bad):
 
 def test_window_size_reaches_swinunetr_and_old_configs_keep_monai_default():
     from neuroradix.models.backbone import build_backbone
-
     d = tiny_config().to_dict()
     d["backbone"].pop("window_size")  # a release written before the setting existed
     assert ModelConfig.from_dict(d).backbone.window_size == 7

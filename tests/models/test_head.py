@@ -62,7 +62,7 @@ def test_soft_prompt_is_built_from_the_top_findings_and_masked_from_the_loss(tin
     assert head.prompts(logits) == [format_prompt(["Emphysema", "Pleural effusion"])]
     assert head.prompts(torch.full((1, 19), -5.0)) == ["Findings: none. Report:"]
     ids, mask = head.tokenize_reports(["Heart size normal."])
-    dec_in, dec_mask, tgt = head._decoder_batch(head.prompts(logits), ids, mask)
+    dec_in, _dec_mask, tgt = head._decoder_batch(head.prompts(logits), ids, mask)
     prefix = head._prefix_ids(head.prompts(logits)[0])
     assert (tgt[0, : len(prefix)] == -100).all()
     assert tgt[0, len(prefix):].tolist() == ids[0].tolist() + [tiny_tokenizer.eos_token_id]

@@ -8,8 +8,14 @@ import torch
 from neuroradix.models.config import PreprocessConfig
 from neuroradix.models.embeddings import load_embeddings, save_embeddings
 from neuroradix.models.sliding import PatchGrid, SlidingOptions, sliding_segment, window_starts
-from neuroradix.models.transforms import (AddGlobalResized, AddGlobalResizedd, AppendGlobalChanneld,
-                                          LoadEmbeddingD, RemapLabelsD, preprocess_volume)
+from neuroradix.models.transforms import (
+    AddGlobalResized,
+    AddGlobalResizedd,
+    AppendGlobalChanneld,
+    LoadEmbeddingD,
+    RemapLabelsD,
+    preprocess_volume,
+)
 from neuroradix.types import Volume
 
 # Source axes: slices step towards Inferior (-z) by 2 mm, rows towards Posterior (+y) by 1.5 mm,
@@ -29,7 +35,7 @@ def _volume(shape, affine=OBLIQUE):
 
 
 def test_preprocess_reorients_to_spl_and_keeps_patient_positions():
-    vol, pts = _volume((20, 16, 24))
+    vol, _pts = _volume((20, 16, 24))
     cfg = PreprocessConfig(hu_window=(-1e4, 1e4), output_range=(-1e4, 1e4), target_spacing=(2.0, 1.5, 1.0),
                            patch_size=64, global_size=64)
     net = preprocess_volume(vol, cfg)

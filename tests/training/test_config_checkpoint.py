@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from neuroradix.errors import ConfigError
-from neuroradix_train import checkpoint as ckpt
 from neuroradix_train.config import CONFIG_DIR, load_config
+from neuroradix_train.stages import checkpoint as ckpt
 
 
 def test_stage1_defaults_are_the_original_design():
@@ -30,8 +30,7 @@ def test_overrides_and_unknown_keys():
 
 
 def test_tiny_configs_build_valid_model_configs(tmp_path):
-    from neuroradix_train.common import model_config
-
+    from neuroradix_train.stages.common import model_config
     m = model_config(load_config("stage1", [CONFIG_DIR / "stage1-tiny.yaml"]))
     assert m.preprocess.patch_size == 64 and m.backbone.feature_size == 12 and m.head.embed_dim == 288
 
@@ -54,7 +53,6 @@ def test_checkpoint_restores_model_optimizer_and_rng(tmp_path):
 
 def test_cli_registers_subcommands(capsys):
     from neuroradix_train import cli
-
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command"))
     for cmd in ("train-seg", "export-embeddings", "train-head", "evaluate", "publish-release", "train-smoke"):

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from neuroradix.errors import ConfigError
-from neuroradix_train import data
-from neuroradix_train.findings import FINDINGS
-from neuroradix_train.phantoms import make_phantom
-
-from pathlib import Path
+from neuroradix_train.data import dataset as data
+from neuroradix_train.data.findings import FINDINGS
+from neuroradix_train.data.phantoms import make_phantom
 
 REAL_CT = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-ct"
 
@@ -65,7 +64,6 @@ def test_label_header_is_ctrate_order(mini_ctrate):
     header = next(csv.reader((mini_ctrate / "dataset" / "multi_abnormality_labels" / "train_predicted_labels.csv").open()))
     assert header == ["VolumeName", *FINDINGS]
     from neuroradix.models.findings import CTRATE_FINDINGS
-
     assert FINDINGS == CTRATE_FINDINGS
 
 
@@ -77,7 +75,6 @@ def test_xy_spacing_literal():
 @pytest.mark.skipif(not REAL_CT.is_dir(), reason="real CTs not present")
 def test_real_ct_segmentation_goes_through_remap(mini_ctrate):
     from neuroradix.models.remap import load_remap
-
     recs = {r.name: r for r in data.load_records(mini_ctrate, "train", require_labels=False)}
     r = recs["train_1001_a_1.nii.gz"]
     assert r.labels is None and r.segmentation is not None
@@ -90,9 +87,8 @@ def test_real_ct_segmentation_goes_through_remap(mini_ctrate):
 
 
 def test_smoke_rebuilds_a_dataset_of_an_older_phantom_version(tmp_path):
-    from neuroradix_train.phantoms import PHANTOM_VERSION
+    from neuroradix_train.data.phantoms import PHANTOM_VERSION
     from neuroradix_train.smoke import ensure_dataset
-
     root = tmp_path / "mini"
     ensure_dataset(root, n_train=1, n_valid=1, real_ct_dir=None)
     version = root / "dataset" / "phantoms.version"

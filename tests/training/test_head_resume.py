@@ -8,11 +8,10 @@ import pytest
 import torch
 
 from neuroradix_train.config import CONFIG_DIR, load_config
-from neuroradix_train.findings import FINDINGS
-from neuroradix_train.phantoms import PLANTED, phantom_report
-from neuroradix_train.plots import read_jsonl
-
-from training_helpers import kill_after_steps
+from neuroradix_train.data.findings import FINDINGS
+from neuroradix_train.data.phantoms import PLANTED, phantom_report
+from neuroradix_train.evaluation.plots import read_jsonl
+from tests.training.training_helpers import kill_after_steps
 
 
 def _embedding_export(directory, n_train=48, n_valid=16, seed=0):
@@ -20,7 +19,6 @@ def _embedding_export(directory, n_train=48, n_valid=16, seed=0):
     from neuroradix.models.config import tiny_config
     from neuroradix.models.embeddings import save_embeddings
     from neuroradix.models.sliding import PatchGrid
-
     rng = np.random.default_rng(seed)
     cfg = tiny_config()
     dim = cfg.backbone.embed_dim
@@ -59,8 +57,7 @@ def _cfg(export, out, epochs):
 
 def test_head_resumes_after_sigkill_with_the_same_losses(export, tmp_path):
     """Killed with SIGKILL after step 5 and resumed, the head logs the losses of an uninterrupted run."""
-    from neuroradix_train.stage3 import train_head
-
+    from neuroradix_train.stages.stage3 import train_head
     whole = tmp_path / "whole"
     train_head(_cfg(export, whole, epochs=4))
     out = tmp_path / "head"
@@ -80,8 +77,7 @@ def test_head_resumes_after_sigkill_with_the_same_losses(export, tmp_path):
 
 @pytest.mark.slow
 def test_head_learns_planted_findings_and_reports(export, tmp_path):
-    from neuroradix_train.stage3 import train_head
-
+    from neuroradix_train.stages.stage3 import train_head
     r = train_head(load_config("stage3", [CONFIG_DIR / "stage3-tiny.yaml"],
                                [f"data.embeddings={export}", f"train.out_dir={tmp_path / 'h'}",
                                 "train.val_every_epochs=100", "train.epochs=80"]))

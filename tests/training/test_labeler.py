@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from neuroradix_train.evaluate import labeler_agreement_on
-from neuroradix_train.findings import FINDINGS
-from neuroradix_train.labeler import ReportLabeler
+from neuroradix_train.data.findings import FINDINGS
+from neuroradix_train.evaluation.evaluate import labeler_agreement_on
+from neuroradix_train.evaluation.labeler import ReportLabeler
 
 
 def _pos(text):

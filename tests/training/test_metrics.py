@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from neuroradix_train import metrics
-from neuroradix_train.meteor import meteor_sentence
+from neuroradix_train.evaluation import metrics
+from neuroradix_train.evaluation.meteor import meteor_sentence
 
 
 def test_auroc_matches_pair_counting():

@@ -6,8 +6,8 @@ import builtins
 import pytest
 
 from neuroradix.errors import ConfigError
-from neuroradix_train.plots import read_jsonl
-from neuroradix_train.runlog import RunLog
+from neuroradix_train.evaluation.plots import read_jsonl
+from neuroradix_train.stages.runlog import RunLog
 
 
 def test_resume_drops_steps_after_the_checkpoint(tmp_path):

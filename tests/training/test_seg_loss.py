@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from neuroradix.errors import ConfigError
-from neuroradix_train.stage1 import SegLoss
+from neuroradix_train.stages.stage1 import SegLoss
 
 
 def _batch():

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from neuroradix_train.config import CONFIG_DIR, load_config
-from neuroradix_train.plots import read_jsonl
-
-from training_helpers import kill_after_steps
+from neuroradix_train.evaluation.plots import read_jsonl
+from tests.training.training_helpers import kill_after_steps
 
 pytestmark = [pytest.mark.slow, pytest.mark.smoke]
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,8 +25,7 @@ def _cfg(root, out, *sets):
 
 def test_stage1_resumes_after_sigkill_with_the_same_losses(mini_ctrate, tmp_path):
     """A run killed with SIGKILL after step 2 and resumed logs the losses of an uninterrupted run."""
-    from neuroradix_train.stage1 import train_seg
-
+    from neuroradix_train.stages.stage1 import train_seg
     sets = ["train.threads=1"]
     train_seg(_cfg(mini_ctrate, tmp_path / "whole", *sets))
     out = tmp_path / "killed"
@@ -46,8 +44,7 @@ def test_stage1_resumes_after_sigkill_with_the_same_losses(mini_ctrate, tmp_path
 
 def test_torchrun_two_processes_gloo_matches_one_process(mini_ctrate, tmp_path):
     """2 ranks x 1 crop per step see the same crops as 1 process x 2 crops: the loss curves agree."""
-    from neuroradix_train.stage1 import train_seg
-
+    from neuroradix_train.stages.stage1 import train_seg
     sets = ["data.max_train_scans=4", "data.max_valid_scans=1", "train.epochs=3", "train.val_every_epochs=3"]
     train_seg(_cfg(mini_ctrate, tmp_path / "one", *sets, "train.batch_size=2"))
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'inference'}:{ROOT / 'training'}", OMP_NUM_THREADS="1")
@@ -67,9 +64,7 @@ def test_torchrun_two_processes_gloo_matches_one_process(mini_ctrate, tmp_path):
 
 def test_smoke_pipeline_meets_thresholds(tmp_path):
     from neuroradix_train.smoke import run_smoke
-
     real = ROOT.parent / "shared" / "data" / "real-ct"
     result = run_smoke(tmp_path, real_ct_dir=real if real.is_dir() else None, check=True)
     from neuroradix.weights import load_release
-
     assert load_release(result["release"], allow_untrained=True).untrained

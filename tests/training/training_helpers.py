@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from neuroradix_train.plots import read_jsonl
+from neuroradix_train.evaluation.plots import read_jsonl
 
 
 def kill_after_steps(cmd: list[str], steps_file: Path, steps: int, timeout: float = 1800) -> None:

@@ -18,14 +18,14 @@ import time
 from typing import Callable
 
 from neuroradix.analyzers.lung import LungAnalyzer
-from neuroradix.dicom.common import OutputContext
-from neuroradix.dicom.ctseries import volume_to_ct_series
-from neuroradix.dicom.pdf import build_pdf
-from neuroradix.dicom.pmap import build_pmaps
-from neuroradix.dicom.seg import build_seg
-from neuroradix.dicom.volume import assemble
-from neuroradix.phantom import thorax_phantom
+from neuroradix.imaging.ctseries import volume_to_ct_series
+from neuroradix.imaging.volume import assemble
+from neuroradix.samples.phantom import thorax_phantom
 from neuroradix.types import StudyResult
+from neuroradix.writers.common import OutputContext
+from neuroradix.writers.pdf import build_pdf
+from neuroradix.writers.pmap import build_pmaps
+from neuroradix.writers.seg import build_seg
 
 
 def make_case(shape: tuple[int, int, int] = (300, 512, 512)) -> tuple[StudyResult, OutputContext]:

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from neuroradix.dicom.common import OutputContext
-from neuroradix.dicom.pdf import build_pdf
-from neuroradix.dicom.pmap import build_pmaps
-from neuroradix.dicom.seg import build_seg
-from neuroradix.dicom.sr import build_sr
 from neuroradix.types import AttentionMap, Code, Volume
-from writer_fixtures import make_ct_series, make_result
+from neuroradix.writers.common import OutputContext
+from neuroradix.writers.pdf import build_pdf
+from neuroradix.writers.pmap import build_pmaps
+from neuroradix.writers.seg import build_seg
+from neuroradix.writers.sr import build_sr
+from tests.writers.writer_fixtures import make_ct_series, make_result
 
 
 def synthetic_chest(n: int, size: int):

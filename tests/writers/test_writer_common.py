@@ -6,10 +6,10 @@ import numpy as np
 import pypdf
 import pytest
 
-from neuroradix.dicom.common import UNTRAINED_MARK, OutputContext, ascii_text, series_description
-from neuroradix.dicom.encode import encode_result
 from neuroradix.errors import BadInputError
-from writer_fixtures import dciodvfy
+from neuroradix.writers.common import UNTRAINED_MARK, OutputContext, ascii_text, series_description
+from neuroradix.writers.encode import encode_result
+from tests.writers.writer_fixtures import dciodvfy
 
 
 def _uids(objects):

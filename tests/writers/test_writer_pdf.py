@@ -7,7 +7,7 @@ import pypdf
 import pytest
 from scipy import ndimage
 
-from neuroradix.dicom.pdf import (
+from neuroradix.writers.pdf import (
     ENCAPSULATED_PDF_STORAGE,
     _plane_indices,
     _sample_attention,
@@ -15,7 +15,7 @@ from neuroradix.dicom.pdf import (
     key_images,
     render_pdf_bytes,
 )
-from writer_fixtures import LEFT, RIGHT, dciodvfy
+from tests.writers.writer_fixtures import LEFT, RIGHT, dciodvfy
 
 
 def _text(pdf: bytes) -> str:

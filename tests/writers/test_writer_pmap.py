@@ -4,9 +4,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from neuroradix.dicom.pmap import STORED_MAX, build_pmaps, downsample_in_plane, resample_to_source
 from neuroradix.types import AttentionMap
-from writer_fixtures import N_COLS, N_ROWS, N_SLICES, dciodvfy
+from neuroradix.writers.pmap import STORED_MAX, build_pmaps, downsample_in_plane, resample_to_source
+from tests.writers.writer_fixtures import N_COLS, N_ROWS, N_SLICES, dciodvfy
 
 
 def _frames(ds):

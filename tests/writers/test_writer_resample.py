@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from neuroradix.dicom.pmap import AXIS_TOLERANCE, STORED_MAX, parallel_axes, quantize, resample_onto
 from neuroradix.types import AttentionMap, Code
-from writer_fixtures import ct_affine
+from neuroradix.writers.pmap import AXIS_TOLERANCE, STORED_MAX, parallel_axes, quantize, resample_onto
+from tests.writers.writer_fixtures import ct_affine
 
 GRID = (9, 13, 11)  # target grid (slices, rows, columns) on the writer fixtures' CT geometry
 

@@ -6,8 +6,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from neuroradix.dicom.common import SegType
-from neuroradix.dicom.seg import (
+from neuroradix.writers.common import SegType
+from neuroradix.writers.seg import (
     LABELMAP_SEG_STORAGE,
     SEGMENTATION_STORAGE,
     build_seg,
@@ -16,7 +16,7 @@ from neuroradix.dicom.seg import (
     segment_number_for_label,
     segment_number_map,
 )
-from writer_fixtures import AIRWAYS, LEFT, N_SLICES, RIGHT, dciodvfy
+from tests.writers.writer_fixtures import AIRWAYS, LEFT, N_SLICES, RIGHT, dciodvfy
 
 
 @pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])

@@ -4,10 +4,10 @@ from dataclasses import replace
 import highdicom as hd
 import pytest
 
-from neuroradix.dicom.pmap import build_pmaps
-from neuroradix.dicom.seg import build_seg, segment_number_for_label
-from neuroradix.dicom.sr import build_sr
-from writer_fixtures import dciodvfy
+from neuroradix.writers.pmap import build_pmaps
+from neuroradix.writers.seg import build_seg, segment_number_for_label
+from neuroradix.writers.sr import build_sr
+from tests.writers.writer_fixtures import dciodvfy
 
 
 def _walk(items):
@@ -46,7 +46,7 @@ def objects(result, ctx):
 
 
 def test_findings_round_trip(result, objects, roundtrip):
-    seg, pmaps, sr = objects
+    _seg, _pmaps, sr = objects
     back, _ = roundtrip(sr)
     for finding in result.findings:
         group = _group_of(back, finding.name)

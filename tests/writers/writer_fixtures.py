@@ -25,7 +25,6 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from neuroradix.dicom.common import OutputContext
 from neuroradix.schemes import load_scheme
 from neuroradix.types import (
     AnalyzerInfo,
@@ -37,6 +36,7 @@ from neuroradix.types import (
     Volume,
 )
 from neuroradix.uids import derive_uid
+from neuroradix.writers.common import OutputContext
 
 N_SLICES, N_ROWS, N_COLS = 12, 32, 40
 ROW_COSINE = np.array([-1.0, 0.0, 0.0])  # direction of increasing column index

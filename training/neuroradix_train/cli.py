@@ -14,6 +14,17 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
+
+from neuroradix.errors import ConfigError
+from neuroradix_train.config import load_config
+from neuroradix_train.evaluation.evaluate import evaluate_run
+from neuroradix_train.release import publish_release
+from neuroradix_train.smoke import run_smoke
+from neuroradix_train.stages.stage1 import train_seg
+from neuroradix_train.stages.stage2 import export_embeddings
+from neuroradix_train.stages.stage3 import train_head
+
 log = logging.getLogger(__name__)
 
 _STAGES = {"train-seg": "stage1", "export-embeddings": "stage2", "train-head": "stage3", "evaluate": "evaluate"}
@@ -68,29 +79,18 @@ def register(subparsers) -> None:
 
 
 def _run_stage(args) -> int:
-    from .config import load_config
-
     cfg = load_config(_STAGES[args.stage], args.config, args.sets)
     if args.print_config:
-        import yaml
 
         sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False))
         return 0
     if args.stage == "train-seg":
-        from .stage1 import train_seg
-
         result = train_seg(cfg, resume=args.resume, max_steps=args.max_steps)
     elif args.stage == "export-embeddings":
-        from .stage2 import export_embeddings
-
         result = {"manifest": str(export_embeddings(cfg))}
     elif args.stage == "train-head":
-        from .stage3 import train_head
-
         result = train_head(cfg, resume=args.resume, max_steps=args.max_steps)
     else:
-        from .evaluate import evaluate_run
-
         result = evaluate_run(cfg)
     sys.stdout.write(json.dumps(_summary(result), indent=1, default=float) + "\n")
     return 0
@@ -108,8 +108,6 @@ def _summary(result: dict) -> dict:
 
 
 def _publish(args) -> int:
-    from .release import publish_release
-
     path = publish_release(args.backbone_run, args.head_run, args.out, version=args.version, dataset=args.dataset,
                            licence=args.licence, untrained=args.untrained)
     sys.stdout.write(f"{path}\n")
@@ -117,8 +115,6 @@ def _publish(args) -> int:
 
 
 def _smoke(args) -> int:
-    from .smoke import run_smoke
-
     result = run_smoke(args.work, real_ct_dir=args.real_ct if args.real_ct.is_dir() else None, check=not args.no_assert,
                        extra_sets=args.sets)
     sys.stdout.write(json.dumps(result, indent=1, default=float) + "\n")
@@ -132,8 +128,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)
     args = parser.parse_args(argv)
-    from neuroradix.errors import ConfigError
-
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

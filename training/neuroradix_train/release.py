@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 from neuroradix.errors import ConfigError
+from neuroradix.models.config import ModelConfig
+from neuroradix.weights import load_release, write_release
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +25,6 @@ def publish_release(backbone_run: Path, head_run: Path, out: Path, *, version: s
     release's config; a backbone whose state dict does not fit it is refused. The release is
     loaded back through :func:`neuroradix.weights.load_release` before returning.
     """
-    from neuroradix.models.config import ModelConfig
-    from neuroradix.weights import load_release, write_release
-
     backbone_run, head_run = Path(backbone_run), Path(head_run)
     for p in (backbone_run / "backbone.pt", head_run / "head.pt", head_run / "model_config.json", head_run / "tokenizer" / "tokenizer.json"):
         if not p.is_file():

@@ -23,10 +23,20 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from neuroradix.analyzers.deep import DeepAnalyzer
+from neuroradix.config import PipelineSettings
 from neuroradix.errors import NeuroRadixError
-
-from .config import CONFIG_DIR, load_config
-from .phantoms import PHANTOM_VERSION, PLANTED
+from neuroradix.imaging.ctseries import volume_to_ct_series
+from neuroradix.models.remap import load_remap
+from neuroradix.offline import analyze_datasets
+from neuroradix_train.config import CONFIG_DIR, load_config
+from neuroradix_train.data.dataset import load_label_map, load_records, load_volume
+from neuroradix_train.data.phantoms import PHANTOM_VERSION, PLANTED, TS, build_miniature_ctrate
+from neuroradix_train.evaluation.metrics import dice_per_class
+from neuroradix_train.release import publish_release
+from neuroradix_train.stages.stage1 import train_seg
+from neuroradix_train.stages.stage2 import export_embeddings
+from neuroradix_train.stages.stage3 import train_head
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +50,6 @@ class SmokeFailure(NeuroRadixError):
 
 def _organ_labels() -> dict[str, int]:
     """43-class labels of the phantom organs, found through the remap table."""
-    from neuroradix.models.remap import load_remap
-
-    from .phantoms import TS
-
     remap = load_remap("totalseg117-to-chest-ct-43")
     pairs = {"left lung": TS["lung_upper_lobe_left"], "right lung": TS["lung_upper_lobe_right"], "heart": TS["heart"],
              "aorta": TS["aorta"], "trachea": TS["trachea"]}
@@ -59,15 +65,6 @@ def node_check(release: Path, root: Path, split: str = "valid", index: int = 1) 
     written and the Dice of the node's labels (on the CT's own grid) against the phantom's truth,
     so a geometry mismatch between training and the node (an axis order, a flipped side) shows.
     """
-    from neuroradix.analyzers.deep import DeepAnalyzer
-    from neuroradix.config import PipelineSettings
-    from neuroradix.dicom.ctseries import volume_to_ct_series
-    from neuroradix.models.remap import load_remap
-    from neuroradix.standalone import analyze_datasets
-
-    from .data import load_label_map, load_records, load_volume
-    from .metrics import dice_per_class
-
     name = f"{split}_{index}_a_1.nii.gz"
     record = next(r for r in load_records(root, split, require_labels=False) if r.name == name)
     volume = load_volume(record)  # HU through the metadata's rescale, as training reads it
@@ -90,8 +87,6 @@ def ensure_dataset(root: Path, *, n_train: int, n_valid: int, real_ct_dir: Optio
 
     A dataset made by an older phantom generator is removed with its preprocessing cache first.
     """
-    from .phantoms import build_miniature_ctrate
-
     version = root / "dataset" / "phantoms.version"
     if version.is_file() and version.read_text(encoding="utf-8").strip() == PHANTOM_VERSION:
         return
@@ -111,11 +106,6 @@ def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = T
               seg_train_scans: int = 12, seg_epochs: int = 50, seg_valid_scans: int = 8, head_epochs: Optional[int] = None,
               extra_sets: Sequence[str] = ()) -> dict:
     """Run the smoke pipeline under ``work``; returns the numbers (raises :class:`SmokeFailure` when ``check``)."""
-    from .release import publish_release
-    from .stage1 import train_seg
-    from .stage2 import export_embeddings
-    from .stage3 import train_head
-
     work = Path(work)
     t0 = time.time()
     root = work / "ctrate-mini"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..types import AnalyzerInfo, StudyResult, Volume
+from neuroradix.types import AnalyzerInfo, StudyResult, Volume
 
 
 @runtime_checkable

@@ -22,10 +22,20 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+import torch
 
-from ..errors import NotConfiguredError
-from ..schemes import load_scheme
-from ..types import AnalyzerInfo, AttentionMap, Code, Finding, StudyResult, Volume
+from neuroradix.errors import NotConfiguredError
+from neuroradix.models.backbone import (
+    forward_with_features,
+)
+from neuroradix.models.findings import load_findings
+from neuroradix.models.sliding import PatchGrid, SlidingOptions, sliding_segment
+from neuroradix.models.transforms import (
+    preprocess_volume,
+)
+from neuroradix.schemes import load_scheme
+from neuroradix.types import AnalyzerInfo, AttentionMap, Code, Finding, StudyResult, Volume
+from neuroradix.weights import load_release
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +48,6 @@ _TITLE = "SwinUNETR + BART chest-CT model"
 
 
 def _resolve_device(device: str) -> str:
-    import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -64,9 +73,6 @@ class DeepAnalyzer:
 
     def __init__(self, release_dir: Union[str, Path, None], *, allow_untrained: bool = False, device: str = "auto",
                  sw_batch_size: int = 4, attention_voxel_mm: float = 4.0, max_finding_maps: int = 4) -> None:
-        from ..weights import load_release
-        from ..models.sliding import SlidingOptions
-
         if release_dir is None:
             raise NotConfiguredError("no weights release configured for the deep-learning analyzer")
         self.release = load_release(release_dir, allow_untrained=allow_untrained)
@@ -81,8 +87,6 @@ class DeepAnalyzer:
                                  algorithm_family=Code("123110", "DCM", "Artificial Intelligence"),
                                  untrained=self.release.untrained)
         self.scheme = load_scheme("chest-ct-43")
-        from ..models.findings import load_findings
-
         self.catalogue = load_findings()
         self._models = None
         if self.release.untrained:
@@ -96,11 +100,6 @@ class DeepAnalyzer:
     # ------------------------------------------------------------------ analysis
     def analyze(self, volume: Volume) -> StudyResult:
         """Segment, classify and report one CT volume (HU, LPS geometry)."""
-        import torch
-
-        from ..models.backbone import forward_with_features
-        from ..models.sliding import sliding_segment
-        from ..models.transforms import preprocess_volume
 
         if not isinstance(volume, Volume):
             raise TypeError("volume must be a neuroradix.types.Volume")
@@ -193,8 +192,6 @@ class DeepAnalyzer:
 
     def token_attention_map(self, result: StudyResult, index: int) -> AttentionMap:
         """The attention map of report token ``index`` (from ``result.extra``), on the attention grid."""
-        from ..models.sliding import PatchGrid
-
         tokens = result.extra["report_tokens"]
         if not 0 <= index < len(tokens):
             raise IndexError(f"token index {index} outside 0..{len(tokens) - 1}")

@@ -9,7 +9,7 @@ back to the full grid):
 
 1. Input checks: a 3-D, finite, non-constant volume; else :class:`BadInputError`.
 2. Block-mean downsampling, then a reorientation to a conventional axial stack with
-   :func:`~neuroradix.dicom.ctseries.axial_axes` (slices inferior to superior), so every step below
+   :func:`~neuroradix.imaging.ctseries.axial_axes` (slices inferior to superior), so every step below
    works whatever the orientation of the source grid.
 3. Body: the largest connected component above -500 HU, holes filled slice by slice.
 4. Air inside the body: below -400 HU; components that touch the outside are dropped.
@@ -39,10 +39,10 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
-from ..dicom.ctseries import axial_axes, reorient, undo_reorient
-from ..errors import BadInputError
-from ..schemes import load_scheme
-from ..types import AnalyzerInfo, AttentionMap, Code, Measurement, StudyResult, Volume
+from neuroradix.errors import BadInputError
+from neuroradix.imaging.ctseries import axial_axes, reorient, undo_reorient
+from neuroradix.schemes import load_scheme
+from neuroradix.types import AnalyzerInfo, AttentionMap, Code, Measurement, StudyResult, Volume
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,10 @@ import logging
 from dataclasses import dataclass
 from typing import Union
 
-from ..config import PipelineSettings
-from ..errors import NotConfiguredError
-from .base import Analyzer
+from neuroradix.analyzers.base import Analyzer
+from neuroradix.analyzers.lung import LungAnalyzer
+from neuroradix.config import PipelineSettings
+from neuroradix.errors import NotConfiguredError
 
 LOG = logging.getLogger(__name__)
 
@@ -25,12 +26,12 @@ def build_analyzers(settings: PipelineSettings) -> list[Union[Analyzer, Unavaila
     built: list[Union[Analyzer, Unavailable]] = []
     for name in settings.analyzers:
         if name == "lung-hu":
-            from .lung import LungAnalyzer
-
             built.append(LungAnalyzer())
         elif name == "deep":
-            from .deep import NAME, DeepAnalyzer
-
+            from neuroradix.analyzers.deep import (  # noqa: PLC0415 - optional heavy dependency (torch etc.)
+                NAME,
+                DeepAnalyzer,
+            )  # noqa: PLC0415 - optional heavy dependency (torch etc.)
             try:
                 built.append(DeepAnalyzer(settings.weights_dir, allow_untrained=settings.allow_untrained))
             except NotConfiguredError as exc:

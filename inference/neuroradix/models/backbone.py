@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 
 import torch
+from monai.networks.nets import SwinUNETR
 from torch import nn
 
-from .config import BackboneConfig
+from neuroradix.models.config import BackboneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,6 @@ __all__ = ["build_backbone", "forward_with_features", "encode_patches", "Segment
 
 def build_backbone(cfg: BackboneConfig) -> nn.Module:
     """Build MONAI's ``SwinUNETR`` from ``cfg`` (random weights)."""
-    from monai.networks.nets import SwinUNETR
 
     if not isinstance(cfg, BackboneConfig):
         raise TypeError(f"cfg must be a BackboneConfig, got {type(cfg).__name__}")

@@ -5,21 +5,19 @@ import argparse
 import json
 from pathlib import Path
 
+from neuroradix.errors import NotConfiguredError, WeightsError
+from neuroradix.weights import load_release, make_test_release
+
 __all__ = ["register"]
 
 
 def _make_test_release(args: argparse.Namespace) -> int:
-    from ..weights import make_test_release
-
     out = make_test_release(args.out, seed=args.seed)
     print(f"wrote an UNTRAINED test release (random weights) to {out}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from ..errors import NotConfiguredError, WeightsError
-    from ..weights import load_release
-
     try:
         rel = load_release(args.dir, allow_untrained=True)
     except WeightsError as exc:

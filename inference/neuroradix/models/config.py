@@ -138,7 +138,7 @@ class PreprocessConfig:
         return _to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PreprocessConfig":
+    def from_dict(cls, data: dict) -> PreprocessConfig:
         return _from_dict(cls, data, "preprocess")
 
 
@@ -175,7 +175,7 @@ class BackboneConfig:
         return _to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BackboneConfig":
+    def from_dict(cls, data: dict) -> BackboneConfig:
         return _from_dict(cls, data, "backbone")
 
 
@@ -293,7 +293,7 @@ class HeadConfig:
         return _to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "HeadConfig":
+    def from_dict(cls, data: dict) -> HeadConfig:
         return _from_dict(cls, data, "head")
 
 
@@ -316,7 +316,7 @@ class ModelConfig:
         return _to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         if not isinstance(data, dict):
             raise ValueError("model config must be a mapping")
         unknown = sorted(set(data) - {"preprocess", "backbone", "head"})
@@ -342,7 +342,7 @@ def diff_dicts(expected: Any, actual: Any, path: str = "") -> list[str]:
             else:
                 out.extend(diff_dicts(expected[key], actual[key], where))
         return out
-    if isinstance(expected, (list, tuple)) and isinstance(actual, (list, tuple)):
+    if isinstance(expected, list | tuple) and isinstance(actual, list | tuple):
         if len(expected) == len(actual):
             out = []
             for i, (e, a) in enumerate(zip(expected, actual)):

@@ -16,7 +16,7 @@ from typing import Optional, Union
 
 import torch
 
-from .sliding import PatchGrid
+from neuroradix.models.sliding import PatchGrid
 
 __all__ = ["EMBEDDING_FORMAT", "EmbeddingFile", "save_embeddings", "load_embeddings"]
 

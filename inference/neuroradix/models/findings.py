@@ -12,9 +12,9 @@ from functools import lru_cache
 from importlib import resources
 from typing import Optional
 
-from ..errors import ConfigError
-from ..schemes import load_scheme
-from ..types import Code
+from neuroradix.errors import ConfigError
+from neuroradix.schemes import load_scheme
+from neuroradix.types import Code
 
 __all__ = ["CTRATE_FINDINGS", "FindingSpec", "FindingCatalogue", "load_findings"]
 

@@ -18,11 +18,13 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import BartConfig, BartForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutput
 
-from .bridge import CrossAttentionBridge
-from .config import HeadConfig
-from .findings import CTRATE_FINDINGS
-from .moe import MoEClassifier
+from neuroradix.models.bridge import CrossAttentionBridge
+from neuroradix.models.config import HeadConfig
+from neuroradix.models.findings import CTRATE_FINDINGS
+from neuroradix.models.moe import MoEClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,6 @@ def build_bart(cfg: HeadConfig, tokenizer) -> nn.Module:
 
     Built from ``cfg.bart`` or loaded from the local folder ``cfg.bart_pretrained``.
     """
-    from transformers import BartConfig, BartForConditionalGeneration
 
     if cfg.bart_pretrained:
         model = BartForConditionalGeneration.from_pretrained(cfg.bart_pretrained, local_files_only=True,
@@ -241,7 +242,6 @@ class MultitaskHead(nn.Module):
             strings), ``token_cross_attention [T, Qg]`` and ``token_attention [T, N]``
             (token -> gen query composed with gen query -> patch).
         """
-        from transformers.modeling_outputs import BaseModelOutput
 
         max_new = int(max_new_tokens or self.cfg.max_report_tokens)
         br = self.bridge(embeddings, positions, patch_mask)

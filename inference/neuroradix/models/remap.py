@@ -22,8 +22,8 @@ from typing import Union
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..schemes import ClassScheme, load_scheme
+from neuroradix.errors import ConfigError
+from neuroradix.schemes import ClassScheme, load_scheme
 
 __all__ = ["LabelRemap", "parse_remap", "load_remap"]
 
@@ -51,7 +51,7 @@ class LabelRemap:
             If ``labels`` holds a value that is not a source label (nor 0).
         """
         try:
-            import torch
+            import torch  # noqa: PLC0415 - optional dependency, absent is handled below
         except ImportError:  # pragma: no cover - torch is a worker dependency
             torch = None
         is_torch = torch is not None and isinstance(labels, torch.Tensor)

@@ -92,7 +92,7 @@ class PatchGrid:
                 "shape": list(map(int, self.shape)), "affine": np.asarray(self.affine).tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PatchGrid":
+    def from_dict(cls, d: dict) -> PatchGrid:
         return cls(tuple(tuple(int(v) for v in s) for s in d["starts"]), int(d["roi"]),
                    tuple(int(v) for v in d["shape"]), np.asarray(d["affine"], dtype=np.float64))
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Union
 
-from ..errors import ConfigError
+from tokenizers import ByteLevelBPETokenizer
+from transformers import PreTrainedTokenizerFast
+
+from neuroradix.errors import ConfigError
 
 __all__ = ["SPECIAL_TOKENS", "train_tokenizer", "load_tokenizer"]
 
@@ -16,7 +19,6 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
 def _wrap(tok):
-    from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
                                    unk_token="<unk>", mask_token="<mask>")
@@ -28,7 +30,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, out_dir: Union
 
     Returns a ``transformers`` fast tokenizer (``PreTrainedTokenizerFast``).
     """
-    from tokenizers import ByteLevelBPETokenizer
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (the byte alphabet), got {vocab_size}")
@@ -44,7 +45,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, out_dir: Union
 
 def load_tokenizer(directory: Union[str, Path]):
     """Load a tokenizer saved by :func:`train_tokenizer` (or a local BART folder's tokenizer)."""
-    from transformers import PreTrainedTokenizerFast
 
     directory = Path(directory)
     if not (directory / "tokenizer.json").is_file():

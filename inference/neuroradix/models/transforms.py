@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import BadInputError
-from ..types import Volume
-from .config import PreprocessConfig
-from .remap import LabelRemap, load_remap
+from neuroradix.errors import BadInputError
+from neuroradix.models.config import PreprocessConfig
+from neuroradix.models.embeddings import load_embeddings
+from neuroradix.models.remap import LabelRemap, load_remap
+from neuroradix.types import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class AddGlobalResizedd:
 
     def __init__(self, keys: Union[Hashable, Sequence[Hashable]] = "image", global_key: str = "global",
                  size: int = 96, mode: str = "trilinear") -> None:
-        self.keys = [keys] if isinstance(keys, (str, int)) else list(keys)
+        self.keys = [keys] if isinstance(keys, str | int) else list(keys)
         if len(self.keys) != 1:
             raise ValueError("AddGlobalResizedd takes exactly one key (the whole image)")
         self.global_key = global_key
@@ -199,7 +200,7 @@ class AppendGlobalChanneld:
 
     def __init__(self, keys: Union[Hashable, Sequence[Hashable]] = "image", global_key: str = "global",
                  drop_global: bool = True) -> None:
-        self.keys = [keys] if isinstance(keys, (str, int)) else list(keys)
+        self.keys = [keys] if isinstance(keys, str | int) else list(keys)
         self.global_key = global_key
         self.drop_global = drop_global
         self.op = AppendGlobalChannel()
@@ -229,7 +230,7 @@ class RemapLabelsd:
 
     def __init__(self, keys: Union[Hashable, Sequence[Hashable]] = "label",
                  table: Union[str, Path, LabelRemap] = "totalseg117-to-chest-ct-43") -> None:
-        self.keys = [keys] if isinstance(keys, (str, int)) else list(keys)
+        self.keys = [keys] if isinstance(keys, str | int) else list(keys)
         self.op = RemapLabels(table)
 
     def __call__(self, data: Mapping) -> dict:
@@ -247,12 +248,10 @@ class LoadEmbeddingd:
     """
 
     def __init__(self, keys: Union[Hashable, Sequence[Hashable]] = "embedding", positions_suffix: str = "_positions") -> None:
-        self.keys = [keys] if isinstance(keys, (str, int)) else list(keys)
+        self.keys = [keys] if isinstance(keys, str | int) else list(keys)
         self.positions_suffix = positions_suffix
 
     def __call__(self, data: Mapping) -> dict:
-        from .embeddings import load_embeddings
-
         d = dict(data)
         for key in self.keys:
             emb = load_embeddings(d[key])

@@ -11,16 +11,18 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, TextIO
 
-from ..dicom.dicomweb import PacsClient
-from .launcher import NodeConfig, up
+import pydicom
+
+from neuroradix.imaging.ctseries import volume_to_ct_series, write_series
+from neuroradix.node.launcher import NodeConfig, up
+from neuroradix.pacs.dicomweb import PacsClient
+from neuroradix.samples.real_ct import even_in_plane, sample_ct_volume
 
 LOG = logging.getLogger(__name__)
 
 
 def write_sample_series(out_dir: Path) -> tuple[list[Path], str, str]:
     """Write the sample CT as a DICOM series; returns (files, StudyInstanceUID, which source)."""
-    from ..dicom.ctseries import volume_to_ct_series, write_series  # noqa: PLC0415
-    from ..sample import even_in_plane, sample_ct_volume  # noqa: PLC0415
 
     volume, source = sample_ct_volume()
     # The test CT is 167 x 233 in plane; OHIF 3.13 overlays a Parametric Map only when
@@ -45,7 +47,6 @@ def send(files: list[Path], config: NodeConfig) -> str:
             capture_output=True,
         )
         return f"C-STORE (storescu) to {config.aet}@127.0.0.1:{config.dicom_port}"
-    import pydicom  # noqa: PLC0415
 
     pacs = PacsClient(config.orthanc_url + "/dicom-web", config.orthanc_user, config.orthanc_password)
     datasets = [pydicom.dcmread(f) for f in files]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -16,9 +17,9 @@ from typing import Optional, Sequence
 
 import pydicom
 
-from ..dicom.dicomweb import PacsClient
-from .launcher import NodeConfig, sidecar_environment
-from .orthanc import OrthancProcess, free_port
+from neuroradix.node.launcher import NodeConfig, sidecar_environment
+from neuroradix.node.orthanc import OrthancProcess, free_port
+from neuroradix.pacs.dicomweb import PacsClient
 
 TERMINAL = ("succeeded", "failed", "skipped")
 
@@ -65,7 +66,7 @@ class EphemeralNode:
         self.pacs = PacsClient(self.config.orthanc_url + "/dicom-web", self.config.orthanc_user, self.config.orthanc_password)
 
     # --- processes ---------------------------------------------------------------------------
-    def start(self) -> "EphemeralNode":
+    def start(self) -> EphemeralNode:
         self.orthanc.start(timeout=60)
         self.start_sidecar()
         return self
@@ -121,7 +122,6 @@ class EphemeralNode:
 
     def upload(self, datasets: Sequence[pydicom.Dataset]) -> None:
         """Store instances through Orthanc's REST API (like a C-STORE, without dcmtk)."""
-        import io
 
         for ds in datasets:
             buffer = io.BytesIO()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .orthanc import OrthancProcess, OrthancSpec, free_port
+from neuroradix.node.orthanc import OrthancProcess, OrthancSpec, free_port
 
 LOG = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _get(url: str, timeout: float = 2.0) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
-    except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout):
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
         return 0
 
 

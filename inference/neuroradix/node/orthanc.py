@@ -99,7 +99,7 @@ class OrthancProcess:
             json.dump(self.spec.runtime_config(), fh, indent=2)
         return self.config_path
 
-    def start(self, timeout: float = 60.0, detach: bool = False) -> "OrthancProcess":
+    def start(self, timeout: float = 60.0, detach: bool = False) -> OrthancProcess:
         self.write_config()
         env = {
             **os.environ,

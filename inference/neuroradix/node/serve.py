@@ -15,7 +15,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..config import Settings
+import uvicorn
+
+from neuroradix.api.app import create_app
+from neuroradix.config import Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -69,9 +72,7 @@ class WorkerSupervisor:
 
 def serve(settings: Settings, host: str, port: int) -> None:
     """Run the API in this process and the workers beside it, until SIGTERM/SIGINT."""
-    import uvicorn  # noqa: PLC0415
 
-    from ..api import create_app  # noqa: PLC0415
 
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     supervisor = WorkerSupervisor(settings.workers, settings.var_dir / "run")

@@ -1,0 +1,149 @@
+"""The worker loop: claim a job, keep its lease alive, run the pipeline, record the outcome.
+
+This is the only place that catches broadly. Each error class maps to what happens to the job:
+
+=========================  ==================================================
+``NotEligibleError``       skipped, with the reason (no usable CT series ...)
+``BadInputError``          failed at once, with the reason
+``NotConfiguredError``     failed at once (no analyzer could run), with the reason
+``TransientError``         queued again after exponential backoff
+anything else              queued again after backoff (a bug, logged with traceback);
+                           failed when the attempts are used up
+=========================  ==================================================
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Optional, Sequence, Union
+
+from neuroradix.analyzers.base import Analyzer
+from neuroradix.analyzers.registry import Unavailable, build_analyzers
+from neuroradix.config import Settings
+from neuroradix.errors import BadInputError, NotConfiguredError, NotEligibleError, TransientError
+from neuroradix.jobs.ledger import Job, LeaseLost, Ledger
+from neuroradix.pacs.dicomweb import PacsClient
+from neuroradix.pipeline import StageTimer, process_study
+from neuroradix.uids import short_hash
+
+LOG = logging.getLogger(__name__)
+
+
+class _Heartbeat:
+    """Renews the job's lease every third of its length while the pipeline runs."""
+
+    def __init__(self, ledger: Ledger, job: Job, worker_id: str, lease_seconds: float) -> None:
+        self._ledger, self._job, self._worker_id, self._lease = ledger, job, worker_id, lease_seconds
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job.id}", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._lease / 3):
+            try:
+                self._ledger.renew(self._job.id, self._worker_id, self._lease)
+            except LeaseLost:
+                LOG.error("job %d: lease lost while running", self._job.id)
+                self.lost = True
+                return
+            except Exception:  # noqa: BLE001 - a ledger hiccup must not kill the heartbeat
+                LOG.exception("job %d: lease renewal failed; will try again", self._job.id)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class Worker:
+    """Processes jobs from the ledger until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Optional[Ledger] = None,
+        pacs: Optional[PacsClient] = None,
+        analyzers: Optional[Sequence[Union[Analyzer, Unavailable]]] = None,
+        worker_id: Optional[str] = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger or Ledger(settings.resolved_ledger_url)
+        self.pacs = pacs or PacsClient(
+            settings.dicomweb_url,
+            settings.orthanc_user,
+            settings.orthanc_password.get_secret_value(),
+            timeout=settings.http_timeout_seconds,
+        )
+        self.analyzers = list(analyzers) if analyzers is not None else build_analyzers(settings)
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._stop = threading.Event()
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def backoff(self, attempts: int) -> float:
+        return min(self.settings.retry_base_seconds * 2 ** max(attempts - 1, 0), self.settings.retry_max_seconds)
+
+    def run_forever(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        LOG.info("worker %s started (pipeline %s)", self.worker_id, self.settings.pipeline_version)
+        while not self._stop.is_set():
+            if not self.run_once():
+                self._stop.wait(self.settings.poll_seconds)
+        LOG.info("worker %s stopped", self.worker_id)
+
+    def run_once(self) -> bool:
+        """Claim and process one job; False when there was none."""
+        job = self.ledger.claim(self.worker_id, self.settings.lease_seconds)
+        if job is None:
+            return False
+        self.handle(job)
+        return True
+
+    def handle(self, job: Job) -> None:
+        tag = short_hash(job.study_uid)
+        LOG.info("job %d (study %s): attempt %d of %d", job.id, tag, job.attempts, job.max_attempts)
+        started = time.perf_counter()
+        timer = StageTimer()
+        try:
+            with _Heartbeat(self.ledger, job, self.worker_id, self.settings.lease_seconds) as heartbeat:
+                outcome = process_study(job.study_uid, self.settings, self.pacs, self.analyzers, timer)
+            if heartbeat.lost:
+                raise LeaseLost(f"job {job.id} ran past its lease and was taken over")
+            timings = {**outcome.timings, "total": round(time.perf_counter() - started, 3)}
+            self.ledger.succeed(
+                job.id,
+                self.worker_id,
+                input_series_uid=outcome.input_series_uid,
+                output_uids=outcome.output_records(),
+                timings=timings,
+                details=outcome.details(),
+                fingerprint=timer.fingerprint,
+            )
+            LOG.info("job %d (study %s): succeeded in %.1f s", job.id, tag, timings["total"])
+        except LeaseLost as exc:
+            LOG.error("job %d: %s; its new owner records the outcome", job.id, exc)
+        except NotEligibleError as exc:
+            LOG.info("job %d (study %s): skipped: %s", job.id, tag, exc)
+            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), skipped=True, timings=timer.seconds,
+                             fingerprint=timer.fingerprint)
+        except (BadInputError, NotConfiguredError) as exc:
+            LOG.warning("job %d (study %s): failed: %s", job.id, tag, exc)
+            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), timings=timer.seconds,
+                             fingerprint=timer.fingerprint)
+        except TransientError as exc:
+            delay = self.backoff(job.attempts)
+            state = self.ledger.retry_later(job.id, self.worker_id, type(exc).__name__, str(exc), delay)
+            LOG.warning("job %d (study %s): %s; %s (retry in %.0f s)", job.id, tag, exc, state.value, delay)
+        except Exception as exc:  # noqa: BLE001 - the loop must survive any one job
+            LOG.exception("job %d (study %s): unexpected error", job.id, tag)
+            delay = self.backoff(job.attempts)
+            self.ledger.retry_later(job.id, self.worker_id, type(exc).__name__, f"internal error: {exc}", delay)

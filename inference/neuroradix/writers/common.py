@@ -1,0 +1,329 @@
+"""What every DICOM writer needs: the output context, UIDs, descriptions and equipment.
+
+The writers (:mod:`.seg`, :mod:`.pmap`, :mod:`.sr`, :mod:`.pdf`) turn a
+:class:`~neuroradix.types.StudyResult` into DICOM datasets. They share an
+:class:`OutputContext` (the source series, the HU volume and the settings) and the
+helpers here, so that every object of one run carries the same identifiers,
+equipment and "UNTRAINED - TEST OUTPUT" marking.
+
+Output UIDs are derived from what produced the object (see :func:`output_uids`), so
+a rerun of the same pipeline version on the same series stores the same instances.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional, Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from neuroradix import MANUFACTURER
+from neuroradix.errors import BadInputError
+from neuroradix.types import Code, StudyResult, Volume
+from neuroradix.uids import derive_uid
+
+logger = logging.getLogger(__name__)
+
+UNTRAINED_MARK = "UNTRAINED - TEST OUTPUT"
+"""Put into every series description and content when the analyzer ran random weights."""
+
+NOT_FOR_DIAGNOSIS = "Not for diagnostic use"
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+
+# IHE Radiology AI Results (AIR) profile: purpose of reference of the Contributing
+# Equipment item that describes the AI algorithm. The profile defines it with a
+# temporary IHE code until DICOM assigns one; MONAI Deploy writes the same item.
+PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
+
+# Local coding scheme (PS3.16 8.2: private designators start with "99") for concepts
+# that have no standard code, e.g. a finding name the analyzer gave no SNOMED code.
+LOCAL_SCHEME = "99NRX"
+
+_LO_MAX = 64  # Long String (LO) maximum length
+
+
+class SegType(Enum):
+    """How the segmentation is encoded."""
+
+    BINARY = "BINARY"  # one bit-packed frame per segment and slice, validated by dciodvfy
+    LABELMAP = "LABELMAP"  # one frame per slice holding segment numbers (SOP class ...66.7)
+
+
+class PmapGrid(Enum):
+    """On which grid the attention map is written as a Parametric Map."""
+
+    ATTENTION = "ATTENTION"  # its own grid and affine (compact; plane positions from the affine)
+    SOURCE = "SOURCE"  # resampled onto the source CT grid, one frame per CT slice (OHIF overlay)
+
+
+class ObjectKind(Enum):
+    """Output object kinds, with the offset of their series number from the base."""
+
+    SEG = ("SEG", 1)
+    SR = ("SR", 2)
+    PDF = ("PDF", 3)
+    PMAP = ("PMAP", 10)  # + the attention map index: one series per map
+
+    @property
+    def tag(self) -> str:
+        return self.value[0]
+
+    @property
+    def series_offset(self) -> int:
+        return self.value[1]
+
+
+@dataclass(frozen=True)
+class OutputContext:
+    """Everything the writers need besides the :class:`~neuroradix.types.StudyResult`.
+
+    Parameters
+    ----------
+    source:
+        The selected source CT series, one dataset per slice, sorted so that
+        ``source[i]`` is slice ``i`` of ``volume`` and of ``StudyResult.labels``. Only
+        their metadata are read.
+    volume:
+        The HU volume built from ``source`` (same grid).
+    pipeline_version:
+        Version of the whole pipeline; part of every output UID.
+    software_version:
+        Version of the node software (``SoftwareVersions``).
+    series_number_base:
+        Output series numbers are this plus a per-kind offset (see :class:`ObjectKind`).
+    seg_type:
+        ``"BINARY"`` (default) or ``"LABELMAP"``.
+    seg_compress:
+        Encode a BINARY segmentation with JPEG 2000 Lossless (the only compressed
+        transfer syntax highdicom allows for BINARY); LABELMAP always uses RLE Lossless.
+        ``False`` writes Explicit VR Little Endian.
+    pmap_grid:
+        ``"ATTENTION"`` (default) or ``"SOURCE"``, see :class:`PmapGrid`.
+    pmap_max_in_plane:
+        On the attention grid, maps with more rows or columns than this are downsampled.
+    institution_name:
+        Optional institution name for the equipment module.
+    encode_workers:
+        Processes that compress SEG frames (highdicom's ``workers``); 0 (default)
+        compresses in this process. The bytes written are the same either way.
+    """
+
+    source: Sequence[Dataset]
+    volume: Volume
+    pipeline_version: str
+    software_version: str
+    series_number_base: int = 9000
+    seg_type: SegType | str = SegType.BINARY
+    seg_compress: bool = True
+    pmap_grid: PmapGrid | str = PmapGrid.ATTENTION
+    pmap_max_in_plane: int = 256
+    institution_name: Optional[str] = None
+    encode_workers: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", tuple(self.source))
+        if len(self.source) == 0:
+            raise ValueError("OutputContext.source must hold at least one dataset")
+        if not isinstance(self.volume, Volume):
+            raise TypeError("OutputContext.volume must be a neuroradix.types.Volume")
+        if len(self.source) != self.volume.shape[0]:
+            raise ValueError(
+                f"OutputContext.source has {len(self.source)} datasets but the volume has "
+                f"{self.volume.shape[0]} slices"
+            )
+        for name in ("pipeline_version", "software_version"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"OutputContext.{name} must be a non-empty string")
+        if not isinstance(self.series_number_base, int) or not 1 <= self.series_number_base <= 2**31 - 100:
+            raise ValueError("OutputContext.series_number_base must be a positive int")
+        if not isinstance(self.encode_workers, int) or isinstance(self.encode_workers, bool) or self.encode_workers < 0:
+            raise ValueError("OutputContext.encode_workers must be an int >= 0")
+        if not isinstance(self.pmap_max_in_plane, int) or self.pmap_max_in_plane < 8:
+            raise ValueError("OutputContext.pmap_max_in_plane must be an int >= 8")
+        try:
+            object.__setattr__(self, "seg_type", SegType(self.seg_type))
+        except ValueError as exc:
+            raise ValueError(f"OutputContext.seg_type must be one of {[t.value for t in SegType]}") from exc
+        try:
+            object.__setattr__(self, "pmap_grid", PmapGrid(self.pmap_grid))
+        except ValueError as exc:
+            raise ValueError(f"OutputContext.pmap_grid must be one of {[g.value for g in PmapGrid]}") from exc
+        first = self.source[0]
+        for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+            if key not in first:
+                raise BadInputError(f"source dataset lacks {key}")
+        for ds in self.source:
+            if ds.StudyInstanceUID != first.StudyInstanceUID or ds.SeriesInstanceUID != first.SeriesInstanceUID:
+                raise BadInputError("OutputContext.source mixes studies or series")
+        self._check_order()
+
+    def _check_order(self) -> None:
+        """``source[i]`` must lie where the volume puts slice ``i`` (frames map to instances)."""
+        tolerance = 0.05 * float(min(self.volume.spacing)) + 1e-3
+        for i, ds in enumerate(self.source):
+            if "ImagePositionPatient" not in ds:
+                continue
+            expected = self.volume.affine[:3, 3] + i * self.volume.affine[:3, 0]
+            actual = np.asarray([float(v) for v in ds.ImagePositionPatient])
+            if np.max(np.abs(actual - expected)) > tolerance:
+                raise ValueError(
+                    f"OutputContext.source[{i}] (InstanceNumber {ds.get('InstanceNumber', '?')}) is not at slice {i} "
+                    "of the volume: sort the source datasets like the volume"
+                )
+
+    @property
+    def study_uid(self) -> str:
+        return str(self.source[0].StudyInstanceUID)
+
+    @property
+    def source_series_uid(self) -> str:
+        return str(self.source[0].SeriesInstanceUID)
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return str(self.source[0].FrameOfReferenceUID)
+
+
+def check_result(result: StudyResult, ctx: OutputContext) -> None:
+    """Raise :class:`ValueError` when ``result`` does not fit the context's grid."""
+    if tuple(result.labels.shape) != ctx.volume.shape:
+        raise ValueError(
+            f"StudyResult.labels has shape {tuple(result.labels.shape)}, the source volume {ctx.volume.shape}"
+        )
+
+
+def output_uids(result: StudyResult, ctx: OutputContext, kind: ObjectKind, index: int | None = None) -> tuple[str, str]:
+    """Return ``(SeriesInstanceUID, SOPInstanceUID)`` for one output object.
+
+    Both depend only on the source study and series, the pipeline version, the
+    analyzer name, the object kind and (for parametric maps) the map index.
+    """
+    parts = [ctx.study_uid, ctx.source_series_uid, ctx.pipeline_version, result.analyzer.name, kind.tag]
+    if index is not None:
+        parts.append(str(index))
+    return derive_uid(*parts, "series"), derive_uid(*parts, "instance")
+
+
+def series_number(ctx: OutputContext, kind: ObjectKind, index: int = 0) -> int:
+    return ctx.series_number_base + kind.series_offset + index
+
+
+def device_uid(result: StudyResult) -> str:
+    """A stable Device UID for the analyzer release (same analyzer + version, same UID)."""
+    return derive_uid(MANUFACTURER, result.analyzer.name, result.analyzer.version, "device")
+
+
+def ascii_text(text: str) -> str:
+    """Fold ``text`` to printable ASCII (default character set): dashes, quotes and accents
+    become their plain forms, anything else becomes ``?``. Line breaks are kept."""
+    table = {"\u2013": "-", "\u2014": "-", "\u2212": "-", "\u2018": "'", "\u2019": "'",
+             "\u201c": '"', "\u201d": '"', "\u00b5": "u", "\u00b3": "3", "\u00b2": "2", "\u2026": "..."}
+    text = "".join(table.get(c, c) for c in str(text))
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii") if not text.isascii() else text
+    return "".join(c if (32 <= ord(c) < 127 or c in "\r\n") else "?" for c in text)
+
+
+def short_string(text: str, limit: int = _LO_MAX) -> str:
+    """ASCII, no backslash (the VR delimiter), at most ``limit`` characters."""
+    text = ascii_text(text).replace("\\", "/").replace("\r", " ").replace("\n", " ")
+    return text[:limit].rstrip()
+
+
+def series_description(result: StudyResult, what: str) -> str:
+    """``"AI <analyzer>: <what>"``, prefixed with the untrained mark when it applies.
+
+    The mark comes first so that it survives the 64-character limit of LO.
+    """
+    text = f"AI {result.analyzer.name}: {what}"
+    if result.analyzer.untrained:
+        text = f"{UNTRAINED_MARK} {text}"
+    return short_string(text)
+
+
+def content_note(result: StudyResult) -> str:
+    """One line for the content of every object: the mark (if any) and the disclaimer."""
+    parts = [UNTRAINED_MARK] if result.analyzer.untrained else []
+    parts.append(f"{NOT_FOR_DIAGNOSIS}. Generated by {MANUFACTURER} {result.analyzer.title} {result.analyzer.version}")
+    return ascii_text(". ".join(parts))
+
+
+def coded(code: Code) -> hd.sr.CodedConcept:
+    """A :class:`highdicom.sr.CodedConcept` from a :class:`~neuroradix.types.Code`."""
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=short_string(code.meaning))
+
+
+def local_code(name: str) -> hd.sr.CodedConcept:
+    """A code in the local scheme for a concept without a standard code."""
+    value = re.sub(r"[^A-Za-z0-9]+", "-", ascii_text(name)).strip("-").lower()[:16] or "unnamed"
+    return hd.sr.CodedConcept(value=value, scheme_designator=LOCAL_SCHEME, meaning=short_string(name))
+
+
+def equipment_kwargs(result: StudyResult, ctx: OutputContext) -> dict:
+    """Keyword arguments every highdicom SOP class constructor takes for the equipment."""
+    return {
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": short_string(result.analyzer.title or result.analyzer.name),
+        "software_versions": short_string(ctx.software_version),
+        "device_serial_number": short_string(f"{result.analyzer.name}-{result.analyzer.version}"),
+        "coding_schemes": coding_schemes(),
+    }
+
+
+def coding_schemes() -> list[hd.coding_schemes.CodingSchemeIdentificationItem]:
+    """Identify the private coding schemes the writers may use (Coding Scheme Identification)."""
+    return [
+        hd.coding_schemes.CodingSchemeIdentificationItem(
+            designator=LOCAL_SCHEME, name="Neuro Radix local codes", responsible_organization=MANUFACTURER
+        ),
+        hd.coding_schemes.CodingSchemeIdentificationItem(
+            designator=PROCESSING_ALGORITHM.scheme, name="IHE temporary codes", responsible_organization="IHE"
+        ),
+    ]
+
+
+def contributing_equipment(result: StudyResult, ctx: OutputContext) -> Dataset:
+    """The IHE AIR Contributing Equipment item that identifies the AI algorithm.
+
+    Built with pydicom because highdicom's ``ContributingEquipment`` accepts only the
+    CID 7005 purposes, and IHE AIR asks for ``(Newcode1, 99IHE, "Processing Algorithm")``.
+    """
+    purpose = Dataset()
+    purpose.CodeValue = PROCESSING_ALGORITHM.value
+    purpose.CodingSchemeDesignator = PROCESSING_ALGORITHM.scheme
+    purpose.CodeMeaning = PROCESSING_ALGORITHM.meaning
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = short_string(result.analyzer.title or result.analyzer.name)
+    item.SoftwareVersions = short_string(f"{result.analyzer.name} {result.analyzer.version}")
+    item.DeviceUID = device_uid(result)
+    if ctx.institution_name:
+        item.InstitutionName = short_string(ctx.institution_name)
+    item.ContributionDescription = short_string(
+        f"{result.analyzer.title} ({result.analyzer.algorithm_family.meaning})", 64
+    )
+    return item
+
+
+def finish_dataset(ds: Dataset, result: StudyResult, ctx: OutputContext, description: str) -> Dataset:
+    """Set what every output object carries beyond what highdicom writes.
+
+    Series description, the AIR contributing-equipment item, institution, and series
+    date and time (kept equal to the content date and time).
+    """
+    ds.SeriesDescription = description
+    ds.ContributingEquipmentSequence = DicomSequence([contributing_equipment(result, ctx)])
+    if ctx.institution_name:
+        ds.InstitutionName = short_string(ctx.institution_name)
+    if "ContentDate" in ds and "SeriesDate" not in ds:
+        ds.SeriesDate = ds.ContentDate
+        ds.SeriesTime = ds.ContentTime
+    return ds

@@ -1,0 +1,79 @@
+"""The lung analyzer on real CT (TotalSegmentator test scans, see ../shared/data/real-ct/README.md).
+
+The thorax scan covers the lung apices to the upper abdomen; the abdomen scan shows only about
+116 mL of lung bases (its TotalSegmentator reference segmentation), so the analyzer must refuse it
+with a reason rather than report a lung volume.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from neuroradix.errors import BadInputError
+from neuroradix.imaging.ctseries import nifti_to_volume
+from neuroradix.types import Volume
+from tests.support import dice, patient_centroid
+
+pytestmark = pytest.mark.slow
+
+
+def _measure(result, name: str) -> float:
+    return next(m.value for m in result.measurements if m.name == name)
+
+
+def test_lung_volumes_are_physiological(thorax_result):
+    left = _measure(thorax_result, "Left lung volume")
+    right = _measure(thorax_result, "Right lung volume")
+    assert 1000 < left < 4500 and 1000 < right < 4500
+    assert right > left  # the right lung has three lobes; the heart takes room on the left
+    assert 1.1 < right / left < 1.8
+    assert -900 < _measure(thorax_result, "Mean lung density") < -650
+    assert 0 <= _measure(thorax_result, "Total LAA-950") < 6  # no emphysema in this scan
+    assert thorax_result.extra["coverage"] == {"cut_superior": False, "cut_inferior": False}
+
+
+def test_left_lung_is_on_the_patients_left(thorax_volume, thorax_result):
+    left = patient_centroid(thorax_volume, thorax_result.labels == 2)
+    right = patient_centroid(thorax_volume, thorax_result.labels == 3)
+    body = patient_centroid(thorax_volume, thorax_result.labels > 0)
+    assert left[0] > body[0] + 40 and right[0] < body[0] - 40
+
+
+def test_airways_reach_both_lungs(thorax_result):
+    labels = thorax_result.labels
+    airways = labels == 4
+    assert 10 < thorax_result.extra["airways_ml"] < 250
+    near = ndimage.binary_dilation(airways, iterations=2)
+    assert (near & (labels == 2)).sum() > 20 and (near & (labels == 3)).sum() > 20
+    # The trachea is one tube at the top of the airway tree, on the midline.
+    top = np.nonzero(airways.any(axis=(1, 2)))[0].max()
+    assert top >= labels.shape[0] - 3
+
+
+def test_body_contains_the_lungs(thorax_result):
+    labels = thorax_result.labels
+    lungs = (labels == 2) | (labels == 3)
+    touching_outside = ndimage.binary_dilation(lungs) & (labels == 0)
+    assert touching_outside.sum() < 1e-3 * lungs.sum()
+
+
+def test_a_mirrored_grid_gives_the_same_sides(analyzer, thorax_volume, thorax_result):
+    mirrored_affine = thorax_volume.affine.copy()
+    mirrored_affine[:3, 3] += (thorax_volume.shape[2] - 1) * thorax_volume.affine[:3, 2]
+    mirrored_affine[:3, 2] *= -1  # column index now runs towards the patient's right
+    mirrored = Volume(np.ascontiguousarray(thorax_volume.array[:, :, ::-1]), mirrored_affine)
+    result = analyzer.analyze(mirrored)
+    assert _measure(result, "Left lung volume") == pytest.approx(_measure(thorax_result, "Left lung volume"), rel=0.01)
+    assert dice(result.labels[:, :, ::-1] == 2, thorax_result.labels == 2) > 0.98
+
+
+def test_attention_map_is_on_the_volume(thorax_volume, thorax_result):
+    (attention,) = thorax_result.attention
+    corner = attention.affine @ np.r_[np.array(attention.array.shape) - 1, 1.0]
+    assert np.all(np.abs(corner[:3] - thorax_volume.index_to_patient(np.array(thorax_volume.shape) - 1)) < 2.0)
+
+
+def test_abdomen_ct_is_refused_with_a_reason(analyzer, abdomen_path):
+    with pytest.raises(BadInputError, match=r"no lungs found: only \d+ mL"):
+        analyzer.analyze(nifti_to_volume(abdomen_path))

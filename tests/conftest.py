@@ -1,0 +1,41 @@
+"""Fixtures shared by every test folder: the real CTs, loaded once per session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from neuroradix.imaging.ctseries import nifti_to_volume
+from neuroradix.types import Volume
+from tests.support import real_ct
+
+
+@pytest.fixture(scope="session")
+def thorax_path() -> Path:
+    """The real contrast chest CT (NIfTI, 1.5 mm)."""
+    return real_ct("thorax_ct_1.5mm.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def abdomen_path() -> Path:
+    """The real 3 mm abdominal CT (NIfTI, RAS) with a TotalSegmentator reference segmentation."""
+    return real_ct("abdomen_ct_3mm.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def abdomen_dicom_dir() -> Path:
+    """The real 20-slice JPEG 2000 CT DICOM series."""
+    return real_ct("abdomen_ct_dicom_jpeg2000")
+
+
+@pytest.fixture(scope="session")
+def thorax_volume(thorax_path: Path) -> Volume:
+    return nifti_to_volume(thorax_path)
+
+
+@pytest.fixture(scope="session")
+def test_release(tmp_path_factory):
+    """A tiny untrained weights release (random weights; ~30 s on 2 CPU cores)."""
+    from neuroradix.weights import make_test_release
+
+    return make_test_release(tmp_path_factory.mktemp("release") / "tiny")

@@ -1,0 +1,218 @@
+"""Stage 3: the multitask head (findings + report) on the stage-2 embeddings.
+
+Loss ``cls + lambda * (bart + coverage)`` with lambda 0.2, or uncertainty weighting; soft prompt
+on or off (``model.head`` section). A byte-level BPE tokenizer is trained on the training
+reports and saved with the run. Thresholds per finding are chosen on the validation split
+(CT-RATE protocol) and written to ``thresholds.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from neuroradix.errors import ConfigError
+from neuroradix.models.config import HeadConfig, ModelConfig
+from neuroradix.models.embeddings import load_embeddings
+from neuroradix.models.head import MultitaskHead
+from neuroradix.models.tokenizer import load_tokenizer, train_tokenizer
+from neuroradix_train.config import require, save_config
+from neuroradix_train.data.findings import FINDINGS
+from neuroradix_train.evaluation.plots import plot_loss_curves
+from neuroradix_train.evaluation.predictions import evaluate_predictions, head_metrics
+from neuroradix_train.stages import checkpoint as ckpt
+from neuroradix_train.stages import distributed as D
+from neuroradix_train.stages.common import (
+    ResumableSampler,
+    RunCheckpoints,
+    optimizer_step,
+    out_dir,
+    progress,
+    set_threads,
+)
+from neuroradix_train.stages.runlog import RunLog
+from neuroradix_train.stages.stage2 import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def head_model_config(cfg: dict, embeddings_dir: Path):
+    """Stage-1 preprocessing and backbone (from the embedding export) + this config's head section."""
+    path = Path(embeddings_dir) / "model_config.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing (the stage-2 export writes it)")
+    base = json.loads(path.read_text(encoding="utf-8"))
+    head = dict(cfg["model"].get("head") or {})
+    head.setdefault("embed_dim", 24 * int(base["backbone"]["feature_size"]))
+    try:
+        return ModelConfig.from_dict({"preprocess": base["preprocess"], "backbone": base["backbone"], "head": HeadConfig.from_dict(head).to_dict()})
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model.head: {exc}") from exc
+
+
+class EmbeddingDataset(torch.utils.data.Dataset):
+    """Manifest rows -> ``(embeddings [P, E], positions [P, 3], labels [19], report)``."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+        self.items = []
+        for r in rows:  # embeddings are small ([P, 24*fs]); keep them in memory
+            emb = load_embeddings(r["embedding_path"])
+            y = np.asarray(r["labels"], dtype=np.float32)
+            self.items.append((emb.embeddings, emb.positions, torch.from_numpy(np.append(y, float(y.max() > 0))), r["report"]))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def feature_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature mean and standard deviation over every patch of every scan."""
+        allp = torch.cat([item[0].float() for item in self.items])
+        return allp.mean(0), allp.std(0, unbiased=False)
+
+    def __getitem__(self, key: int):
+        return self.items[key % len(self.items)]
+
+
+def collate(batch):
+    """Pad patch sequences to the longest in the batch; ``patch_mask`` marks real patches."""
+    n = max(b[0].shape[0] for b in batch)
+    e = batch[0][0].shape[1]
+    emb = torch.zeros(len(batch), n, e)
+    pos = torch.zeros(len(batch), n, 3)
+    mask = torch.zeros(len(batch), n, dtype=torch.bool)
+    for i, (x, p, _, _) in enumerate(batch):
+        emb[i, : len(x)] = x
+        pos[i, : len(x)] = p
+        mask[i, : len(x)] = True
+    return {"embeddings": emb, "positions": pos, "patch_mask": mask,
+            "labels": torch.stack([b[2] for b in batch]), "reports": [b[3] for b in batch]}
+
+
+def usable_rows(directory: Path, split: str) -> list[dict]:
+    """Manifest rows of a split that have labels and a report (real CTs without labels are left out)."""
+    rows = read_manifest(directory, split)
+    keep = [r for r in rows if r["labels"] is not None and r["report"].strip()]
+    if len(keep) < len(rows):
+        log.info("%s: %d of %d scans have no labels or report and are left out", split, len(rows) - len(keep), len(rows))
+    if not keep:
+        raise ConfigError(f"no scan of split {split!r} in {directory} has labels and a report")
+    return keep
+
+
+@torch.no_grad()
+def predict(head, dataset: EmbeddingDataset, device, *, generate: bool, batch_size: int = 8, amp: bool = True,
+            max_new_tokens: Optional[int] = None) -> dict:
+    """Probabilities ``[n, 19]`` and (with ``generate``) greedy reports for a dataset."""
+    head.eval()
+    probs, texts, refs, labels = [], [], [], []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    for b in loader:
+        emb, pos, m = b["embeddings"].to(device), b["positions"].to(device), b["patch_mask"].to(device)
+        with D.autocast(device, amp):
+            out = head(emb, pos, patch_mask=m)
+        probs.append(torch.sigmoid(out["logits_cls"].float()).cpu())
+        labels.append(b["labels"])
+        refs += b["reports"]
+        if generate:
+            t, _ = head.generate(emb, pos, max_new_tokens=max_new_tokens, patch_mask=m)
+            texts += t
+    head.train()
+    return {"probabilities": torch.cat(probs).numpy(), "labels": torch.cat(labels).numpy(), "generated": texts, "references": refs}
+
+
+def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = None) -> dict:
+    """Run stage 3; returns validation metrics and paths.
+
+    Parameters
+    ----------
+    resume:
+        Continue from ``<out_dir>/last.pt``.
+    max_steps:
+        Stop after this many optimiser steps in total (to interrupt a run on purpose).
+    """
+    t = cfg["train"]
+    set_threads(t.get("threads"))
+    info = D.setup(t["device"])
+    emb_dir = Path(require(cfg, "data.embeddings"))
+    mcfg = head_model_config(cfg, emb_dir)
+    run_dir = out_dir(cfg)
+    ckpt.seed_everything(t["seed"])
+    train_rows, val_rows = usable_rows(emb_dir, cfg["data"]["train_split"]), usable_rows(emb_dir, cfg["data"]["val_split"])
+    tok_dir = run_dir / "tokenizer"
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "model_config.json").write_text(json.dumps(mcfg.to_dict(), indent=1), encoding="utf-8")
+        if not (tok_dir / "tokenizer.json").is_file():
+            train_tokenizer([r["report"] for r in train_rows], vocab_size=t["vocab_size"], out_dir=tok_dir)
+    D.barrier()
+    tok = load_tokenizer(tok_dir)
+    torch.manual_seed(t["seed"])
+    head = MultitaskHead(mcfg.head, tok)
+    train_ds, val_ds = EmbeddingDataset(train_rows), EmbeddingDataset(val_rows)
+    if mcfg.head.standardize_embeddings:  # a resumed run gets the same values back from its checkpoint
+        head.set_embedding_stats(*train_ds.feature_stats())
+    head = head.to(info.device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    per_epoch = math.ceil(len(train_ds) / info.world_size / t["batch_size"])
+    planned = int(t.get("max_steps") or t["epochs"] * per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, t["warmup_steps"])) * 0.5 * (1 + math.cos(math.pi * min(s, planned) / planned)))
+    step = epoch = start_in_epoch = 0
+    if resume and (run_dir / ckpt.LAST).is_file():
+        payload = ckpt.load_checkpoint(run_dir / ckpt.LAST, model=head, optimizer=optimizer, scheduler=scheduler)
+        step, epoch, start_in_epoch = payload["step"], payload["epoch"], payload["extra"].get("batch_in_epoch", 0)
+    runlog = RunLog(run_dir, enabled=info.is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard")))
+    ddp = D.wrap_ddp(head, info, find_unused_parameters=True)
+    sampler = ResumableSampler(len(train_ds), seed=t["seed"], rank=info.rank, world_size=info.world_size)
+    stop_at = int(max_steps or 0) or None
+    checkpoints = RunCheckpoints(run_dir, model=head, optimizer=optimizer, scheduler=scheduler, config=cfg,
+                                 is_main=info.is_main, every=t["ckpt_every_steps"], stop_at=stop_at)
+    amp = bool(t["amp"])
+    t0 = time.time()
+    head.train()
+    while epoch < t["epochs"] and (stop_at is None or step < stop_at):
+        sampler.set_epoch(epoch, start_in_epoch * t["batch_size"])
+        batch_in_epoch, broke, losses = start_in_epoch, False, []
+        loader = torch.utils.data.DataLoader(train_ds, batch_size=t["batch_size"], sampler=sampler, collate_fn=collate,
+                                             num_workers=t["num_workers"])
+        for b in progress(loader, info.is_main, desc=f"epoch {epoch}", leave=False):
+            ids, att = head.tokenize_reports(b["reports"])
+            with D.autocast(info.device, amp):
+                out = ddp(b["embeddings"].to(info.device), b["positions"].to(info.device), labels=b["labels"].to(info.device),
+                          input_ids=ids.to(info.device), attention_mask=att.to(info.device), patch_mask=b["patch_mask"].to(info.device))
+            optimizer_step(out["loss"], head, optimizer, scheduler, t.get("grad_clip"))
+            step += 1
+            batch_in_epoch += 1
+            vals = {k: D.all_reduce_mean(float(out[k].item())) for k in ("loss", "cls_loss", "bart_loss", "coverage_loss") if out.get(k) is not None}
+            losses.append(vals["loss"])
+            runlog.step(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t0, 2),
+                        gpu_peak_gb=D.peak_memory_gb(info.device), **vals)
+            if checkpoints.after_step(step, epoch, batch_in_epoch):
+                broke = batch_in_epoch < start_in_epoch + len(sampler)
+                break
+        start_in_epoch = 0
+        if not broke:
+            epoch += 1
+            if info.is_main and (epoch % t["val_every_epochs"] == 0 or epoch == t["epochs"]):
+                pred = predict(head, val_ds, info.device, generate=False, amp=amp)
+                m = head_metrics(pred["labels"], pred["probabilities"])
+                runlog.epoch(epoch=epoch, step=step, train_loss=float(np.mean(losses)) if losses else None,
+                             val_macro_auroc=m["macro"]["auroc"], val_macro_f1=m["macro"]["f1"])
+        checkpoints.epoch_end(step, epoch, batch_in_epoch if broke else None)
+    result: dict = {"step": step, "epoch": epoch, "out_dir": str(run_dir)}
+    if info.is_main:
+        torch.save(head.state_dict(), run_dir / "head.pt")
+        plot_loss_curves(run_dir / "steps.jsonl", run_dir / "loss.png", keys=("loss", "cls_loss", "bart_loss"), title="stage 3: head losses")
+        if epoch >= t["epochs"]:  # finished: choose thresholds on validation, full metrics and plots
+            pred = predict(head, val_ds, info.device, generate=t["generate_on_val"], amp=amp, max_new_tokens=t.get("max_new_tokens"))
+            result["metrics"] = evaluate_predictions(pred, run_dir, names=FINDINGS)
+    D.barrier()
+    D.teardown()
+    return result
