@@ -6,6 +6,7 @@ Orthanc's REST API, and reads the job's stage timings from the ledger. "After st
 time from the study becoming stable (last instance + StableAge) to the results being stored.
 Cases: the sample chest CT, and a 300-slice 512x512 synthetic thorax.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,12 @@ def cases(quick: bool):
     from neuroradix.imaging.ctseries import volume_to_ct_series
     from neuroradix.samples.phantom import thorax_phantom
     from neuroradix.samples.real_ct import sample_ct_volume
+
     volume, source = sample_ct_volume()
-    yield f"sample chest CT ({source.split(':')[0]}, {volume.shape[0]}x{volume.shape[1]}x{volume.shape[2]})", \
-        volume_to_ct_series(volume, uid_seed="bench-sample")
+    yield (
+        f"sample chest CT ({source.split(':')[0]}, {volume.shape[0]}x{volume.shape[1]}x{volume.shape[2]})",
+        volume_to_ct_series(volume, uid_seed="bench-sample"),
+    )
     if not quick:
         phantom, _ = thorax_phantom(shape=(300, 512, 512), spacing=(1.0, 0.7, 0.7))
         yield "synthetic thorax 300x512x512", volume_to_ct_series(phantom, uid_seed="bench-300")
@@ -48,11 +52,16 @@ def cases(quick: bool):
 
 def run(quick: bool) -> list[dict]:
     from neuroradix.node.harness import EphemeralNode
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="neuroradix-bench-") as tmp:
         stable_age = 2
-        node = EphemeralNode(Path(tmp), stable_age=stable_age, lease_seconds=120,
-                             extra_env={"NEURORADIX_RECONCILE_INTERVAL_SECONDS": "3600"}).start()
+        node = EphemeralNode(
+            Path(tmp),
+            stable_age=stable_age,
+            lease_seconds=120,
+            extra_env={"NEURORADIX_RECONCILE_INTERVAL_SECONDS": "3600"},
+        ).start()
         try:
             for name, datasets in cases(quick):
                 study_uid = str(datasets[0].StudyInstanceUID)
@@ -92,7 +101,11 @@ def render(rows: list[dict]) -> str:
     for r in rows:
         cells = [f"{r['timings'].get(s, 0.0):.1f}" for s in stages]
         lines.append(f"| {r['case']} | " + " | ".join(cells) + f" | **{r['after_stable_s']:.1f}** |")
-    lines += ["", "`after stable`: from the study becoming stable (last instance + StableAge) to the results stored.", END]
+    lines += [
+        "",
+        "`after stable`: from the study becoming stable (last instance + StableAge) to the results stored.",
+        END,
+    ]
     return "\n".join(lines)
 
 
@@ -108,8 +121,9 @@ def write(doc: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
 
 def model_block() -> str:
     """The full-size model on this CPU, one 96^3 window (scripts/bench_models.py)."""
-    run = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_models.py")], check=True,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_models.py")], check=True, capture_output=True, text=True
+    )
     table = [line for line in run.stdout.splitlines() if line.startswith(("|", "Device", "Backbone"))]
     return "\n".join([MODELS_BEGIN, f"Measured {dt.date.today().isoformat()} on {cpu_name()}:", "", *table, MODELS_END])
 
@@ -118,7 +132,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--quick", action="store_true", help="only the sample CT")
-    parser.add_argument("--models", action="store_true", help="also the full-size model on the CPU (one window, minutes)")
+    parser.add_argument(
+        "--models", action="store_true", help="also the full-size model on the CPU (one window, minutes)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("highdicom", "openjpeg", "pydicom"):

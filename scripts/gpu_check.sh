@@ -1,29 +1,57 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU (see docs/benchmarks.md): the full-size model benchmark at
-# 300x512x512 and 512^3, then short runs of the three training stages with the full-size configs
-# on a miniature phantom dataset (crops/s, steps/s, peak GPU memory).
+# One prepared run on a lent GPU (issue 14; results go to docs/benchmarks.md): the parity checks
+# and timings of scripts/gpu_check.py at 300x512x512 and 512^3 (eager backbone, then compiled with
+# a persistent cache), then, with --with-training, short runs of the three training stages with the
+# full-size configs on a miniature phantom dataset (crops/s, steps/s, peak GPU memory).
 #
-# Usage (repo root, CUDA torch installed, monai/nibabel/pydicom importable):
-#   OUT=/tmp/gpu-out bash scripts/gpu_check.sh
-# Every step has its own time limit so one slow step cannot take the others with it.
+# The GPU machine has no internet: what its image lacks (monai, nibabel, pydicom; transformers to
+# match this checkout) travels as wheels in .whl/ (keep it out of git: echo /.whl/ >> .git/info/exclude).
+#   bash scripts/gpu_check.sh --fetch-wheels        # here, with internet: fill .whl/ (~25 MB)
+#   OUT=/tmp/gpu-out bash scripts/gpu_check.sh       # on the GPU machine (device run: carry .whl)
+#   bash scripts/gpu_check.sh --dry-run              # anywhere: the same script on the CPU, tiny model
+# Every step has its own time limit so one slow step cannot take the others with it; the whole
+# run stays under 10 minutes (parity + eager timings <= 330 s, compiled timings <= 200 s).
 set -uo pipefail
 OUT=${OUT:-/tmp/neuroradix-gpu}
 WORK=${WORK:-/tmp/neuroradix-gpu-work}
 PY=${PYTHON:-python3}
+WHEELS=${WHEELS:-.whl}
+DRY=""; TRAIN=""
+for arg in "$@"; do
+    case "$arg" in
+        --fetch-wheels)
+            mkdir -p "$WHEELS"
+            exec "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+                --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d "$WHEELS" \
+                monai==1.6.1 nibabel==5.4.2 pydicom==3.0.2 transformers==5.24.0 ;;
+        --dry-run) DRY="--dry-run" ;;
+        --with-training) TRAIN=1 ;;
+        *) echo "unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
 mkdir -p "$OUT" "$WORK"
+if [ -z "$DRY" ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 export PYTHONPATH="$PWD/inference:$PWD/training${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 train() { timeout "$1" "$PY" -m neuroradix_train.cli "${@:2}"; }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-"$PY" -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+if [ -z "$DRY" ]; then
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+fi
+"$PY" -c "import torch, monai, transformers; print('torch', torch.__version__, 'monai', monai.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/gpu.txt"
 
-# 1. inference: segmentation + embeddings, head + report, at 300x512x512 and 512^3
-for shape in "300 512 512" "512 512 512"; do
-    tag=${shape// /x}
-    timeout 180 "$PY" scripts/bench_models.py --device cuda --shape $shape --sw-batch 4 --threads 8 \
-        --json "$OUT/bench-$tag.json" | tee "$OUT/bench-$tag.md"
-done
+# 1. parity checks + timings (eager backbone), then the compiled backbone and decode step
+limit=330; [ -z "$DRY" ] || limit=900  # a shared 2-core CPU can take several minutes for the dry run
+timeout "$limit" "$PY" scripts/gpu_check.py $DRY --out "$OUT/eager" 2>&1 | tee "$OUT/gpu-check-eager.log"
+status=${PIPESTATUS[0]}
+if [ -z "$DRY" ]; then
+    timeout 200 "$PY" scripts/gpu_check.py --compile --skip-parity --cache-dir "$WORK/inductor" --out "$OUT/compiled" \
+        2>&1 | tee "$OUT/gpu-check-compiled.log"
+fi
+[ -n "$TRAIN" ] || exit "$status"
 
 # 2. training, full-size configs, a miniature phantom dataset at 1.5 mm (200x192x224 voxels)
 timeout 120 "$PY" -c "

@@ -1,13 +1,36 @@
-"""Fixtures shared by every test folder: the real CTs, loaded once per session."""
+"""Fixtures shared by every test folder (the real CTs, loaded once per session), and the rule
+that under ``CI`` no test is skipped: a skip, for whatever reason, is reported as a failure.
+
+Tests marked ``smoke`` are deselected by ``-m 'not smoke'`` (pyproject's addopts), not skipped.
+"""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from neuroradix.imaging.ctseries import nifti_to_volume
+from neuroradix.imaging.nifti import nifti_to_volume
 from neuroradix.types import Volume
-from tests.support import real_ct
+from tests.support import IN_CI, real_ct
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:  # (path, line, "Skipped: reason")
+        return f"{longrepr[2]} ({longrepr[0]}:{longrepr[1]})"
+    return str(longrepr)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Under ``CI``, report a skipped test as failed, naming the skip reason (xfail is left alone)."""
+    report: pytest.TestReport = yield
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI (a skip is a failure when $CI is set): {reason}"
+    return report
 
 
 @pytest.fixture(scope="session")

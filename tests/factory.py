@@ -1,4 +1,5 @@
 """Tiny CT series with known geometry, built directly with pydicom (independent of the node's writers)."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence

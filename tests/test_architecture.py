@@ -1,5 +1,6 @@
 """The package's shape, checked: the layers of docs/architecture.md, no import cycles, imports at
 the top (or a comment saying why not), and a package root that holds only what everything shares."""
+
 from __future__ import annotations
 
 import ast
@@ -12,14 +13,25 @@ PACKAGES = {"neuroradix": ROOT / "inference" / "neuroradix", "neuroradix_train":
 
 # Lower layers never import higher ones (docs/architecture.md). Rank of a module = rank of its room.
 LAYERS = {
-    "neuroradix.types": 0, "neuroradix.errors": 0, "neuroradix.uids": 0, "neuroradix.config": 0,
-    "neuroradix.schemes": 0, "neuroradix": 0,
-    "neuroradix.imaging": 1, "neuroradix.models": 1,
-    "neuroradix.samples": 2, "neuroradix.weights": 2, "neuroradix.writers": 2, "neuroradix.pacs": 2,
+    "neuroradix.types": 0,
+    "neuroradix.errors": 0,
+    "neuroradix.uids": 0,
+    "neuroradix.config": 0,
+    "neuroradix.schemes": 0,
+    "neuroradix": 0,
+    "neuroradix.imaging": 1,
+    "neuroradix.models": 1,
+    "neuroradix.samples": 2,
+    "neuroradix.weights": 2,
+    "neuroradix.writers": 2,
+    "neuroradix.pacs": 2,
     "neuroradix.analyzers": 3,
-    "neuroradix.pipeline": 4, "neuroradix.offline": 5,
-    "neuroradix.jobs": 6, "neuroradix.api": 7,
-    "neuroradix.node": 8, "neuroradix.cli": 9,
+    "neuroradix.pipeline": 4,
+    "neuroradix.offline": 5,
+    "neuroradix.jobs": 6,
+    "neuroradix.api": 7,
+    "neuroradix.node": 8,
+    "neuroradix.cli": 9,
     "neuroradix.models.cli": 9,  # the weights subcommands of the CLI
     "neuroradix_train": 10,
 }
@@ -70,7 +82,7 @@ def test_no_import_cycles():
             if nxt.startswith(node + ".") or node.startswith(nxt + "."):
                 continue  # a package and its own modules
             if state.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt] if nxt in stack else [node, nxt])
             elif nxt not in state:
                 visit(nxt, stack + [nxt])
         state[node] = 2
@@ -99,7 +111,7 @@ def test_imports_inside_functions_say_why(package):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for sub in ast.walk(node):
                     if isinstance(sub, (ast.Import, ast.ImportFrom)):
-                        text = " ".join(source[sub.lineno - 1: sub.end_lineno])
+                        text = " ".join(source[sub.lineno - 1 : sub.end_lineno])
                         if "# noqa: PLC0415 -" not in text:
                             silent.append(f"{path.relative_to(ROOT)}:{sub.lineno}")
     assert not silent, "imports inside functions without a reason: " + ", ".join(silent)
@@ -113,7 +125,8 @@ def test_package_root_holds_only_shared_modules():
 
 def test_no_module_climbs_out_of_the_package():
     climbing = [
-        str(p.relative_to(ROOT)) for p in MODULES.values()
+        str(p.relative_to(ROOT))
+        for p in MODULES.values()
         if "parents[" in p.read_text() and "__file__" in p.read_text()
     ]
     assert not climbing, f"modules that find files by climbing out of the package: {climbing}"

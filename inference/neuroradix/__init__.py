@@ -1,4 +1,5 @@
 """Neuro Radix: a chest-CT AI node for Orthanc / DICOMweb."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

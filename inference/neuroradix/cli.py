@@ -1,4 +1,5 @@
 """``neuroradix``: one command line for the node, standalone analysis, weights and training."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from neuroradix.analyzers.registry import build_analyzers
-from neuroradix.config import PipelineSettings, load_settings
+from neuroradix.analyzers.registry import ANALYZER_NAMES, build_analyzers
+from neuroradix.config import PipelineSettings, SegType, load_settings
 from neuroradix.errors import NeuroRadixError
 from neuroradix.jobs.ledger import Ledger
 from neuroradix.jobs.reconciler import sweep
@@ -17,15 +18,9 @@ from neuroradix.jobs.worker import Worker
 from neuroradix.node.demo import run_demo
 from neuroradix.node.launcher import down, dump_status, up
 from neuroradix.node.serve import serve
-from neuroradix.offline import (
-    analyze_datasets,
-    archive_entries,
-    groups_from_outcome,
-    read_folder,
-    read_zip,
-    write_folder,
-)
+from neuroradix.offline import FolderSink, read_folder, read_zip
 from neuroradix.pacs.dicomweb import PacsClient
+from neuroradix.pipeline import LocalSource, process_study
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -38,53 +33,65 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-
     config = up(args.var)
-    print(f"Node is up. Orthanc {config.orthanc_url} (DICOM {config.aet}@127.0.0.1:{config.dicom_port}), "
-          f"sidecar {config.sidecar_url}.\nCredentials and URLs: {args.var.resolve() / 'node.env'}")
+    print(
+        f"Node is up. Orthanc {config.orthanc_url} (DICOM {config.aet}@127.0.0.1:{config.dicom_port}), "
+        f"sidecar {config.sidecar_url}.\nCredentials and URLs: {args.var.resolve() / 'node.env'}"
+    )
     return 0
 
 
 def _cmd_down(args: argparse.Namespace) -> int:
-
     stopped = down(args.var)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-
     print(dump_status(args.var))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-
     return run_demo(args.var)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-
     serve(load_settings(), args.host, args.port)
     return 0
 
 
 def _cmd_worker(_args: argparse.Namespace) -> int:
-
     Worker(load_settings()).run_forever()
     return 0
 
 
 def _cmd_reconcile(_args: argparse.Namespace) -> int:
-
     settings = load_settings()
     pacs = PacsClient(settings.dicomweb_url, settings.orthanc_user, settings.orthanc_password.get_secret_value())
     print(f"enqueued {sweep(settings, Ledger(settings.resolved_ledger_url), pacs)} study(ies)")
     return 0
 
 
-def _cmd_analyze(args: argparse.Namespace) -> int:
+def _analyzer_names(text: str) -> tuple[str, ...]:
+    """``--analyzers`` value: comma-separated names from :data:`ANALYZER_NAMES`."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in ANALYZER_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown analyzer(s) {unknown or [text]}; choose from {', '.join(ANALYZER_NAMES)}"
+        )
+    return names
 
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    if args.weights and "deep" not in (args.analyzers or ()):
+        print(
+            "error: --weights is for the deep-learning analyzer, which would not run: "
+            "add it with --analyzers deep (or --analyzers lung-hu,deep)",
+            file=sys.stderr,
+        )
+        return 2
     overrides: dict = {}
     if args.analyzers:
         overrides["analyzers"] = args.analyzers
@@ -95,17 +102,17 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.seg_type:
         overrides["seg_type"] = args.seg_type
     settings = PipelineSettings(**overrides)
+    sink = FolderSink(args.out)
     try:
         source = Path(args.input)
         datasets = read_zip(source, settings.max_upload_bytes) if source.is_file() else read_folder(source)
-        outcome = analyze_datasets(datasets, settings, build_analyzers(settings))
+        outcome = process_study(LocalSource(datasets), [sink], settings, build_analyzers(settings))
     except NeuroRadixError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    written = write_folder(args.out, archive_entries(groups_from_outcome(outcome), outcome.document))
-    for path in written:
+    for path in sink.written:
         print(path)
-    print(json.dumps({a: s for a, s in outcome.document["analyzers"].items()}))
+    print(json.dumps({a.name: a.status for a in outcome.analyzers}))
     return 0
 
 
@@ -134,13 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="analyze a folder or zip of DICOM files without a PACS")
     p.add_argument("input", help="folder of DICOM files, or a zip of them (one study)")
     p.add_argument("--out", type=Path, required=True, help="output folder (DICOM objects, results.json, labels)")
-    p.add_argument("--analyzers", help="comma-separated: lung-hu, deep (default lung-hu)")
-    p.add_argument("--weights", type=Path, help="weights release folder for the deep analyzer")
+    p.add_argument(
+        "--analyzers", type=_analyzer_names, help=f"comma-separated, from {', '.join(ANALYZER_NAMES)} (default lung-hu)"
+    )
+    p.add_argument("--weights", type=Path, help="weights release folder for the deep analyzer (needs --analyzers deep)")
     p.add_argument("--allow-untrained", action="store_true", help="TEST ONLY: run an untrained release")
-    p.add_argument("--seg-type", choices=["BINARY", "LABELMAP"])
+    p.add_argument("--seg-type", choices=[t.value for t in SegType])
     p.set_defaults(func=_cmd_analyze)
 
-    for module in ("neuroradix.models.cli", "neuroradix.node.viewer", "neuroradix_train.cli"):
+    for module in (
+        "neuroradix.models.cli",
+        "neuroradix.node.viewer",
+        "neuroradix.node.senders",
+        "neuroradix_train.cli",
+    ):
         try:
             register = __import__(module, fromlist=["register"]).register
         except ModuleNotFoundError as exc:  # that part is not installed; anything else is a bug

@@ -4,6 +4,7 @@ Every setting has an environment variable ``NEURORADIX_<NAME>``; the connection 
 accept the names ``make up`` writes to ``var/node.env`` (``ORTHANC_URL``, ``SIDECAR_TOKEN`` ...),
 so ``set -a; . var/node.env`` is enough to point a script or a worker at a running node.
 """
+
 from __future__ import annotations
 
 import enum
@@ -35,6 +36,22 @@ class PmapGrid(str, enum.Enum):
     ATTENTION = "ATTENTION"
 
 
+DEFAULT_SEG_TYPE = SegType.BINARY
+"""The SEG encoding when nothing is configured (settings and :class:`~neuroradix.writers.common.OutputContext`)."""
+
+DEFAULT_PMAP_GRID = PmapGrid.SOURCE
+"""The Parametric Map grid when nothing is configured: the CT grid, which OHIF can overlay."""
+
+ANALYZER_NAMES: tuple[str, ...] = ("lung-hu", "deep")
+"""The analyzers a node can run, in order: the one list of names.
+
+Settings validate ``analyzers`` against it, the CLI offers it as choices and
+:mod:`neuroradix.analyzers.registry` has one builder per name (it checks at import that its
+builders cover exactly these names). It lives here, not in ``analyzers/``, because settings sit
+below the analyzers in the layers and must not import them.
+"""
+
+
 def _env(name: str) -> AliasChoices:
     return AliasChoices(f"NEURORADIX_{name}", name)
 
@@ -50,9 +67,9 @@ class PipelineSettings(BaseSettings):
     analyzers: Annotated[tuple[str, ...], NoDecode] = ("lung-hu",)  # env: "lung-hu,deep"
     weights_dir: Optional[Path] = None  # release folder for the deep-learning analyzer
     allow_untrained: bool = False  # test-only: run random weights, marked UNTRAINED - TEST OUTPUT
-    seg_type: SegType = SegType.BINARY
+    seg_type: SegType = DEFAULT_SEG_TYPE
     seg_compress: bool = True  # BINARY: JPEG 2000 lossless; False: uncompressed (for viewers that need it)
-    pmap_grid: PmapGrid = PmapGrid.SOURCE
+    pmap_grid: PmapGrid = DEFAULT_PMAP_GRID
     # Input limits (a huge study fails with a reason instead of exhausting memory)
     max_series_instances: int = 2000
     max_volume_voxels: int = 600 * 512 * 512
@@ -72,18 +89,18 @@ class PipelineSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_analyzers(self) -> PipelineSettings:
-        known = {"lung-hu", "deep"}
-        unknown = set(self.analyzers) - known
+        unknown = set(self.analyzers) - set(ANALYZER_NAMES)
         if unknown or not self.analyzers:
-            raise ValueError(f"analyzers must be a non-empty subset of {sorted(known)}, got {list(self.analyzers)}")
+            raise ValueError(
+                f"analyzers must be a non-empty subset of {list(ANALYZER_NAMES)}, got {list(self.analyzers)}"
+            )
         return self
 
     @property
     def pipeline_version(self) -> str:
         """Identifies what produced a result; part of every output UID and of the job key."""
         seg = self.seg_type.value.lower() + ("" if self.seg_compress else "-raw")
-        parts = [f"neuroradix-{__version__}", *sorted(self.analyzers), seg,
-                 f"pm-{self.pmap_grid.value.lower()}"]
+        parts = [f"neuroradix-{__version__}", *sorted(self.analyzers), seg, f"pm-{self.pmap_grid.value.lower()}"]
         if "deep" in self.analyzers and self.weights_dir is not None:
             parts.append(f"weights-{Path(self.weights_dir).resolve().name}")
         return "/".join(parts)

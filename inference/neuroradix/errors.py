@@ -4,6 +4,7 @@ The worker loop is the only place that catches broadly; it maps each class to wh
 to the job: :class:`TransientError` is retried with backoff, :class:`BadInputError` fails the
 job at once with the message as the reason, :class:`NotEligibleError` ends it as "skipped".
 """
+
 from __future__ import annotations
 
 
@@ -15,8 +16,20 @@ class TransientError(NeuroRadixError):
     """Something outside the node is down or busy (PACS unreachable, timeout): try again later."""
 
 
+class LedgerUnavailableError(TransientError):
+    """The job ledger's database refused a write several times in a row (disk full, locked, connection lost).
+
+    Nothing was recorded by the failed call. A worker holding a job keeps its lease until it
+    expires, so the job is claimed again later (at-least-once); the worker backs off and carries on.
+    """
+
+
 class BadInputError(NeuroRadixError):
     """The study cannot be processed as it is (corrupt file, missing slices ...): fail with the reason."""
+
+
+class UndecodablePixelsError(BadInputError):
+    """The pixel data cannot be decoded here (an unsupported transfer syntax): the PACS may transcode it."""
 
 
 class NotEligibleError(NeuroRadixError):

@@ -1,50 +1,34 @@
-"""Analysis without a PACS: a folder or zip of DICOM files in, the node's objects + results.json out.
+"""DICOM files in and archives out, without a PACS: the transport of ``neuroradix analyze`` and uploads.
 
-Shared by ``neuroradix analyze DIR_OR_ZIP --out DIR`` and ``POST /v1/analyze``. The same series
-rules, volume assembly, analyzers and writers as the node run here; only the transport differs.
+Reading: a folder or a zip of one study becomes datasets (:func:`read_folder`, :func:`read_zip`);
+:func:`inspect_zip` checks an uploaded zip (safety, DICOM headers, one study) without decoding pixels.
+Writing: a results archive (DICOM objects, ``labels.nii.gz`` per analyzer, ``results.json``) as
+``(name, bytes)`` entries written to a folder or a zip. The processing itself is
+:func:`neuroradix.pipeline.process_study`.
 """
+
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import logging
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Optional, Sequence, Union
+from typing import BinaryIO, Iterable, Optional, Sequence, Union
 
-import nibabel as nib
-import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from neuroradix import MANUFACTURER
-from neuroradix.analyzers.base import Analyzer
-from neuroradix.analyzers.registry import Unavailable
-from neuroradix.config import PipelineSettings
 from neuroradix.errors import BadInputError
-from neuroradix.pacs.series import load_rules, select_series
-from neuroradix.pipeline import AnalyzerOutcome, PipelineOutcome, StageTimer, analyze_volume, load_volume
-from neuroradix.types import Volume
-from neuroradix.writers.summary import results_document
+from neuroradix.imaging.nifti import volume_to_nifti_bytes
+from neuroradix.pipeline import PipelineOutcome
 
 LOG = logging.getLogger(__name__)
 
 MAX_MEMBERS = 5000
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
-
-
-@dataclass
-class StandaloneOutcome:
-    document: dict
-    analyzers: list[AnalyzerOutcome]
-    volume: Volume
-    timings: dict
-
-    @property
-    def datasets(self) -> list[pydicom.Dataset]:
-        return [ds for a in self.analyzers for ds in a.datasets]
 
 
 def _read(data: bytes, name: str) -> pydicom.Dataset:
@@ -54,23 +38,52 @@ def _read(data: bytes, name: str) -> pydicom.Dataset:
         raise BadInputError(f"{name}: not a DICOM file ({exc.__class__.__name__})") from exc
 
 
-def read_zip(data: Union[bytes, Path], max_bytes: int) -> list[pydicom.Dataset]:
-    """Read every member of a zip as DICOM, refusing traversal, bombs and non-DICOM members."""
+def _open_zip(data: Union[bytes, Path]) -> zipfile.ZipFile:
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
-    except zipfile.BadZipFile as exc:
+        return zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
+    except (zipfile.BadZipFile, OSError) as exc:
         raise BadInputError(f"not a zip archive: {exc}") from exc
-    with archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
-        if len(members) > MAX_MEMBERS:
-            raise BadInputError(f"zip has {len(members)} files, more than {MAX_MEMBERS}")
-        total = sum(m.file_size for m in members)
-        if total > max_bytes:
-            raise BadInputError(f"zip expands to {total} bytes, more than the limit of {max_bytes}")
-        for m in members:
-            path = PurePosixPath(m.filename.replace("\\", "/"))
-            if path.is_absolute() or ".." in path.parts or (m.external_attr >> 16) & 0o170000 == 0o120000:
-                raise BadInputError(f"zip member {m.filename!r} has an unsafe path (absolute, '..' or a link)")
+
+
+def _safe_members(archive: zipfile.ZipFile, max_bytes: int) -> list[zipfile.ZipInfo]:
+    """The archive's files, after refusing traversal, links, bombs and too many members."""
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    if not members:
+        raise BadInputError("the zip archive holds no files")
+    if len(members) > MAX_MEMBERS:
+        raise BadInputError(f"zip has {len(members)} files, more than {MAX_MEMBERS}")
+    total = sum(m.file_size for m in members)
+    if total > max_bytes:
+        raise BadInputError(f"zip expands to {total} bytes, more than the limit of {max_bytes}")
+    for m in members:
+        path = PurePosixPath(m.filename.replace("\\", "/"))
+        if path.is_absolute() or ".." in path.parts or (m.external_attr >> 16) & 0o170000 == 0o120000:
+            raise BadInputError(f"zip member {m.filename!r} has an unsafe path (absolute, '..' or a link)")
+    return members
+
+
+def _not_dicom(bad: Sequence[str]) -> BadInputError:
+    shown = ", ".join(repr(b) for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
+    return BadInputError(f"{len(bad)} zip member(s) are not DICOM files: {shown}")
+
+
+def read_zip(data: Union[bytes, Path], max_bytes: int) -> list[pydicom.Dataset]:
+    """Read every member of a zip as DICOM, refusing traversal, bombs and non-DICOM members.
+
+    Parameters
+    ----------
+    data:
+        The archive's bytes, or the path of a zip file.
+    max_bytes:
+        Limit on the members' total uncompressed size.
+
+    Raises
+    ------
+    BadInputError
+        Naming what is wrong (not a zip, unsafe path, too large, members that are not DICOM).
+    """
+    with _open_zip(data) as archive:
+        members = _safe_members(archive, max_bytes)
         datasets, bad = [], []
         for m in members:
             try:
@@ -78,13 +91,59 @@ def read_zip(data: Union[bytes, Path], max_bytes: int) -> list[pydicom.Dataset]:
             except BadInputError:
                 bad.append(m.filename)
         if bad:
-            shown = ", ".join(repr(b) for b in bad[:5]) + (" ..." if len(bad) > 5 else "")
-            raise BadInputError(f"{len(bad)} zip member(s) are not DICOM files: {shown}")
+            raise _not_dicom(bad)
     return [ds for ds in datasets if str(ds.get("SOPClassUID", "")) != DICOMDIR_CLASS]
 
 
+@dataclass(frozen=True)
+class ZipInventory:
+    """What :func:`inspect_zip` found in an uploaded archive."""
+
+    n_files: int
+    study_uid: str
+
+
+def inspect_zip(path: Union[Path, BinaryIO], max_bytes: int) -> ZipInventory:
+    """Check an uploaded zip of one study: safe members, DICOM headers, exactly one study.
+
+    Reads each member's header only (pixel data is neither loaded nor decoded), so it is cheap
+    enough for the API process.
+
+    Raises
+    ------
+    BadInputError
+        With the reason the archive cannot be analyzed.
+    """
+    with _open_zip(path) as archive:  # type: ignore[arg-type]
+        members = _safe_members(archive, max_bytes)
+        studies: set[str] = set()
+        bad, n_files = [], 0
+        for m in members:
+            try:
+                with archive.open(m) as stream:
+                    ds = pydicom.dcmread(stream, stop_before_pixels=True)
+            except (InvalidDicomError, EOFError, ValueError, OSError, zipfile.BadZipFile):
+                bad.append(m.filename)
+                continue
+            if str(ds.get("SOPClassUID", "")) == DICOMDIR_CLASS:
+                continue
+            n_files += 1
+            studies.add(str(ds.get("StudyInstanceUID", "")))
+        if bad:
+            raise _not_dicom(bad)
+    if len(studies) != 1 or not next(iter(studies)):
+        raise BadInputError(f"the input must hold exactly one study, found {len(studies)}")
+    return ZipInventory(n_files, studies.pop())
+
+
 def read_folder(folder: Path) -> list[pydicom.Dataset]:
-    """Read every file under ``folder`` (recursively); non-DICOM files are an error naming them."""
+    """Read every file under ``folder`` (recursively).
+
+    Raises
+    ------
+    BadInputError
+        When there are no files, or naming the files that are not DICOM.
+    """
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
     if not files:
         raise BadInputError(f"{folder}: no files")
@@ -99,72 +158,6 @@ def read_folder(folder: Path) -> list[pydicom.Dataset]:
     return [ds for ds in datasets if str(ds.get("SOPClassUID", "")) != DICOMDIR_CLASS]
 
 
-def _series_summaries(datasets: Iterable[pydicom.Dataset]) -> tuple[list[pydicom.Dataset], dict[str, list]]:
-    groups: dict[str, list] = {}
-    for ds in datasets:
-        groups.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
-    summaries = []
-    for uid, items in groups.items():
-        s = pydicom.Dataset()
-        s.SeriesInstanceUID = uid
-        s.Modality = items[0].get("Modality", "")
-        s.SeriesNumber = items[0].get("SeriesNumber", 0)
-        s.Manufacturer = items[0].get("Manufacturer", "")
-        summaries.append(s)
-    return summaries, groups
-
-
-def analyze_datasets(
-    datasets: Sequence[pydicom.Dataset],
-    settings: PipelineSettings,
-    analyzers: Sequence[Union[Analyzer, Unavailable]],
-) -> StandaloneOutcome:
-    """Select, assemble, analyze and encode one study given as datasets."""
-    studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
-    if len(studies) != 1:
-        raise BadInputError(f"the input must hold exactly one study, found {len(studies)}")
-    timer = StageTimer()
-    with timer.stage("select"):
-        summaries, groups = _series_summaries(datasets)
-        chosen = select_series(summaries, lambda uid: groups[uid], load_rules(), MANUFACTURER)
-    series = groups[chosen.series_uid]
-    if len(series) > settings.max_series_instances:
-        raise BadInputError(f"series has {len(series)} instances, above the limit {settings.max_series_instances}")
-    assembled = load_volume(series, settings, timer)
-    outcomes = analyze_volume(assembled, analyzers, settings, timer)
-    pipeline = PipelineOutcome(studies.pop(), chosen.series_uid, assembled, outcomes, timer.seconds, list(assembled.warnings))
-    document = results_document(
-        assembled.datasets[0],
-        settings.pipeline_version,
-        chosen.series_uid,
-        pipeline.details()["results"],
-        pipeline.output_records(),
-        warnings=assembled.warnings,
-        analyzer_status={a.name: a.status for a in outcomes},
-    )
-    return StandaloneOutcome(document, outcomes, assembled.volume, timer.seconds)
-
-
-def volume_nifti(array: np.ndarray, affine: np.ndarray) -> bytes:
-    """A ``[slice, row, column]`` array with an index-to-LPS affine as gzipped NIfTI (RAS).
-
-    Integer arrays (label maps) are stored as uint8/uint16, float arrays as float32.
-    """
-
-
-    # NIfTI voxel axes (i, j, k) = (column, row, slice); LPS -> RAS flips x and y.
-    data = np.transpose(array, (2, 1, 0))
-    swap = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], float)
-    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, float) @ swap
-    if np.issubdtype(data.dtype, np.floating):
-        data = data.astype(np.float32)
-    else:
-        data = data.astype(np.uint8 if int(data.max(initial=0)) < 256 else np.uint16)
-    image = nib.Nifti1Image(data, ras)
-    image.header.set_xyzt_units("mm")
-    return gzip.compress(image.to_bytes(), compresslevel=6)
-
-
 @dataclass(frozen=True)
 class ArchiveGroup:
     """One analyzer's part of a results archive."""
@@ -174,19 +167,24 @@ class ArchiveGroup:
     labels_nifti: Optional[bytes] = None
 
 
-def groups_from_outcome(outcome: StandaloneOutcome) -> list[ArchiveGroup]:
+def groups_from_outcome(outcome: PipelineOutcome, *, include_dicom: bool = True) -> list[ArchiveGroup]:
+    """One :class:`ArchiveGroup` per analyzer: its objects (unless ``include_dicom`` is false) and label map."""
+    affine = outcome.assembled.volume.affine
     return [
         ArchiveGroup(
             a.name,
-            a.datasets,
-            volume_nifti(a.result.labels, outcome.volume.affine) if a.result is not None else None,
+            a.datasets if include_dicom else (),
+            volume_to_nifti_bytes(a.result.labels, affine) if a.result is not None else None,
         )
         for a in outcome.analyzers
     ]
 
 
 def archive_entries(groups: Sequence[ArchiveGroup], document: dict) -> Iterable[tuple[str, bytes]]:
-    """``(name, bytes)`` of every file of a results archive or folder."""
+    """``(name, bytes)`` of every file of a results archive or folder.
+
+    Per analyzer ``<analyzer>/NN-<modality>.dcm`` and ``<analyzer>/labels.nii.gz``, then ``results.json``.
+    """
     for group in groups:
         for i, ds in enumerate(group.datasets):
             buffer = io.BytesIO()
@@ -198,6 +196,7 @@ def archive_entries(groups: Sequence[ArchiveGroup], document: dict) -> Iterable[
 
 
 def zip_bytes(entries: Iterable[tuple[str, bytes]]) -> bytes:
+    """The entries as a deflated zip archive."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, data in entries:
@@ -206,6 +205,7 @@ def zip_bytes(entries: Iterable[tuple[str, bytes]]) -> bytes:
 
 
 def write_folder(out_dir: Path, entries: Iterable[tuple[str, bytes]]) -> list[Path]:
+    """Write the entries under ``out_dir`` (sub-folders made as needed); returns the paths written."""
     written = []
     for name, data in entries:
         path = Path(out_dir) / name
@@ -213,3 +213,42 @@ def write_folder(out_dir: Path, entries: Iterable[tuple[str, bytes]]) -> list[Pa
         path.write_bytes(data)
         written.append(path)
     return written
+
+
+def folder_entries(folder: Path) -> Iterable[tuple[str, bytes]]:
+    """``(relative name, bytes)`` of every file under ``folder``, sorted by name."""
+    root = Path(folder)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        yield path.relative_to(root).as_posix(), path.read_bytes()
+
+
+class FolderSink:
+    """A pipeline sink that writes the results archive into a folder.
+
+    Parameters
+    ----------
+    folder:
+        Output folder; made if missing.
+    include_dicom:
+        Write the DICOM objects too (False where the PACS holds them: the node's job folders keep
+        only ``labels.nii.gz`` and ``results.json``).
+    replace:
+        Replace the folder's whole content, atomically (a rerun leaves no stale files).
+    """
+
+    def __init__(self, folder: Path, *, include_dicom: bool = True, replace: bool = False) -> None:
+        self.folder, self.include_dicom, self.replace = Path(folder), include_dicom, replace
+        self.written: list[Path] = []
+
+    def store(self, outcome: PipelineOutcome) -> None:
+        """Write ``<analyzer>/NN-<modality>.dcm``, ``<analyzer>/labels.nii.gz`` and ``results.json``."""
+        entries = archive_entries(groups_from_outcome(outcome, include_dicom=self.include_dicom), outcome.document())
+        if not self.replace:
+            self.written = write_folder(self.folder, entries)
+            return
+        partial = self.folder.with_name(self.folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        names = [p.relative_to(partial) for p in write_folder(partial, entries)]
+        shutil.rmtree(self.folder, ignore_errors=True)
+        partial.rename(self.folder)
+        self.written = [self.folder / n for n in names]

@@ -10,6 +10,7 @@ A scheme file looks like::
 
 Labels run from 1 without gaps; 0 is background.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,11 +45,18 @@ class ClassScheme:
         return len(self.segments)
 
 
-def _code(entry: dict, key: str, where: str, required: bool = True) -> Code | None:
+def _code(entry: dict, key: str, where: str) -> Code:
+    """The required code ``entry[key]``; :class:`ConfigError` naming ``where`` when missing or bad."""
+    code = _optional_code(entry, key, where)
+    if code is None:
+        raise ConfigError(f"{where}: '{key}' is missing")
+    return code
+
+
+def _optional_code(entry: dict, key: str, where: str) -> Code | None:
+    """The code ``entry[key]``, or None when the key is absent or null."""
     value = entry.get(key)
     if value is None:
-        if required:
-            raise ConfigError(f"{where}: '{key}' is missing")
         return None
     try:
         return Code.from_dict(value)
@@ -76,7 +84,7 @@ def parse_scheme(data: dict, source: str = "<dict>") -> ClassScheme:
                 name=str(entry.get("name") or ""),
                 category=_code(entry, "category", where),
                 type=_code(entry, "type", where),
-                laterality=_code(entry, "laterality", where, required=False),
+                laterality=_optional_code(entry, "laterality", where),
                 color=tuple(color) if color is not None else None,
             )
         )

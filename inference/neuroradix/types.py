@@ -12,6 +12,7 @@ step (ImageOrientationPatient[3:] times PixelSpacing[0]), column 2 the column st
 (ImageOrientationPatient[:3] times PixelSpacing[1]) and column 3 the position of voxel
 ``(0, 0, 0)`` (ImagePositionPatient of the first slice).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -43,6 +44,41 @@ class Code:
 
 
 @dataclass(frozen=True)
+class AcquisitionInfo:
+    """What the source series' header says about how the CT was acquired and reconstructed.
+
+    Every field is optional (empty / ``None`` when the header does not say). Analyzers use it for
+    scan-quality checks (a sharp kernel makes LAA-950 not comparable), never to change numbers.
+    """
+
+    convolution_kernel: str = ""  # (0018,1210); several values joined with "\\"
+    slice_thickness_mm: Optional[float] = None  # (0018,0050)
+    contrast_agent: str = ""  # (0018,0010) ContrastBolusAgent
+    manufacturer: str = ""  # (0008,0070)
+
+    @classmethod
+    def from_dataset(cls, ds: object) -> AcquisitionInfo:
+        """Read the fields from a pydicom dataset (any object with DICOM keyword attributes)."""
+
+        def text(keyword: str) -> str:
+            value = getattr(ds, keyword, None)
+            if value is None:
+                return ""
+            if isinstance(value, str):
+                return value.strip()
+            try:
+                return "\\".join(str(v).strip() for v in value)
+            except TypeError:
+                return str(value).strip()
+
+        try:
+            thickness: Optional[float] = float(ds.SliceThickness)  # type: ignore[attr-defined]
+        except (AttributeError, TypeError, ValueError):
+            thickness = None
+        return cls(text("ConvolutionKernel"), thickness, text("ContrastBolusAgent"), text("Manufacturer"))
+
+
+@dataclass(frozen=True)
 class Volume:
     """A CT volume on a regular grid.
 
@@ -52,10 +88,13 @@ class Volume:
         Voxel values, shape ``(slices, rows, columns)``; Hounsfield units for CT.
     affine:
         4x4 index-to-LPS matrix (see the module docstring).
+    acquisition:
+        Header facts of the source series (kernel, slice thickness, contrast) when known.
     """
 
     array: np.ndarray
     affine: np.ndarray
+    acquisition: Optional[AcquisitionInfo] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.array, np.ndarray) or self.array.ndim != 3:
@@ -172,15 +211,79 @@ class AttentionMap:
 
 
 @dataclass(frozen=True)
+class ReportAttention:
+    """Where each generated report token looked: its attention over the analyzer's patches.
+
+    Parameters
+    ----------
+    tokens:
+        The report's tokens, in order (as the tokenizer decodes them, with leading spaces).
+    patch_attention:
+        ``(len(tokens), patches)`` array; row ``i`` is token ``i``'s attention over the patches
+        (each row sums to 1).
+    patch_grid:
+        The patch layout as ``PatchGrid.to_dict()`` (:mod:`neuroradix.models.sliding`), JSON-able.
+    grid_shape, grid_affine:
+        Shape and index-to-LPS affine of the grid the maps are rendered on (the attention grid).
+    """
+
+    tokens: tuple[str, ...]
+    patch_attention: np.ndarray
+    patch_grid: dict
+    grid_shape: tuple[int, int, int]
+    grid_affine: np.ndarray
+
+    def __post_init__(self) -> None:
+        weights = np.asarray(self.patch_attention, dtype=np.float64)
+        if weights.ndim != 2 or weights.shape[0] != len(self.tokens):
+            raise ValueError(
+                f"ReportAttention.patch_attention must have shape (tokens={len(self.tokens)}, patches), "
+                f"got {weights.shape}"
+            )
+        if len(self.grid_shape) != 3:
+            raise ValueError(f"ReportAttention.grid_shape must have 3 entries, got {self.grid_shape!r}")
+        affine = np.asarray(self.grid_affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise ValueError("ReportAttention.grid_affine must be a 4x4 matrix")
+        object.__setattr__(self, "tokens", tuple(str(t) for t in self.tokens))
+        object.__setattr__(self, "patch_attention", weights)
+        object.__setattr__(self, "grid_shape", tuple(int(n) for n in self.grid_shape))
+        object.__setattr__(self, "grid_affine", affine)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (what a job records)."""
+        return {
+            "tokens": [
+                {"token": t, "patch_attention": self.patch_attention[i].tolist()} for i, t in enumerate(self.tokens)
+            ],
+            "patch_grid": self.patch_grid,
+            "attention_grid": {"shape": list(self.grid_shape), "affine": self.grid_affine.tolist()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ReportAttention:
+        """Inverse of :meth:`to_dict`."""
+        tokens = data["tokens"]
+        n_patches = len(tokens[0]["patch_attention"]) if tokens else 0
+        weights = np.asarray([t["patch_attention"] for t in tokens], dtype=np.float64).reshape(len(tokens), n_patches)
+        geo = data["attention_grid"]
+        return cls(
+            tuple(t["token"] for t in tokens),
+            weights,
+            dict(data["patch_grid"]),
+            tuple(geo["shape"]),
+            np.asarray(geo["affine"], dtype=np.float64),
+        )
+
+
+@dataclass(frozen=True)
 class AnalyzerInfo:
     """Who produced a result: goes into every object's series description and provenance."""
 
     name: str  # short id, e.g. "lung-hu" or "swinunetr-ctrate"
     version: str  # algorithm / model release version
     title: str  # human-readable, e.g. "Lung HU analyzer"
-    algorithm_family: Code = field(
-        default_factory=lambda: Code("123109", "DCM", "Manual Processing")
-    )
+    algorithm_family: Code = field(default_factory=lambda: Code("123109", "DCM", "Manual Processing"))
     untrained: bool = False  # random weights: every object must say "UNTRAINED - TEST OUTPUT"
 
 
@@ -195,7 +298,9 @@ class StudyResult:
     measurements: tuple[Measurement, ...] = ()
     report_text: str = ""
     attention: tuple[AttentionMap, ...] = ()
-    extra: dict = field(default_factory=dict)  # analyzer-specific JSON-able details
+    extra: dict = field(default_factory=dict)  # analyzer-specific JSON-able notes; nothing reads them as a contract
+    report_attention: Optional[ReportAttention] = None  # per report token, where the report generator looked
+    warnings: tuple[str, ...] = ()  # stated caveats, e.g. "LAA-950 not comparable: sharp kernel B70f"
 
     def __post_init__(self) -> None:
         labels = {s.label for s in self.segments}
@@ -205,4 +310,6 @@ class StudyResult:
             raise ValueError("StudyResult.labels must be 3-D")
         for f in self.findings:
             if f.attention_index is not None and not 0 <= f.attention_index < len(self.attention):
-                raise ValueError(f"Finding {f.name!r} points at attention map {f.attention_index}, which does not exist")
+                raise ValueError(
+                    f"Finding {f.name!r} points at attention map {f.attention_index}, which does not exist"
+                )

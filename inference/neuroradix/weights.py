@@ -13,6 +13,7 @@ a mismatch with a :class:`~neuroradix.errors.WeightsError` saying what differs. 
 release (random weights) is refused unless ``allow_untrained=True``
 (:class:`~neuroradix.errors.NotConfiguredError`).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -32,8 +33,16 @@ from neuroradix.schemes import load_scheme
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST", "FORMAT", "CTRATE_LICENCE", "Release", "write_release", "load_release", "make_test_release",
-           "sha256_file"]
+__all__ = [
+    "MANIFEST",
+    "FORMAT",
+    "CTRATE_LICENCE",
+    "Release",
+    "write_release",
+    "load_release",
+    "make_test_release",
+    "sha256_file",
+]
 
 MANIFEST = "manifest.json"
 FORMAT = "neuroradix-weights/1"
@@ -76,6 +85,7 @@ class Release:
 
     def load_tokenizer(self):
         from neuroradix.models.tokenizer import load_tokenizer  # noqa: PLC0415 - optional heavy dependency (torch etc.)
+
         return load_tokenizer(self.path / self.manifest["tokenizer"]["path"])
 
     def build_models(self, device: str = "cpu"):
@@ -84,6 +94,7 @@ class Release:
 
         from neuroradix.models.backbone import build_backbone  # noqa: PLC0415 - optional heavy dependency (torch etc.)
         from neuroradix.models.head import MultitaskHead  # noqa: PLC0415 - optional heavy dependency (torch etc.)
+
         tok = self.load_tokenizer()
         backbone = build_backbone(self.config.backbone)
         head = MultitaskHead(self.config.head, tok)
@@ -177,8 +188,9 @@ def _check(cond: bool, path: Path, message: str) -> None:
         raise WeightsError(f"{path}: {message}")
 
 
-def load_release(directory: Union[str, Path], *, allow_untrained: bool = False,
-                 expected: Optional[ModelConfig] = None) -> Release:
+def load_release(
+    directory: Union[str, Path], *, allow_untrained: bool = False, expected: Optional[ModelConfig] = None
+) -> Release:
     """Verify a release folder and return it.
 
     Raises
@@ -207,10 +219,13 @@ def load_release(directory: Union[str, Path], *, allow_untrained: bool = False,
         p = root / entry["path"]
         _check(p.is_file(), p, f"file listed in the manifest ({key}) is missing")
         size = p.stat().st_size
-        _check(size == entry.get("bytes", size), p, f"size {size} bytes differs from the manifest's {entry.get('bytes')}")
+        _check(
+            size == entry.get("bytes", size), p, f"size {size} bytes differs from the manifest's {entry.get('bytes')}"
+        )
         digest = sha256_file(p)
-        _check(digest == entry.get("sha256"), p,
-               f"sha256 mismatch: manifest says {entry.get('sha256')}, file has {digest}")
+        _check(
+            digest == entry.get("sha256"), p, f"sha256 mismatch: manifest says {entry.get('sha256')}, file has {digest}"
+        )
     try:
         cfg = ModelConfig.from_dict(manifest["model"])
     except (ValueError, TypeError) as exc:
@@ -222,8 +237,11 @@ def load_release(directory: Union[str, Path], *, allow_untrained: bool = False,
     cs = manifest["class_scheme"]
     want = {"name": scheme.name, "version": scheme.version, "classes": len(scheme)}
     _check(cs == want, mpath, "class scheme differs: " + "; ".join(diff_dicts(want, cs)))
-    _check(cfg.backbone.out_channels == len(scheme) + 1, mpath,
-           f"backbone.out_channels {cfg.backbone.out_channels} != {len(scheme)} classes + background")
+    _check(
+        cfg.backbone.out_channels == len(scheme) + 1,
+        mpath,
+        f"backbone.out_channels {cfg.backbone.out_channels} != {len(scheme)} classes + background",
+    )
     fc = load_findings(FINDINGS)
     fm = manifest["findings"]
     wantf = {"name": fc.name, "version": fc.version, "names": fc.names}
@@ -247,6 +265,7 @@ def make_test_release(out_dir: Union[str, Path], cfg: Optional[ModelConfig] = No
     from neuroradix.models.backbone import build_backbone  # noqa: PLC0415 - optional heavy dependency (torch etc.)
     from neuroradix.models.head import MultitaskHead  # noqa: PLC0415 - optional heavy dependency (torch etc.)
     from neuroradix.models.tokenizer import train_tokenizer  # noqa: PLC0415 - optional heavy dependency (torch etc.)
+
     cfg = cfg or tiny_config()
     torch.manual_seed(seed)
     texts = [
@@ -260,7 +279,14 @@ def make_test_release(out_dir: Union[str, Path], cfg: Optional[ModelConfig] = No
         backbone = build_backbone(cfg.backbone)
         head = MultitaskHead(cfg.head, tok)
         return write_release(
-            out_dir, cfg, {"backbone": backbone.state_dict(), "head": head.state_dict()}, tmp,
-            version="0.0.0-test", untrained=True, training_data=[], licence="Apache-2.0",
-            name="swinunetr-ctrate-test", notes="Random weights for tests and demos. UNTRAINED - TEST OUTPUT.",
+            out_dir,
+            cfg,
+            {"backbone": backbone.state_dict(), "head": head.state_dict()},
+            tmp,
+            version="0.0.0-test",
+            untrained=True,
+            training_data=[],
+            licence="Apache-2.0",
+            name="swinunetr-ctrate-test",
+            notes="Random weights for tests and demos. UNTRAINED - TEST OUTPUT.",
         )

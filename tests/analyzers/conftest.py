@@ -1,4 +1,5 @@
 """Fixtures of the lung analyzer, phantom and CT series tests: data with known geometry."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,6 @@ def emphysema_phantom() -> tuple[Volume, dict[str, np.ndarray]]:
 @pytest.fixture(scope="session")
 def emphysema_result(analyzer: LungAnalyzer, emphysema_phantom) -> StudyResult:
     return analyzer.analyze(emphysema_phantom[0])
-
-
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Weights releases (manifest, hashes, untrained safety) and the deep analyzer end to end."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from neuroradix.analyzers.deep import report_patch_centres, report_token_map
 from neuroradix.errors import NotConfiguredError, WeightsError
 from neuroradix.models.backbone import build_backbone, encode_patches, forward_with_features
 from neuroradix.models.config import BackboneConfig, tiny_config
-from neuroradix.types import StudyResult, Volume
+from neuroradix.types import ReportAttention, StudyResult, Volume
 from neuroradix.weights import load_release, write_release
 
 
@@ -34,9 +36,15 @@ def test_release_manifest_and_round_trip(test_release, tmp_path):
     rel = load_release(test_release, allow_untrained=True)
     backbone, head, _tok = rel.build_models()
     # write the loaded modules again: every tensor must come back identical
-    out = write_release(tmp_path / "again", rel.config, {"backbone": backbone.state_dict(), "head": head.state_dict()},
-                        test_release / "tokenizer", version="0.0.1", untrained=False,
-                        training_data=[{"name": "CT-RATE", "licence": "CC-BY-NC-SA-4.0"}])
+    out = write_release(
+        tmp_path / "again",
+        rel.config,
+        {"backbone": backbone.state_dict(), "head": head.state_dict()},
+        test_release / "tokenizer",
+        version="0.0.1",
+        untrained=False,
+        training_data=[{"name": "CT-RATE", "licence": "CC-BY-NC-SA-4.0"}],
+    )
     rel2 = load_release(out)
     assert rel2.manifest["licence"] == "CC-BY-NC-SA-4.0" and not rel2.untrained
     b2, h2, _ = rel2.build_models()
@@ -66,8 +74,11 @@ def test_sha_mismatch_is_refused_naming_the_file(test_release, tmp_path):
 def test_config_and_scheme_mismatches_say_what_differs(test_release, tmp_path):
     import dataclasses
 
-    other = dataclasses.replace(tiny_config(), backbone=BackboneConfig(feature_size=24),
-                                head=dataclasses.replace(tiny_config().head, embed_dim=24 * 24))
+    other = dataclasses.replace(
+        tiny_config(),
+        backbone=BackboneConfig(feature_size=24),
+        head=dataclasses.replace(tiny_config().head, embed_dim=24 * 24),
+    )
     with pytest.raises(WeightsError, match=r"backbone\.feature_size: expected 24, got 12"):
         load_release(test_release, allow_untrained=True, expected=other)
     bad = tmp_path / "scheme"
@@ -81,6 +92,7 @@ def test_config_and_scheme_mismatches_say_what_differs(test_release, tmp_path):
 
 def test_cli_verify(test_release, capsys):
     from neuroradix.models.cli import register
+
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["weights", "verify", str(test_release)])
@@ -90,6 +102,7 @@ def test_cli_verify(test_release, capsys):
 
 def test_analyzer_is_not_configured_without_a_trained_release(test_release):
     from neuroradix.analyzers.deep import DeepAnalyzer
+
     with pytest.raises(NotConfiguredError):
         DeepAnalyzer(None)
     with pytest.raises(NotConfiguredError, match="untrained"):
@@ -101,6 +114,7 @@ def test_analyzer_end_to_end_on_an_untrained_release(test_release):
     from neuroradix.analyzers.base import Analyzer
     from neuroradix.analyzers.deep import DeepAnalyzer
     from neuroradix.models.findings import CTRATE_FINDINGS
+
     analyzer = DeepAnalyzer(test_release, allow_untrained=True, device="cpu", attention_voxel_mm=4.0)
     assert isinstance(analyzer, Analyzer) and analyzer.info.untrained
     affine = np.array([[0, 0, -2.0, 10], [0, 1.5, 0, -20], [3.0, 0, 0, -100], [0, 0, 0, 1]])
@@ -124,7 +138,19 @@ def test_analyzer_end_to_end_on_an_untrained_release(test_release):
     amap = result.attention[0]
     assert amap.array.shape == (30, 20, 25)  # 2 mm columns -> x2, 1.5 mm rows -> x3, 3 mm slices -> x1
     assert np.allclose(amap.array.mean(), 1.0, atol=1e-5)  # one patch: relative attention 1 everywhere
-    tokens = result.extra["report_tokens"]
-    if tokens:
-        assert analyzer.token_attention_map(result, 0).array.shape == amap.array.shape
+    attention = result.report_attention
+    assert isinstance(attention, ReportAttention)
+    assert attention.patch_attention.shape[0] == len(attention.tokens) and attention.grid_shape == amap.array.shape
+    if attention.tokens:
+        assert np.allclose(attention.patch_attention.sum(axis=1), 1.0, atol=1e-4)
+        token_map = analyzer.token_attention_map(result, 0)
+        assert token_map.array.shape == amap.array.shape
+        assert np.allclose(token_map.array, report_token_map(attention, 0).array)  # one renderer
+        with pytest.raises(IndexError):
+            report_token_map(attention, len(attention.tokens))
+    # the job records it as JSON and the API reads it back unchanged
+    again = ReportAttention.from_dict(json.loads(json.dumps(attention.to_dict())))
+    assert again.tokens == attention.tokens and np.allclose(again.patch_attention, attention.patch_attention)
+    assert np.allclose(again.grid_affine, attention.grid_affine) and again.patch_grid == attention.patch_grid
+    assert report_patch_centres(again).shape == (attention.patch_attention.shape[1], 3)
     json.dumps(result.extra)  # JSON-able

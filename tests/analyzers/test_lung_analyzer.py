@@ -1,4 +1,5 @@
 """The no-weights lung analyzer on the phantom: Dice, sides from patient coordinates, LAA, volumes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -100,7 +101,7 @@ def test_touching_lungs_are_split(analyzer):
     # A bridge of lung tissue behind the heart joins the two lungs over 8 slices.
     rows = np.nonzero(lungs[20].any(axis=1))[0]
     bridge = np.zeros(lungs.shape, dtype=bool)
-    bridge[16:24, rows.max() - 8:rows.max() - 5, 20:76] = True
+    bridge[16:24, rows.max() - 8 : rows.max() - 5, 20:76] = True
     bridge &= ~masks["spine"] & masks["body"]
     array[bridge & ~lungs] = -850.0
     _labels_joined, count = ndimage.label(lungs | bridge)
@@ -124,8 +125,7 @@ def test_min_lung_volume_is_configurable(emphysema_phantom):
         strict.analyze(emphysema_phantom[0])
 
 
-@pytest.mark.parametrize("array", [np.full((20, 30, 30), -1000.0), np.full((20, 30, 30), 40.0),
-                                   np.zeros((4, 30, 30))])
+@pytest.mark.parametrize("array", [np.full((20, 30, 30), -1000.0), np.full((20, 30, 30), 40.0), np.zeros((4, 30, 30))])
 def test_empty_constant_or_tiny_volumes_are_bad_input(analyzer, array):
     with pytest.raises(BadInputError):
         analyzer.analyze(Volume(array, np.eye(4)))

@@ -2,18 +2,25 @@
 
 The thorax scan covers the lung apices to the upper abdomen; the abdomen scan shows only about
 116 mL of lung bases (its TotalSegmentator reference segmentation), so the analyzer must refuse it
-with a reason rather than report a lung volume.
+with a reason rather than report a lung volume; with the minimum lung volume set to 0 its lung
+mask is compared with the reference lobes (labels 10-14).
+
+The abdomen's reference label file has the CT's header (same affine) but only 30 of its 112 slices:
+its lobes are aerated (about 97 % of their voxels below -400 HU) only when the label slab is laid
+on the **top** 30 slices of the CT, and 7 % where its header puts it; the test checks this first.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from neuroradix.analyzers.lung import LungAnalyzer, LungAnalyzerConfig
 from neuroradix.errors import BadInputError
-from neuroradix.imaging.ctseries import nifti_to_volume
+from neuroradix.imaging.nifti import nifti_to_volume
 from neuroradix.types import Volume
-from tests.support import dice, patient_centroid
+from tests.support import dice, patient_centroid, real_ct
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +84,46 @@ def test_attention_map_is_on_the_volume(thorax_volume, thorax_result):
 def test_abdomen_ct_is_refused_with_a_reason(analyzer, abdomen_path):
     with pytest.raises(BadInputError, match=r"no lungs found: only \d+ mL"):
         analyzer.analyze(nifti_to_volume(abdomen_path))
+
+
+def test_abdomen_lung_bases_match_the_reference_lobes(abdomen_path):
+    ct = nifti_to_volume(abdomen_path)
+    reference = nifti_to_volume(real_ct("abdomen_ct_3mm_totalseg117.nii.gz"))
+    lobes_slab = (np.rint(reference.array) >= 10) & (np.rint(reference.array) <= 14)
+    n = reference.shape[0]
+    aerated = {
+        offset: float((ct.array[offset : offset + n][lobes_slab] < -400).mean()) for offset in (0, ct.shape[0] - n)
+    }
+    assert aerated[ct.shape[0] - n] > 0.9 > 0.2 > aerated[0]  # the slab is the top of the CT, not where its header says
+    labels = np.zeros(ct.shape, dtype=np.int64)
+    labels[ct.shape[0] - n :] = np.rint(reference.array)
+    result = LungAnalyzer(LungAnalyzerConfig(min_lung_ml=0.0)).analyze(ct)
+    ours = result.labels
+    assert dice((ours == 2) | (ours == 3), (labels >= 10) & (labels <= 14)) >= 0.90
+    assert dice(ours == 2, np.isin(labels, [10, 11])) >= 0.90
+    assert dice(ours == 3, np.isin(labels, [12, 13, 14])) >= 0.90
+    assert (
+        "Slice thickness 3.0 mm (above 1.25 mm): LAA-950 reads lower and Perc15 higher than on thin slices"
+        in result.warnings
+    )
+
+
+def test_airway_tree_reaches_the_segmental_bronchi(thorax_result):
+    measures = {m.name: m.value for m in thorax_result.measurements}
+    assert measures["Airway generations reached"] >= 3  # trachea 0, main 1, lobar 2, segmental 3
+    assert measures["Airway branch count"] >= 15
+    per_generation = thorax_result.extra["airway_branches_per_generation"]
+    assert per_generation[:4] == [1, 2, 4, 8]
+    assert thorax_result.extra["airway_leaks_removed"] <= 2
+
+
+def test_thorax_quality_warnings_and_zones(thorax_result):
+    warnings = thorax_result.warnings
+    assert any(w.startswith("Contrast-enhanced scan (mediastinal vessel") for w in warnings)  # a contrast CT
+    assert any(w.startswith("Slice thickness 1.5 mm") for w in warnings)
+    measures = {m.name: m.value for m in thorax_result.measurements}
+    for side in ("Right", "Left"):
+        zones = [measures[f"{side} lung {zone} zone volume"] for zone in ("upper", "middle", "lower")]
+        assert max(zones) - min(zones) < 0.01 * sum(zones)  # equal-volume thirds
+        assert -950 < measures[f"{side} lung Perc15"] < -700
+    assert -1030 < measures["Tracheal air attenuation"] < -940

@@ -5,6 +5,7 @@ Orthanc, uploads the study that :func:`ohif_study_data.build_processed_study` ma
 OHIF in front of it; a node fixture that has processed a study itself can take its place as long
 as it yields a :class:`ViewerStudy`.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,8 @@ from typing import Iterator
 import pytest
 
 from neuroradix.node.viewer import DEFAULT_DIST, ViewerSettings, create_app
-from tests.browser.ohif_study_data import REAL_CT, ProcessedStudy, build_processed_study, to_part10
+from tests.browser.ohif_study_data import ProcessedStudy, build_processed_study, to_part10
+from tests.support import unavailable
 
 logger = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied frame otherwise
@@ -61,18 +63,20 @@ def _missing_prerequisite() -> str | None:
         return "the playwright Python package is missing (pip install playwright; no browser download needed)"
     if shutil.which("Orthanc") is None:
         return "Orthanc is not installed (apt-get install orthanc orthanc-dicomweb orthanc-gdcm orthanc-python)"
-    if not REAL_CT.is_file():
-        return f"the real CT {REAL_CT} is missing"
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.fixture(scope="session")
+def browser_prerequisites() -> None:
+    """Chromium, OHIF, Playwright and Orthanc are here; else skip, or fail under ``CI``.
+
+    Session-scoped so that it runs before the other session fixtures that need them. The real CT
+    is not checked here: ``processed_study`` takes it from the ``thorax_path`` fixture (the shared
+    folder, or the TotalSegmentator sdist from PyPI), which fails under ``CI`` itself.
+    """
     reason = _missing_prerequisite()
-    if reason is None:
-        return
-    for item in items:
-        if "browser" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    if reason is not None:
+        unavailable(reason)
 
 
 class _Server(threading.Thread):
@@ -105,10 +109,13 @@ def _wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="session")
-def processed_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerStudy]:
-    """A processed study in a fresh Orthanc, with OHIF and the proxy in front of it."""
+def processed_study(
+    browser_prerequisites: None, tmp_path_factory: pytest.TempPathFactory, thorax_path: Path
+) -> Iterator[ViewerStudy]:
+    """A processed study of the real chest CT in a fresh Orthanc, with OHIF and the proxy in front of it."""
     from neuroradix.node.orthanc import OrthancProcess, OrthancSpec, free_port
-    datasets, study = build_processed_study()
+
+    datasets, study = build_processed_study(thorax_path)
     spec = OrthancSpec(
         data_dir=tmp_path_factory.mktemp("orthanc"),
         http_port=free_port(),
@@ -140,7 +147,7 @@ def processed_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewer
 
 
 @pytest.fixture(scope="session")
-def browser():
+def browser(browser_prerequisites: None):
     """Debian's headless chromium driven by Playwright (no browser download)."""
     from playwright.sync_api import sync_playwright
 

@@ -14,6 +14,7 @@ One setting differs from the node's defaults: ``pmap_grid="SOURCE"``, because OH
 a Parametric Map only when it has the CT's rows, columns and slices (cornerstone's adapter
 throws otherwise). The SEG is the default BINARY with JPEG 2000 Lossless.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,7 +25,9 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from neuroradix.analyzers.lung import LungAnalyzer
-from neuroradix.imaging.ctseries import nifti_to_volume, volume_to_ct_series
+from neuroradix.config import PmapGrid, SegType
+from neuroradix.imaging.ctseries import volume_to_ct_series
+from neuroradix.imaging.nifti import nifti_to_volume
 from neuroradix.samples.real_ct import even_in_plane
 from neuroradix.writers.common import OutputContext
 from neuroradix.writers.encode import encode_result
@@ -32,7 +35,6 @@ from neuroradix.writers.seg import build_seg
 
 logger = logging.getLogger(__name__)
 
-REAL_CT = Path("/work/shared/data/real-ct/thorax_ct_1.5mm.nii.gz")
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 PARAMETRIC_MAP_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -53,8 +55,10 @@ class ProcessedStudy:
     series_descriptions: dict  # SeriesInstanceUID -> SeriesDescription
 
 
-def build_processed_study(ct_path: Path = REAL_CT) -> tuple[list[Dataset], ProcessedStudy]:
-    """Build the CT series and the node's result objects for it, ready to upload.
+def build_processed_study(ct_path: Path) -> tuple[list[Dataset], ProcessedStudy]:
+    """Build the CT series of the NIfTI ``ct_path`` and the node's result objects for it, ready to upload.
+
+    ``ct_path`` is the real chest CT, ``thorax_ct_1.5mm.nii.gz`` (the ``thorax_path`` fixture).
 
     Returns
     -------
@@ -63,14 +67,23 @@ def build_processed_study(ct_path: Path = REAL_CT) -> tuple[list[Dataset], Proce
         the test looks for.
     """
     volume = even_in_plane(nifti_to_volume(ct_path))
-    source = volume_to_ct_series(volume, uid_seed="neuroradix-ohif-browser-test",
-                                 series_description="Chest CT 1.5 mm", study_description="CT chest (OHIF test)")
+    source = volume_to_ct_series(
+        volume,
+        uid_seed="neuroradix-ohif-browser-test",
+        series_description="Chest CT 1.5 mm",
+        study_description="CT chest (OHIF test)",
+    )
     result = LungAnalyzer().analyze(volume)
-    ctx = OutputContext(source=source, volume=volume, pipeline_version="ohif-browser-test", software_version="0",
-                        pmap_grid="SOURCE")
+    ctx = OutputContext(
+        source=source,
+        volume=volume,
+        pipeline_version="ohif-browser-test",
+        software_version="0",
+        pmap_grid=PmapGrid.SOURCE,
+    )
     outputs = encode_result(result, ctx)
     # The same segmentation as a LABELMAP SEG (the node's other setting), in a series of its own.
-    labelmap_ctx = replace(ctx, seg_type="LABELMAP", pipeline_version=ctx.pipeline_version + "-labelmap")
+    labelmap_ctx = replace(ctx, seg_type=SegType.LABELMAP, pipeline_version=ctx.pipeline_version + "-labelmap")
     labelmap_seg = build_seg(result, labelmap_ctx)
     labelmap_seg.SeriesDescription = labelmap_seg.SeriesDescription + " (LABELMAP)"
 
@@ -89,8 +102,9 @@ def build_processed_study(ct_path: Path = REAL_CT) -> tuple[list[Dataset], Proce
         pmap_series_uid=str(pmap.SeriesInstanceUID),
         pdf_series_uid=str(pdf.SeriesInstanceUID),
         segment_labels=tuple(str(s.SegmentLabel) for s in seg.SegmentSequence),
-        series_descriptions={str(d.SeriesInstanceUID): str(d.SeriesDescription)
-                             for d in [source[0], *outputs, labelmap_seg]},
+        series_descriptions={
+            str(d.SeriesInstanceUID): str(d.SeriesDescription) for d in [source[0], *outputs, labelmap_seg]
+        },
     )
     logger.info("OHIF test study: %d CT slices, %s", len(source), ", ".join(d.Modality for d in outputs))
     return [*source, *outputs, labelmap_seg], study

@@ -12,6 +12,7 @@ its thumbnail), and checks three things:
 Screenshots go to a pytest temp dir and, when ``NEURORADIX_SCREENSHOT_DIR`` is set (e.g.
 ``docs/screenshots``), there too.
 """
+
 from __future__ import annotations
 
 import io
@@ -84,7 +85,7 @@ class OhifPage:
         png = self.page.locator(VIEWPORT).first.screenshot()
         rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
         h, w = rgb.shape[:2]
-        return rgb[h // 10: h - h // 10, w // 10: w - w // 10]
+        return rgb[h // 10 : h - h // 10, w // 10 : w - w // 10]
 
     def screenshot(self, name: str, dirs: list[Path]) -> None:
         png = self.page.screenshot()

@@ -1,4 +1,5 @@
 """The viewer's same-origin proxy without a browser or an Orthanc (fake upstream, fake OHIF dist)."""
+
 from __future__ import annotations
 
 import base64
@@ -25,7 +26,10 @@ STUDY = "1.2.3.4"
 METADATA = [
     {
         "0020000D": {"vr": "UI", "Value": [STUDY]},
-        "7FE00010": {"vr": "OB", "BulkDataURI": f"{ORTHANC}/dicom-web/studies/{STUDY}/series/5/instances/6/bulk/7fe00010"},
+        "7FE00010": {
+            "vr": "OB",
+            "BulkDataURI": f"{ORTHANC}/dicom-web/studies/{STUDY}/series/5/instances/6/bulk/7fe00010",
+        },
         "00081190": {"vr": "UR", "Value": [f"http://localhost:8042/dicom-web/studies/{STUDY}"]},
         "00081030": {"vr": "LO", "Value": ["see https://example.org/other/path"]},
     }
@@ -59,8 +63,11 @@ class FakeOrthanc:
         if request.url.path.endswith("/metadata"):
             return httpx.Response(200, json=METADATA, headers={"content-type": "application/dicom+json"})
         if "/frames/" in request.url.path or "/instances/" in request.url.path:
-            return httpx.Response(200, content=b"\x00\x01" * 1000,
-                                  headers={"content-type": "multipart/related; type=\"application/octet-stream\""})
+            return httpx.Response(
+                200,
+                content=b"\x00\x01" * 1000,
+                headers={"content-type": 'multipart/related; type="application/octet-stream"'},
+            )
         return httpx.Response(404, text="unknown")
 
 
@@ -73,8 +80,14 @@ def make_client(dist, fake: FakeOrthanc) -> TestClient:
 def test_metadata_is_proxied_with_auth_and_urls_made_same_origin(dist):
     fake = FakeOrthanc()
     with make_client(dist, fake) as client:
-        reply = client.get(f"/dicom-web/studies/{STUDY}/series/5/metadata", headers={
-            "Accept": "application/dicom+json", "Cookie": "session=browser", "Authorization": "Bearer browser"})
+        reply = client.get(
+            f"/dicom-web/studies/{STUDY}/series/5/metadata",
+            headers={
+                "Accept": "application/dicom+json",
+                "Cookie": "session=browser",
+                "Authorization": "Bearer browser",
+            },
+        )
     assert reply.status_code == 200
     body = reply.json()[0]
     assert body["7FE00010"]["BulkDataURI"] == f"/dicom-web/studies/{STUDY}/series/5/instances/6/bulk/7fe00010"
@@ -90,17 +103,22 @@ def test_metadata_is_proxied_with_auth_and_urls_made_same_origin(dist):
 def test_query_string_is_passed_on_with_commas_decoded(dist):
     fake = FakeOrthanc()
     with make_client(dist, fake) as client:
-        client.get("/dicom-web/studies?StudyInstanceUID=1.2&includefield=00081030%2C00080060%2c0020000D"
-                   "&PatientName=A%5EB")
+        client.get(
+            "/dicom-web/studies?StudyInstanceUID=1.2&includefield=00081030%2C00080060%2c0020000D" "&PatientName=A%5EB"
+        )
     # Orthanc 1.10.1 does not decode: the commas must arrive as commas, the rest as written.
-    assert fake.requests[0].url.query == b"StudyInstanceUID=1.2&includefield=00081030,00080060,0020000D&PatientName=A%5EB"
+    assert (
+        fake.requests[0].url.query == b"StudyInstanceUID=1.2&includefield=00081030,00080060,0020000D&PatientName=A%5EB"
+    )
 
 
 def test_binary_responses_stream_unchanged(dist):
     fake = FakeOrthanc()
     with make_client(dist, fake) as client:
-        reply = client.get(f"/dicom-web/studies/{STUDY}/series/5/instances/6/frames/1",
-                           headers={"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"})
+        reply = client.get(
+            f"/dicom-web/studies/{STUDY}/series/5/instances/6/frames/1",
+            headers={"Accept": "multipart/related; type=application/octet-stream; transfer-syntax=*"},
+        )
     assert reply.status_code == 200
     assert reply.content == b"\x00\x01" * 1000
     assert reply.headers["content-type"].startswith("multipart/related")
@@ -110,17 +128,25 @@ def test_binary_responses_stream_unchanged(dist):
 def test_whole_instances_are_asked_for_in_their_stored_syntax(dist):
     fake = FakeOrthanc()
     with make_client(dist, fake) as client:
-        client.get(f"/dicom-web/studies/{STUDY}/series/5/instances/6", headers={"Accept": 'multipart/related; type="application/dicom"'})
+        client.get(
+            f"/dicom-web/studies/{STUDY}/series/5/instances/6",
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+        )
     assert fake.requests[0].headers["accept"] == 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 @pytest.mark.parametrize(
     "accept, expected",
     [
-        ('multipart/related; type="application/dicom"', 'multipart/related; type="application/dicom"; transfer-syntax=*'),
+        (
+            'multipart/related; type="application/dicom"',
+            'multipart/related; type="application/dicom"; transfer-syntax=*',
+        ),
         ("multipart/related;type=application/dicom", "multipart/related;type=application/dicom; transfer-syntax=*"),
-        ('multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1',
-         'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'),
+        (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1',
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1',
+        ),
         ("multipart/related; type=application/octet-stream", "multipart/related; type=application/octet-stream"),
         ("application/dicom+json", "application/dicom+json"),
     ],
@@ -165,7 +191,11 @@ def test_static_files_config_and_spa_fallback(dist):
 
 def test_rewrite_leaves_other_urls():
     body = json.dumps({"a": "http://h:1/dicom-web/x", "b": "http://h:1/wado?x", "c": "/dicom-web/y"}).encode()
-    assert json.loads(rewrite_dicomweb_urls(body)) == {"a": "/dicom-web/x", "b": "http://h:1/wado?x", "c": "/dicom-web/y"}
+    assert json.loads(rewrite_dicomweb_urls(body)) == {
+        "a": "/dicom-web/x",
+        "b": "http://h:1/wado?x",
+        "c": "/dicom-web/y",
+    }
 
 
 def test_settings_need_every_connection_value(tmp_path):
@@ -180,8 +210,10 @@ def test_settings_need_every_connection_value(tmp_path):
 
 def test_env_file_and_environment(tmp_path):
     env_file = tmp_path / "node.env"
-    env_file.write_text("# written by make up\nexport ORTHANC_URL=http://127.0.0.1:8042\n"
-                        "ORTHANC_USER='neuroradix'\nORTHANC_PASSWORD=\"p=w\"\nSIDECAR_TOKEN=t\n")
+    env_file.write_text(
+        "# written by make up\nexport ORTHANC_URL=http://127.0.0.1:8042\n"
+        "ORTHANC_USER='neuroradix'\nORTHANC_PASSWORD=\"p=w\"\nSIDECAR_TOKEN=t\n"
+    )
     assert read_env_file(env_file)["ORTHANC_PASSWORD"] == "p=w"
     settings = settings_from_files(env_file, environ={"ORTHANC_USER": "other", "HOME": "/root"})
     assert (settings.orthanc_url, settings.orthanc_user, settings.orthanc_password) == (ORTHANC, "other", "p=w")

@@ -1,4 +1,5 @@
 """Volume assembly: slice order, geometry and HU from real positions, and what is wrong with a series."""
+
 from __future__ import annotations
 
 import random
@@ -136,5 +137,6 @@ def test_real_jpeg2000_series_matches_its_reference_segmentation_grid(abdomen_di
 
 def test_huge_series_fails_before_decoding():
     from neuroradix.imaging.volume import GeometryLimits
+
     with pytest.raises(BadInputError, match="too large"):
         assemble(ct_series(_marked()), GeometryLimits(max_voxels=1000))

@@ -1,14 +1,15 @@
-"""Fixtures that start a real Orthanc (Debian's packages) and the sidecar on free ports."""
-from __future__ import annotations
+"""Fixtures that start a real Orthanc (Debian's packages) and the sidecar on free ports.
 
-import shutil
-from pathlib import Path
+The real CTs come from the root conftest (``thorax_volume``, ``abdomen_dicom_dir``): the shared
+folder when present, else the public TotalSegmentator sdist, as ``make demo`` gets them.
+"""
+
+from __future__ import annotations
 
 import pytest
 
 from neuroradix.node.harness import EphemeralNode
-
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-ct"
+from tests.support import require_tool
 
 
 def pytest_collection_modifyitems(items):
@@ -19,18 +20,8 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory):
-    if shutil.which("Orthanc") is None:
-        pytest.skip("Orthanc is not installed (make setup installs it)")
+    require_tool("Orthanc")
     # Events only: the reconciler's sweep has its own node below, so no sweep races an upload here.
     running = EphemeralNode(tmp_path_factory.mktemp("node"), reconcile_seconds=3600).start()
     yield running
     running.stop()
-
-
-@pytest.fixture(scope="session")
-def thorax_volume():
-    from neuroradix.imaging.ctseries import nifti_to_volume
-    path = SHARED / "thorax_ct_1.5mm.nii.gz"
-    if not path.exists():
-        pytest.skip("the shared real chest CT is not present")
-    return nifti_to_volume(path)

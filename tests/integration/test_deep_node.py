@@ -1,5 +1,6 @@
 """Both analyzers in one node: separate series, the deep one marked UNTRAINED on a test release;
 without a release the deep analyzer writes nothing and the job says why."""
+
 from __future__ import annotations
 
 import gzip
@@ -16,6 +17,7 @@ from neuroradix.samples.phantom import thorax_phantom
 @pytest.fixture(scope="module")
 def release(tmp_path_factory):
     from neuroradix.weights import make_test_release
+
     return make_test_release(tmp_path_factory.mktemp("release") / "tiny")
 
 
@@ -29,8 +31,12 @@ def _errors(ds, tmp_path):
 def test_both_analyzers_store_separate_series_and_untrained_is_marked(release, tmp_path_factory, tmp_path):
     node = EphemeralNode(
         tmp_path_factory.mktemp("deep-node"),
-        extra_env={"NEURORADIX_ANALYZERS": "lung-hu,deep", "NEURORADIX_WEIGHTS_DIR": str(release),
-                   "NEURORADIX_ALLOW_UNTRAINED": "true", "NEURORADIX_LEASE_SECONDS": "120"},
+        extra_env={
+            "NEURORADIX_ANALYZERS": "lung-hu,deep",
+            "NEURORADIX_WEIGHTS_DIR": str(release),
+            "NEURORADIX_ALLOW_UNTRAINED": "true",
+            "NEURORADIX_LEASE_SECONDS": "120",
+        },
     ).start()
     try:
         volume, _ = thorax_phantom(shape=(48, 80, 80), spacing=(3.0, 2.5, 2.5))
@@ -65,16 +71,18 @@ def test_both_analyzers_store_separate_series_and_untrained_is_marked(release, t
         n_patches = len(attention["patch_centres_lps"])
         first = attention["tokens"][0]["patch_attention"]
         assert len(first) == n_patches and abs(sum(first) - 1.0) < 1e-3
-        image = nib.Nifti1Image.from_bytes(gzip.decompress(
-            node.api("GET", f"/v1/studies/{study_uid}/report-attention/0.nii.gz", raw=True)))
+        image = nib.Nifti1Image.from_bytes(
+            gzip.decompress(node.api("GET", f"/v1/studies/{study_uid}/report-attention/0.nii.gz", raw=True))
+        )
         assert image.get_fdata().max() > 0 and image.ndim == 3
     finally:
         node.stop()
 
 
 def test_deep_analyzer_without_weights_writes_nothing_and_says_why(tmp_path_factory):
-    node = EphemeralNode(tmp_path_factory.mktemp("noweights-node"),
-                         extra_env={"NEURORADIX_ANALYZERS": "lung-hu,deep"}).start()
+    node = EphemeralNode(
+        tmp_path_factory.mktemp("noweights-node"), extra_env={"NEURORADIX_ANALYZERS": "lung-hu,deep"}
+    ).start()
     try:
         volume, _ = thorax_phantom()
         datasets = volume_to_ct_series(volume, uid_seed="it-noweights")

@@ -1,9 +1,11 @@
 """The reconciler's sweep enqueues CT studies without a job, page by page, and nothing twice."""
+
 from __future__ import annotations
 
 from neuroradix.config import Settings
 from neuroradix.jobs.ledger import Ledger
 from neuroradix.jobs.reconciler import sweep
+from neuroradix.pacs.summaries import StudySummary
 
 
 class PagedPacs:
@@ -12,12 +14,13 @@ class PagedPacs:
 
     def search_studies(self, *, modality=None, limit=100, offset=0):
         self.calls.append((modality, limit, offset))
-        return [{"0020000D": {"vr": "UI", "Value": [u]}} for u in self.uids[offset: offset + limit]]
+        return [StudySummary(u, ("CT",)) for u in self.uids[offset : offset + limit]]
 
 
 def test_sweep_enqueues_missing_studies_across_pages(tmp_path):
-    settings = Settings(orthanc_url="http://x:1", orthanc_user="u", orthanc_password="p",
-                        sidecar_token="t" * 20, var_dir=tmp_path)
+    settings = Settings(
+        orthanc_url="http://x:1", orthanc_user="u", orthanc_password="p", sidecar_token="t" * 20, var_dir=tmp_path
+    )
     ledger = Ledger(settings.resolved_ledger_url)
     ledger.enqueue("1.2.0", settings.pipeline_version)  # the plugin already brought this one
     ledger.enqueue("1.2.1", "an-older-pipeline")  # results for an older version do not count

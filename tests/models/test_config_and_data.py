@@ -1,4 +1,5 @@
 """Config round trips and validation; class scheme, findings catalogue and remap tables."""
+
 from __future__ import annotations
 
 import json
@@ -20,20 +21,23 @@ def test_config_round_trip_through_json():
     assert ModelConfig().head.embed_dim == 1152 == BackboneConfig().embed_dim
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: PreprocessConfig(hu_window=(100, -100)),
-    lambda: PreprocessConfig(patch_size=80),
-    lambda: PreprocessConfig(global_size=64),
-    lambda: PreprocessConfig(target_spacing=None),
-    lambda: PreprocessConfig(orientation="SPP"),
-    lambda: BackboneConfig(in_channels=1),
-    lambda: BackboneConfig(feature_size=20),
-    lambda: BackboneConfig(window_size=8),
-    lambda: BackboneConfig(window_size=1),
-    lambda: HeadConfig(num_cls_queries=5),
-    lambda: HeadConfig(bart={"d_model": 12}),
-    lambda: ModelConfig(head=HeadConfig(embed_dim=100)),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: PreprocessConfig(hu_window=(100, -100)),
+        lambda: PreprocessConfig(patch_size=80),
+        lambda: PreprocessConfig(global_size=64),
+        lambda: PreprocessConfig(target_spacing=None),
+        lambda: PreprocessConfig(orientation="SPP"),
+        lambda: BackboneConfig(in_channels=1),
+        lambda: BackboneConfig(feature_size=20),
+        lambda: BackboneConfig(window_size=8),
+        lambda: BackboneConfig(window_size=1),
+        lambda: HeadConfig(num_cls_queries=5),
+        lambda: HeadConfig(bart={"d_model": 12}),
+        lambda: ModelConfig(head=HeadConfig(embed_dim=100)),
+    ],
+)
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         bad()
@@ -41,6 +45,7 @@ def test_config_validation(bad):
 
 def test_window_size_reaches_swinunetr_and_old_configs_keep_monai_default():
     from neuroradix.models.backbone import build_backbone
+
     d = tiny_config().to_dict()
     d["backbone"].pop("window_size")  # a release written before the setting existed
     assert ModelConfig.from_dict(d).backbone.window_size == 7
@@ -90,9 +95,16 @@ def test_totalseg_remap_table():
     src = {name: label for label, name in table.source_labels.items()}
     assert len(table.source_labels) == 117
     label = lambda n: scheme.by_name(n).label  # noqa: E731
-    cases = {"spleen": label("Spleen"), "rib_left_7": label("Left ribs"), "rib_right_1": label("Right ribs"),
-             "vertebrae_T5": label("Thoracic vertebrae"), "lung_middle_lobe_right": label("Right middle lung lobe"),
-             "adrenal_gland_left": label("Adrenal glands"), "femur_left": 0, "colon": 0}
+    cases = {
+        "spleen": label("Spleen"),
+        "rib_left_7": label("Left ribs"),
+        "rib_right_1": label("Right ribs"),
+        "vertebrae_T5": label("Thoracic vertebrae"),
+        "lung_middle_lobe_right": label("Right middle lung lobe"),
+        "adrenal_gland_left": label("Adrenal glands"),
+        "femur_left": 0,
+        "colon": 0,
+    }
     arr = np.array([0] + [src[n] for n in cases], dtype=np.uint8)
     assert table.apply(arr).tolist() == [0] + list(cases.values())
     with pytest.raises(ValueError, match="118"):
@@ -100,9 +112,13 @@ def test_totalseg_remap_table():
 
 
 def _tiny_table(**changes):
-    data = {"name": "t", "version": "1", "source": {"name": "toy5", "labels": {"1": "a", "2": "b", "3": "c", "4": "d", "5": "e"}},
-            "target": {"scheme": "chest-ct-43", "version": "1"},
-            "map": {"a": "Heart", "b": 43, "c": None, "d": "Left ribs", "e": 1}}
+    data = {
+        "name": "t",
+        "version": "1",
+        "source": {"name": "toy5", "labels": {"1": "a", "2": "b", "3": "c", "4": "d", "5": "e"}},
+        "target": {"scheme": "chest-ct-43", "version": "1"},
+        "map": {"a": "Heart", "b": 43, "c": None, "d": "Left ribs", "e": 1},
+    }
     data.update(changes)
     return data
 
@@ -113,13 +129,16 @@ def test_any_n_source_classes():
     assert out.dtype == np.uint8 and out.ravel().tolist() == [0, 8, 43, 0, 26, 1]
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"map": {"a": "Heart", "b": 44, "c": None, "d": None, "e": None}}, "outside 0..43"),
-    ({"map": {"a": "Heart", "b": 1, "c": None, "d": None, "e": None, "zz": 1}}, "unknown source"),
-    ({"map": {"a": "Heart", "b": 1, "c": None, "d": None}}, "not mapped"),
-    ({"map": {"a": "Hart", "b": 1, "c": None, "d": None, "e": None}}, "not a class"),
-    ({"target": {"scheme": "chest-ct-43", "version": "9"}}, "version"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"map": {"a": "Heart", "b": 44, "c": None, "d": None, "e": None}}, "outside 0..43"),
+        ({"map": {"a": "Heart", "b": 1, "c": None, "d": None, "e": None, "zz": 1}}, "unknown source"),
+        ({"map": {"a": "Heart", "b": 1, "c": None, "d": None}}, "not mapped"),
+        ({"map": {"a": "Hart", "b": 1, "c": None, "d": None, "e": None}}, "not a class"),
+        ({"target": {"scheme": "chest-ct-43", "version": "9"}}, "version"),
+    ],
+)
 def test_bad_remap_tables_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message):
         parse_remap(_tiny_table(**changes))

@@ -1,4 +1,5 @@
 """The multitask head on a tiny config: shapes, gradients, losses, prompts, generation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,16 @@ def test_forward_shapes_and_gradients_reach_every_part(tiny_tokenizer):
     no_grad = {n for n, p in head.named_parameters() if p.grad is None or not torch.any(p.grad != 0)}
     # BART's own encoder is bypassed: the bridge's gen tokens are its encoder outputs
     assert no_grad and all(n.startswith("bart.model.encoder.") for n in no_grad), sorted(no_grad)[:5]
-    for part in ("bridge.proj", "bridge.pos", "bridge.cls_stream", "bridge.gen_stream", "bridge.gat",
-                 "classifier.experts", "classifier.gate", "bart.model.decoder"):
+    for part in (
+        "bridge.proj",
+        "bridge.pos",
+        "bridge.cls_stream",
+        "bridge.gen_stream",
+        "bridge.gat",
+        "classifier.experts",
+        "classifier.gate",
+        "bart.model.decoder",
+    ):
         assert any(n.startswith(part) for n, p in head.named_parameters() if n not in no_grad), part
 
 
@@ -65,8 +74,8 @@ def test_soft_prompt_is_built_from_the_top_findings_and_masked_from_the_loss(tin
     dec_in, _dec_mask, tgt = head._decoder_batch(head.prompts(logits), ids, mask)
     prefix = head._prefix_ids(head.prompts(logits)[0])
     assert (tgt[0, : len(prefix)] == -100).all()
-    assert tgt[0, len(prefix):].tolist() == ids[0].tolist() + [tiny_tokenizer.eos_token_id]
-    assert dec_in[0, 1: len(prefix) + 1].tolist() == prefix  # decoder sees the prefix
+    assert tgt[0, len(prefix) :].tolist() == ids[0].tolist() + [tiny_tokenizer.eos_token_id]
+    assert dec_in[0, 1 : len(prefix) + 1].tolist() == prefix  # decoder sees the prefix
 
 
 def test_coverage_loss_by_hand():
@@ -94,7 +103,10 @@ def test_generate_returns_text_and_token_attention(tiny_tokenizer):
     assert len(texts) == 1 and isinstance(texts[0], str)
     t = len(info["tokens"][0])
     assert 1 <= t <= 6
-    assert info["token_attention"][0].shape == (t, 5) and info["token_cross_attention"][0].shape == (t, cfg.num_gen_queries)
+    assert info["token_attention"][0].shape == (t, 5) and info["token_cross_attention"][0].shape == (
+        t,
+        cfg.num_gen_queries,
+    )
     # token -> gen query -> patch is a composition of two softmaxes: rows sum to one
     assert torch.allclose(info["token_attention"][0].sum(-1), torch.ones(t), atol=1e-5)
 

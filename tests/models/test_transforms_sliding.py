@@ -1,4 +1,5 @@
 """Preprocessing geometry, global-channel transforms, sliding-window stitching and attention geometry."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,10 +21,7 @@ from neuroradix.types import Volume
 
 # Source axes: slices step towards Inferior (-z) by 2 mm, rows towards Posterior (+y) by 1.5 mm,
 # columns towards the patient's Right (-x) by 1 mm: a non-identity orientation.
-OBLIQUE = np.array([[0.0, 0.0, -1.0, 50.0],
-                    [0.0, 1.5, 0.0, -30.0],
-                    [-2.0, 0.0, 0.0, 80.0],
-                    [0.0, 0.0, 0.0, 1.0]])
+OBLIQUE = np.array([[0.0, 0.0, -1.0, 50.0], [0.0, 1.5, 0.0, -30.0], [-2.0, 0.0, 0.0, 80.0], [0.0, 0.0, 0.0, 1.0]])
 
 
 def _volume(shape, affine=OBLIQUE):
@@ -36,8 +34,9 @@ def _volume(shape, affine=OBLIQUE):
 
 def test_preprocess_reorients_to_spl_and_keeps_patient_positions():
     vol, _pts = _volume((20, 16, 24))
-    cfg = PreprocessConfig(hu_window=(-1e4, 1e4), output_range=(-1e4, 1e4), target_spacing=(2.0, 1.5, 1.0),
-                           patch_size=64, global_size=64)
+    cfg = PreprocessConfig(
+        hu_window=(-1e4, 1e4), output_range=(-1e4, 1e4), target_spacing=(2.0, 1.5, 1.0), patch_size=64, global_size=64
+    )
     net = preprocess_volume(vol, cfg)
     assert net.shape == (20, 16, 24)
     dirs = net.affine[:3, :3] / np.linalg.norm(net.affine[:3, :3], axis=0)
@@ -98,11 +97,13 @@ NCLS = 44
 
 def _position_model(seen_globals):
     """A fake backbone: class = round(intensity * 43); features = window mean."""
+
     def forward(x):
         seen_globals.append(x[:, 1].clone())
         c = torch.arange(NCLS, dtype=torch.float32).view(1, NCLS, 1, 1, 1)
-        logits = -((x[:, :1].float() * (NCLS - 1)) - c) ** 2
+        logits = -(((x[:, :1].float() * (NCLS - 1)) - c) ** 2)
         return logits, x[:, 0].float().mean(dim=(1, 2, 3))[:, None]
+
     return forward
 
 
@@ -113,16 +114,23 @@ def test_sliding_window_places_every_window_where_it_belongs(acc):
     truth = (i * 7 + j * 3 + k) % NCLS
     image = (truth / (NCLS - 1)).astype(np.float32)
     seen = []
-    res = sliding_segment(image, _position_model(seen), roi=64, overlap=0.25, sigma_scale=0.125,
-                          options=SlidingOptions(sw_batch_size=3, accumulate_dtype=acc))
+    res = sliding_segment(
+        image,
+        _position_model(seen),
+        roi=64,
+        overlap=0.25,
+        sigma_scale=0.125,
+        options=SlidingOptions(sw_batch_size=3, accumulate_dtype=acc),
+    )
     assert res.labels.shape == shape and res.labels.dtype == np.uint8
     assert np.array_equal(res.labels, truth)
     starts = res.grid.patch_starts()
     assert len(res.grid) == res.embeddings.shape[0] == 3 * 2 * 2
-    expected = [image[a:a + 64, b:b + 64, c:c + 64].mean() for a, b, c in starts]
+    expected = [image[a : a + 64, b : b + 64, c : c + 64].mean() for a, b, c in starts]
     assert np.allclose(res.embeddings[:, 0].numpy(), expected, atol=1e-5)
-    glob = torch.nn.functional.interpolate(torch.from_numpy(image)[None, None], size=(64,) * 3, mode="trilinear",
-                                           align_corners=False)[0, 0]
+    glob = torch.nn.functional.interpolate(
+        torch.from_numpy(image)[None, None], size=(64,) * 3, mode="trilinear", align_corners=False
+    )[0, 0]
     assert all(torch.allclose(g, glob.expand_as(g)) for g in seen)
 
 
@@ -146,7 +154,7 @@ def test_patch_attention_lands_on_the_right_source_voxels():
     weights[0] = 1.0
     amap = grid.stitch(weights, vol.shape, vol.affine)
     expected = np.zeros(vol.shape, bool)
-    expected[100 - 64:, :64, 90 - 64:] = True  # source slices/columns run opposite to S/L
+    expected[100 - 64 :, :64, 90 - 64 :] = True  # source slices/columns run opposite to S/L
     assert np.array_equal(amap > 0, expected)
     # the patch's own centre in patient coordinates is where the lit voxels are centred
     assert np.allclose(pts[amap > 0].mean(axis=0), grid.centres_lps()[0], atol=1e-6)

@@ -1,28 +1,28 @@
 """Series selection by the rules in data/series_rules.json."""
+
 from __future__ import annotations
 
 import numpy as np
-import pydicom
 import pytest
 
 from neuroradix.errors import ConfigError, NotEligibleError
-from neuroradix.pacs.series import load_rules, select_series
+from neuroradix.pacs.series import candidate_uids, load_rules, select_series, source_fingerprint
+from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary, StudySummary
 from tests.factory import ct_series
 
 RULES = load_rules()
 
 
 def _summary(instances):
-    s = pydicom.Dataset()
-    first = instances[0]
-    s.SeriesInstanceUID, s.Modality, s.SeriesNumber = first.SeriesInstanceUID, first.Modality, first.SeriesNumber
-    s.Manufacturer = first.get("Manufacturer", "")
-    return s
+    return SeriesSummary.from_dataset(instances[0])
+
+
+def _metadata(*series):
+    return {str(s[0].SeriesInstanceUID): [InstanceSummary.from_dataset(ds) for ds in s] for s in series}
 
 
 def _pick(*series):
-    by_uid = {s[0].SeriesInstanceUID: s for s in series}
-    return select_series([_summary(s) for s in series], lambda uid: by_uid[uid], RULES, "Neuro Radix")
+    return select_series([_summary(s) for s in series], _metadata(*series), RULES, "Neuro Radix")
 
 
 def _vol(n, rows=8, cols=8):
@@ -86,27 +86,62 @@ def test_rules_are_validated_on_load():
         load_rules(json.dumps(data))
 
 
-def test_only_the_largest_usable_series_is_fetched():
+def test_candidates_are_named_largest_first_and_selection_is_pure():
     study = "1.2.3"
     big = ct_series(_vol(60), study_uid=study, series_number=3)
     small = ct_series(_vol(20), study_uid=study, series_number=2)
     scout = ct_series(_vol(2), study_uid=study, series_number=1, description="Topogram 0.6")
-    by_uid = {s[0].SeriesInstanceUID: s for s in (big, small, scout)}
     summaries = []
     for s in (scout, small, big):
-        summary = _summary(s)
-        summary.NumberOfSeriesRelatedInstances = len(s)
-        summary.SeriesDescription = s[0].SeriesDescription
-        summaries.append(summary)
-    fetched = []
+        summary = SeriesSummary.from_dataset(s[0])
+        summaries.append(
+            SeriesSummary(
+                summary.series_uid,
+                summary.modality,
+                summary.series_number,
+                s[0].SeriesDescription,
+                summary.manufacturer,
+                len(s),
+            )
+        )
+    # the scout is dropped on its summary (description, 2 instances): its metadata is never needed
+    assert candidate_uids(summaries, RULES, "Neuro Radix") == [big[0].SeriesInstanceUID, small[0].SeriesInstanceUID]
+    metadata = _metadata(big, small)
+    assert select_series(summaries, metadata, RULES, "Neuro Radix").series_uid == big[0].SeriesInstanceUID
+    big[7].ImageOrientationPatient = [0, 1, 0, 1, 0, 0]  # now unusable: the next group wins
+    metadata = _metadata(big, small)
+    assert select_series(summaries, metadata, RULES, "Neuro Radix").series_uid == small[0].SeriesInstanceUID
+    with pytest.raises(NotEligibleError, match="series 2 \\(CT\\): series has no instances"):
+        select_series(summaries, _metadata(big), RULES, "Neuro Radix")  # a candidate without metadata
 
-    def instances(uid):
-        fetched.append(uid)
-        return by_uid[uid]
 
-    chosen = select_series(summaries, instances, RULES, "Neuro Radix")
-    assert chosen.series_uid == big[0].SeriesInstanceUID and fetched == [big[0].SeriesInstanceUID]
-    big[7].ImageOrientationPatient = [0, 1, 0, 1, 0, 0]  # now unusable: the next one is fetched
-    fetched.clear()
-    assert select_series(summaries, instances, RULES, "Neuro Radix").series_uid == small[0].SeriesInstanceUID
-    assert fetched == [big[0].SeriesInstanceUID, small[0].SeriesInstanceUID]
+def test_summaries_parse_dicom_json_once():
+    """QIDO-RS / WADO-RS metadata JSON becomes typed summaries; callers never read tags."""
+    study = {"0020000D": {"vr": "UI", "Value": ["1.2.3"]}, "00080061": {"vr": "CS", "Value": ["CT", "SEG"]}}
+    assert StudySummary.from_json(study) == StudySummary("1.2.3", ("CT", "SEG"))
+    series = {
+        "0020000E": {"vr": "UI", "Value": ["1.2.3.4"]},
+        "00080060": {"vr": "CS", "Value": ["CT"]},
+        "00200011": {"vr": "IS", "Value": [5]},
+        "00201209": {"vr": "IS", "Value": [120]},
+        "00080070": {"vr": "LO", "Value": ["ACME"]},
+        "0008103E": {"vr": "LO", "Value": ["Thorax 1.0"]},
+    }
+    summary = SeriesSummary.from_json(series)
+    assert summary == SeriesSummary("1.2.3.4", "CT", 5, "Thorax 1.0", "ACME", 120)
+    assert summary.label == "series 5 (CT)"
+    assert SeriesSummary.from_json({"0020000E": {"vr": "UI", "Value": ["9"]}}).n_instances is None
+    instance = ct_series(_vol(12), series_number=4)[3]
+    item = instance.to_json_dict(bulk_data_threshold=64, bulk_data_element_handler=lambda _el: "http://pacs/bulk/1")
+    parsed = InstanceSummary.from_json(item)
+    assert parsed == InstanceSummary.from_dataset(instance)
+    assert parsed.image_orientation == tuple(float(v) for v in instance.ImageOrientationPatient)
+    assert parsed.rows == 8 and parsed.series_number == 4 and parsed.image_type[0] == "ORIGINAL"
+
+
+def test_fingerprint_ignores_own_series_and_counts_instances():
+    a = SeriesSummary("1.2.3.1", "CT", 1, "", "ACME", 120)
+    ours = SeriesSummary("2.25.9", "SEG", 9001, "", "Neuro Radix", 1)
+    assert source_fingerprint([a, ours], "Neuro Radix") == source_fingerprint([a], "Neuro Radix")
+    more = SeriesSummary("1.2.3.1", "CT", 1, "", "ACME", 121)
+    assert source_fingerprint([more], "Neuro Radix") != source_fingerprint([a], "Neuro Radix")

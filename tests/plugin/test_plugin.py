@@ -1,15 +1,17 @@
 """Plugin logic with a fake ``orthanc`` module: eligibility, no loops on own output, retry while down."""
+
 from __future__ import annotations
 
 import importlib
 import json
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
-PLUGIN_DIR = Path(__file__).resolve().parents[2] / "plugin"
+from neuroradix.node.orthanc import packaged_file
+
+PLUGIN_DIR = packaged_file("plugin", "neuroradix_plugin.py").parent
 sys.path.insert(0, str(PLUGIN_DIR))
 from handoff import Handoff, HandoffConfig  # noqa: E402
 
@@ -22,7 +24,9 @@ class FakeOrthancRest:
     def __init__(self) -> None:
         self.studies: dict[str, dict] = {}
 
-    def add_series(self, study_id: str, study_uid: str, series_uid: str, modality: str, n: int, manufacturer: str = "Scanner"):
+    def add_series(
+        self, study_id: str, study_uid: str, series_uid: str, modality: str, n: int, manufacturer: str = "Scanner"
+    ):
         study = self.studies.setdefault(study_id, {"uid": study_uid, "series": []})
         study["series"].append(
             {
@@ -67,7 +71,11 @@ def test_ct_study_is_posted_once_and_own_results_do_not_loop():
     handoff.drain()
     assert len(sidecar.bodies) == 1
     body = sidecar.bodies[0]
-    assert {k: body[k] for k in ("study_uid", "trigger", "rerun")} == {"study_uid": "1.2.3", "trigger": "stable-study", "rerun": False}
+    assert {k: body[k] for k in ("study_uid", "trigger", "rerun")} == {
+        "study_uid": "1.2.3",
+        "trigger": "stable-study",
+        "rerun": False,
+    }
     assert len(body["source_fingerprint"]) == 16
     # the node stores SEG/SR/PM into the study -> STABLE_STUDY fires again
     rest.add_series("s1", "1.2.3", "2.25.1", "SEG", 1, manufacturer=OWN)
@@ -137,7 +145,16 @@ def test_glue_registers_callback_and_only_queues_in_it(monkeypatch):
         ORTHANC_STARTED, ORTHANC_STOPPED, STABLE_STUDY, NEW_INSTANCE = 0, 1, 2, 3
 
     fake.ChangeType = ChangeType
-    fake.GetConfiguration = lambda: json.dumps({"NeuroRadix": {"SidecarUrl": "http://127.0.0.1:9"}})
+    fake.HttpMethod = types.SimpleNamespace(GET=1, POST=2, PUT=3, DELETE=4)
+    fake.InstanceOrigin = types.SimpleNamespace(DICOM_PROTOCOL=2, REST_API=3, PLUGIN=4, LUA=5, UNKNOWN=1)
+    fake.ReceivedInstanceAction = types.SimpleNamespace(KEEP_AS_IS=1, MODIFY=2, DISCARD=3)
+    fake.GetConfiguration = lambda: json.dumps(
+        {"NeuroRadix": {"SidecarUrl": "http://127.0.0.1:9", "SidecarUser": "sc", "ViewerUser": "vw"}}
+    )
+    filters = []
+    fake.RegisterIncomingHttpRequestFilter = filters.append
+    fake.RegisterReceivedInstanceCallback = filters.append
+    fake.RegisterIncomingCStoreInstanceFilter = filters.append
     fake.LogInfo = fake.LogWarning = fake.LogError = lambda message: None
 
     def rest_get(uri):
@@ -155,14 +172,16 @@ def test_glue_registers_callback_and_only_queues_in_it(monkeypatch):
     glue.on_change(ChangeType.STABLE_STUDY, 0, "study-id")
     glue.on_change(ChangeType.NEW_INSTANCE, 0, "instance-id")
     assert calls["rest"] == 0 and glue.HANDOFF._queue.qsize() == 1
+    assert filters == [glue.http_filter, glue.on_received_instance, glue.on_cstore]
 
 
 def test_plugin_and_sidecar_compute_the_same_fingerprint():
     """The plugin (Orthanc REST) and the worker (QIDO) must agree, or every study would rerun."""
     import pydicom
-
     from handoff import source_fingerprint, source_items
+
     from neuroradix.pacs.series import source_fingerprint as sidecar_fingerprint
+
     rest = FakeOrthancRest()
     rest.add_series("s1", "1.2.3", "1.2.3.1", "CT", 120)
     rest.add_series("s1", "1.2.3", "1.2.3.2", "CT", 3)

@@ -1,4 +1,5 @@
 """The demo input: shared real CT first, then the TotalSegmentator sdist, then the phantom."""
+
 from __future__ import annotations
 
 import gzip
@@ -76,6 +77,7 @@ def test_phantom_with_a_warning_when_nothing_else_works(tmp_path, monkeypatch, c
     assert "phantom" in caplog.text
     assert volume.array.min() < -900 and volume.array.max() > 500
     from neuroradix.analyzers.lung import LungAnalyzer
+
     assert "Right lung volume" in LungAnalyzer().analyze(volume).report_text  # the demo can run on it
 
 

@@ -1,4 +1,5 @@
 """Stage 2 skips files already written only when they came from the same backbone."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Stage 3 on synthetic embeddings: it learns, it is killed with SIGKILL and resumes where it stopped."""
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ def _embedding_export(directory, n_train=48, n_valid=16, seed=0):
     from neuroradix.models.config import tiny_config
     from neuroradix.models.embeddings import save_embeddings
     from neuroradix.models.sliding import PatchGrid
+
     rng = np.random.default_rng(seed)
     cfg = tiny_config()
     dim = cfg.backbone.embed_dim
@@ -34,8 +36,15 @@ def _embedding_export(directory, n_train=48, n_valid=16, seed=0):
             save_embeddings(directory / rel, emb, grid)
             labels = [1 if f in planted else 0 for f in FINDINGS]
             findings, impression = phantom_report(planted, rng)
-            rows.append({"split": split, "VolumeName": f"{split}_{i + 1}_a_1.nii.gz", "embedding": rel,
-                         "labels": labels, "report": findings + " " + impression})
+            rows.append(
+                {
+                    "split": split,
+                    "VolumeName": f"{split}_{i + 1}_a_1.nii.gz",
+                    "embedding": rel,
+                    "labels": labels,
+                    "report": findings + " " + impression,
+                }
+            )
     (directory / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (directory / "model_config.json").write_text(json.dumps(cfg.to_dict()))
     return directory
@@ -47,8 +56,14 @@ def export(tmp_path_factory):
 
 
 def _sets(export, out, epochs):
-    return [f"data.embeddings={export}", f"train.out_dir={out}", f"train.epochs={epochs}",
-            "train.ckpt_every_steps=2", "train.val_every_epochs=100", "train.generate_on_val=false"]
+    return [
+        f"data.embeddings={export}",
+        f"train.out_dir={out}",
+        f"train.epochs={epochs}",
+        "train.ckpt_every_steps=2",
+        "train.val_every_epochs=100",
+        "train.generate_on_val=false",
+    ]
 
 
 def _cfg(export, out, epochs):
@@ -58,11 +73,20 @@ def _cfg(export, out, epochs):
 def test_head_resumes_after_sigkill_with_the_same_losses(export, tmp_path):
     """Killed with SIGKILL after step 5 and resumed, the head logs the losses of an uninterrupted run."""
     from neuroradix_train.stages.stage3 import train_head
+
     whole = tmp_path / "whole"
     train_head(_cfg(export, whole, epochs=4))
     out = tmp_path / "head"
-    kill_after_steps(["train-head", "--config", str(CONFIG_DIR / "stage3-tiny.yaml"),
-                      *[a for s in _sets(export, out, 4) for a in ("--set", s)]], out / "steps.jsonl", 5)
+    kill_after_steps(
+        [
+            "train-head",
+            "--config",
+            str(CONFIG_DIR / "stage3-tiny.yaml"),
+            *[a for s in _sets(export, out, 4) for a in ("--set", s)],
+        ],
+        out / "steps.jsonl",
+        5,
+    )
     assert not (out / "head.pt").exists()
     payload = torch.load(out / "last.pt", weights_only=False)
     assert payload["step"] >= 2 and payload["optimizer"] is not None and "numpy" in payload["rng"]
@@ -78,9 +102,19 @@ def test_head_resumes_after_sigkill_with_the_same_losses(export, tmp_path):
 @pytest.mark.slow
 def test_head_learns_planted_findings_and_reports(export, tmp_path):
     from neuroradix_train.stages.stage3 import train_head
-    r = train_head(load_config("stage3", [CONFIG_DIR / "stage3-tiny.yaml"],
-                               [f"data.embeddings={export}", f"train.out_dir={tmp_path / 'h'}",
-                                "train.val_every_epochs=100", "train.epochs=80"]))
+
+    r = train_head(
+        load_config(
+            "stage3",
+            [CONFIG_DIR / "stage3-tiny.yaml"],
+            [
+                f"data.embeddings={export}",
+                f"train.out_dir={tmp_path / 'h'}",
+                "train.val_every_epochs=100",
+                "train.epochs=80",
+            ],
+        )
+    )
     per = r["metrics"]["classification"]["per_finding"]
     macro = float(np.mean([per[f]["auroc"] for f in PLANTED]))
     assert macro > 0.9, per

@@ -1,4 +1,5 @@
 """Metric logs: JSONL/CSV always, TensorBoard scalars when asked for."""
+
 from __future__ import annotations
 
 import builtins
@@ -8,6 +9,7 @@ import pytest
 from neuroradix.errors import ConfigError
 from neuroradix_train.evaluation.plots import read_jsonl
 from neuroradix_train.stages.runlog import RunLog
+from tests.support import require_module
 
 
 def test_resume_drops_steps_after_the_checkpoint(tmp_path):
@@ -19,7 +21,7 @@ def test_resume_drops_steps_after_the_checkpoint(tmp_path):
 
 
 def test_tensorboard_scalars_are_written(tmp_path):
-    pytest.importorskip("tensorboard")  # installed with the project's training extra
+    require_module("tensorboard")  # installed with the project's training extra
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     log = RunLog(tmp_path, tensorboard=True)

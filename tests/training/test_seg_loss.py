@@ -1,4 +1,5 @@
 """The stage-1 loss: MONAI's DiceCELoss as is, or with the Dice averaged over the classes present."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Stage 1 end to end (slow on a 2-core CPU: one 64^3 step of the tiny SwinUNETR takes 5-100 s
 depending on load), the DDP run under torchrun, and the full smoke pipeline."""
+
 from __future__ import annotations
 
 import os
@@ -18,21 +19,53 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(root, out, *sets):
-    return load_config("stage1", [CONFIG_DIR / "stage1-tiny.yaml"],
-                       [f"data.root={root}", f"train.out_dir={out}", "data.max_train_scans=4", "data.max_valid_scans=1",
-                        "train.epochs=2", "train.ckpt_every_steps=1", "train.val_every_epochs=2", *sets])
+    return load_config(
+        "stage1",
+        [CONFIG_DIR / "stage1-tiny.yaml"],
+        [
+            f"data.root={root}",
+            f"train.out_dir={out}",
+            "data.max_train_scans=4",
+            "data.max_valid_scans=1",
+            "train.epochs=2",
+            "train.ckpt_every_steps=1",
+            "train.val_every_epochs=2",
+            *sets,
+        ],
+    )
 
 
 def test_stage1_resumes_after_sigkill_with_the_same_losses(mini_ctrate, tmp_path):
     """A run killed with SIGKILL after step 2 and resumed logs the losses of an uninterrupted run."""
     from neuroradix_train.stages.stage1 import train_seg
+
     sets = ["train.threads=1"]
     train_seg(_cfg(mini_ctrate, tmp_path / "whole", *sets))
     out = tmp_path / "killed"
-    kill_after_steps(["train-seg", "--config", str(CONFIG_DIR / "stage1-tiny.yaml"), "--set", f"data.root={mini_ctrate}",
-                      "--set", f"train.out_dir={out}", "--set", "data.max_train_scans=4", "--set", "data.max_valid_scans=1",
-                      "--set", "train.epochs=2", "--set", "train.ckpt_every_steps=1", "--set", "train.val_every_epochs=2",
-                      *[a for s in sets for a in ("--set", s)]], out / "steps.jsonl", 2)
+    kill_after_steps(
+        [
+            "train-seg",
+            "--config",
+            str(CONFIG_DIR / "stage1-tiny.yaml"),
+            "--set",
+            f"data.root={mini_ctrate}",
+            "--set",
+            f"train.out_dir={out}",
+            "--set",
+            "data.max_train_scans=4",
+            "--set",
+            "data.max_valid_scans=1",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "train.ckpt_every_steps=1",
+            "--set",
+            "train.val_every_epochs=2",
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        out / "steps.jsonl",
+        2,
+    )
     assert not (out / "backbone.pt").exists()
     r = train_seg(_cfg(mini_ctrate, out, *sets), resume=True)
     whole, resumed = read_jsonl(tmp_path / "whole" / "steps.jsonl"), read_jsonl(out / "steps.jsonl")
@@ -45,13 +78,34 @@ def test_stage1_resumes_after_sigkill_with_the_same_losses(mini_ctrate, tmp_path
 def test_torchrun_two_processes_gloo_matches_one_process(mini_ctrate, tmp_path):
     """2 ranks x 1 crop per step see the same crops as 1 process x 2 crops: the loss curves agree."""
     from neuroradix_train.stages.stage1 import train_seg
+
     sets = ["data.max_train_scans=4", "data.max_valid_scans=1", "train.epochs=3", "train.val_every_epochs=3"]
     train_seg(_cfg(mini_ctrate, tmp_path / "one", *sets, "train.batch_size=2"))
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'inference'}:{ROOT / 'training'}", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "neuroradix_train.cli", "train-seg", "--config", str(CONFIG_DIR / "stage1-tiny.yaml"),
-           "--set", f"data.root={mini_ctrate}", "--set", f"train.out_dir={tmp_path / 'ddp'}", "--set", "train.batch_size=1",
-           "--set", "train.threads=1", "--set", "train.ckpt_every_steps=1", *[a for s in sets for a in ("--set", s)]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "neuroradix_train.cli",
+        "train-seg",
+        "--config",
+        str(CONFIG_DIR / "stage1-tiny.yaml"),
+        "--set",
+        f"data.root={mini_ctrate}",
+        "--set",
+        f"train.out_dir={tmp_path / 'ddp'}",
+        "--set",
+        "train.batch_size=1",
+        "--set",
+        "train.threads=1",
+        "--set",
+        "train.ckpt_every_steps=1",
+        *[a for s in sets for a in ("--set", s)],
+    ]
     subprocess.run(cmd, check=True, env=env, timeout=3600)
     one = read_jsonl(tmp_path / "one" / "steps.jsonl")
     ddp = read_jsonl(tmp_path / "ddp" / "steps.jsonl")
@@ -62,9 +116,10 @@ def test_torchrun_two_processes_gloo_matches_one_process(mini_ctrate, tmp_path):
     assert one[-1]["loss"] < one[0]["loss"] and ddp[-1]["loss"] < ddp[0]["loss"]
 
 
-def test_smoke_pipeline_meets_thresholds(tmp_path):
+def test_smoke_pipeline_meets_thresholds(tmp_path, training_real_ct_dir):
     from neuroradix_train.smoke import run_smoke
-    real = ROOT.parent / "shared" / "data" / "real-ct"
-    result = run_smoke(tmp_path, real_ct_dir=real if real.is_dir() else None, check=True)
+
+    result = run_smoke(tmp_path, real_ct_dir=training_real_ct_dir, check=True)
     from neuroradix.weights import load_release
+
     assert load_release(result["release"], allow_untrained=True).untrained

@@ -1,4 +1,5 @@
 """Helpers of the training tests."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,12 @@ def kill_after_steps(cmd: list[str], steps_file: Path, steps: int, timeout: floa
     """Run a training command and SIGKILL it once ``steps_file`` logs ``steps`` optimiser steps."""
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=f"{root / 'inference'}:{root / 'training'}")
-    proc = subprocess.Popen([sys.executable, "-m", "neuroradix_train.cli", *cmd], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neuroradix_train.cli", *cmd],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + timeout
         while time.time() < deadline and proc.poll() is None:

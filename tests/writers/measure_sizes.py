@@ -8,6 +8,7 @@ default; the lungs and airway occupy the middle 220 slices), a label map with th
 lung-hu-4 scheme, and a 4x coarser attention map, then writes every object and prints
 sizes and build times.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuroradix.config import PmapGrid, SegType
 from neuroradix.types import AttentionMap, Code, Volume
 from neuroradix.writers.common import OutputContext
 from neuroradix.writers.pdf import build_pdf
@@ -81,28 +83,43 @@ def main(n: int = 300, size: int = 512) -> None:
     att_aff[:3, 3] = aff[:3, 3] + 1.5 * aff[:3, :3].sum(axis=1)
     s, r, c = np.meshgrid(np.arange(n // 4), np.arange(size // 4), np.arange(size // 4), indexing="ij")
     att = np.exp(-(((s - n / 8) / 8) ** 2 + ((r - size / 8) / 10) ** 2 + ((c - size * 0.7 / 4) / 8) ** 2))
-    amap = AttentionMap("abnormal", att.astype(np.float32), att_aff,
-                        Code("AttentionWeight", "99NRX", "Attention weight"), Code("1", "UCUM", "no units"))
+    amap = AttentionMap(
+        "abnormal",
+        att.astype(np.float32),
+        att_aff,
+        Code("AttentionWeight", "99NRX", "Attention weight"),
+        Code("1", "UCUM", "no units"),
+    )
     result = replace(make_result(), labels=labels, attention=(amap,))
-    ctx = OutputContext(source=ct_series_for(hu, aff), volume=Volume(hu.astype(np.float32), aff),
-                        pipeline_version="p1", software_version="0.1.0")
-    print(f"grid {n} x {size} x {size}; label voxels: " + ", ".join(
-        f"{lab}: {(labels == lab).sum()}" for lab in range(1, 5)) + f"; attention {amap.array.shape}")
+    ctx = OutputContext(
+        source=ct_series_for(hu, aff),
+        volume=Volume(hu.astype(np.float32), aff),
+        pipeline_version="p1",
+        software_version="0.1.0",
+    )
+    print(
+        f"grid {n} x {size} x {size}; label voxels: "
+        + ", ".join(f"{lab}: {(labels == lab).sum()}" for lab in range(1, 5))
+        + f"; attention {amap.array.shape}"
+    )
     out = Path(tempfile.mkdtemp())
     cases = [
         ("SEG BINARY, JPEG 2000 Lossless", lambda: build_seg(result, ctx)),
         ("SEG BINARY, uncompressed", lambda: build_seg(result, replace(ctx, seg_compress=False))),
-        ("SEG LABELMAP, RLE Lossless", lambda: build_seg(result, replace(ctx, seg_type="LABELMAP"))),
+        ("SEG LABELMAP, RLE Lossless", lambda: build_seg(result, replace(ctx, seg_type=SegType.LABELMAP))),
         ("PMAP on attention grid, uint16", lambda: build_pmaps(result, ctx)[0]),
-        ("PMAP on CT grid, uint16", lambda: build_pmaps(result, replace(ctx, pmap_grid="SOURCE"))[0]),
+        ("PMAP on CT grid, uint16", lambda: build_pmaps(result, replace(ctx, pmap_grid=PmapGrid.SOURCE))[0]),
     ]
+
     def measure(name, make, path):
         t0 = time.perf_counter()
         ds = make()
         seconds = time.perf_counter() - t0
         ds.save_as(path, enforce_file_format=True)
         frames = getattr(ds, "NumberOfFrames", None)
-        print(f"| {name} | {f'{frames} frames' if frames else '-'} | {path.stat().st_size / 1e6:.2f} MB | {seconds:.1f} s |")
+        print(
+            f"| {name} | {f'{frames} frames' if frames else '-'} | {path.stat().st_size / 1e6:.2f} MB | {seconds:.1f} s |"
+        )
         return ds
 
     built = {name: measure(name, make, out / f"{i}.dcm") for i, (name, make) in enumerate(cases)}

@@ -1,4 +1,5 @@
 """Shared behaviour: deterministic UIDs, untrained marking, ASCII text, encode order."""
+
 import io
 from dataclasses import replace
 
@@ -6,6 +7,7 @@ import numpy as np
 import pypdf
 import pytest
 
+from neuroradix.config import PipelineSettings, PmapGrid, SegType
 from neuroradix.errors import BadInputError
 from neuroradix.writers.common import UNTRAINED_MARK, OutputContext, ascii_text, series_description
 from neuroradix.writers.encode import encode_result
@@ -87,8 +89,8 @@ def test_context_is_validated(ctx):
         OutputContext(source=ctx.source[:-1], volume=ctx.volume, pipeline_version="p", software_version="s")
     with pytest.raises(ValueError, match="pipeline_version"):
         replace(ctx, pipeline_version="")
-    with pytest.raises(ValueError, match="pmap_grid"):
-        replace(ctx, pmap_grid="CT")
+    with pytest.raises(TypeError, match="pmap_grid"):
+        replace(ctx, pmap_grid="SOURCE")  # writers take the enum, not its value
     with pytest.raises(ValueError, match="not at slice"):
         replace(ctx, source=list(reversed(ctx.source)))
     mixed = list(ctx.source)
@@ -96,3 +98,11 @@ def test_context_is_validated(ctx):
     mixed[3].SeriesInstanceUID = "1.2.3"
     with pytest.raises(BadInputError, match="mixes"):
         replace(ctx, source=mixed)
+
+
+def test_context_defaults_are_the_settings_defaults(ctx):
+    """One default per setting: a context built without them encodes what the node is configured to."""
+    bare = OutputContext(source=ctx.source, volume=ctx.volume, pipeline_version="p", software_version="s")
+    settings = PipelineSettings()
+    assert bare.seg_type is settings.seg_type is SegType.BINARY
+    assert bare.pmap_grid is settings.pmap_grid is PmapGrid.SOURCE

@@ -1,4 +1,5 @@
 """PDF writer: a valid PDF in a valid Encapsulated PDF instance, with the findings in it."""
+
 import io
 from dataclasses import replace
 
@@ -15,6 +16,7 @@ from neuroradix.writers.pdf import (
     key_images,
     render_pdf_bytes,
 )
+from tests.writers.test_writer_sr import _densitometry_result
 from tests.writers.writer_fixtures import LEFT, RIGHT, dciodvfy
 
 
@@ -93,3 +95,14 @@ def test_key_image_attention_is_sampled_at_the_plane_pixels(result, ctx, view, o
     got = _sample_attention(amap, ctx.volume, view, position)
     assert expected.max() > 0.1 and (expected == 0).any()
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_pdf_states_warnings_and_a_densitometry_table(result, ctx):
+    dense = _densitometry_result(result)
+    text = _text(render_pdf_bytes(dense, ctx))
+    assert "Scan-quality warnings" in text
+    assert "LAA-950 not comparable: sharp kernel B70f" in text
+    assert "Lung densitometry" in text and "Perc15 (HU)" in text
+    assert "Upper zone of right lung" in text and "-929.0" in text  # the right upper zone's Perc15
+    plain = _text(render_pdf_bytes(replace(dense, warnings=()), ctx))
+    assert "Scan-quality warnings" not in plain

@@ -1,9 +1,11 @@
 """Parametric Map writer: geometry from the attention affine, values after RWVM, dciodvfy."""
+
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from neuroradix.config import PmapGrid
 from neuroradix.types import AttentionMap
 from neuroradix.writers.pmap import STORED_MAX, build_pmaps, downsample_in_plane, resample_to_source
 from tests.writers.writer_fixtures import N_COLS, N_ROWS, N_SLICES, dciodvfy
@@ -51,7 +53,7 @@ def test_pmap_on_attention_grid(result, ctx, roundtrip):
 
 def test_pmap_on_source_grid_matches_resampling(result, ctx, roundtrip):
     amap = result.attention[0]
-    back, _ = roundtrip(build_pmaps(result, replace(ctx, pmap_grid="SOURCE"))[0])
+    back, _ = roundtrip(build_pmaps(result, replace(ctx, pmap_grid=PmapGrid.SOURCE))[0])
     stored, ipp, _, spacing = _frames(back)
     assert stored.shape == (N_SLICES, N_ROWS, N_COLS)
     src_ipp = {tuple(np.round(np.array(ds.ImagePositionPatient, float), 3)) for ds in ctx.source}
@@ -59,8 +61,10 @@ def test_pmap_on_source_grid_matches_resampling(result, ctx, roundtrip):
     np.testing.assert_allclose(spacing, ctx.source[0].PixelSpacing)
     # Each frame is derived from its source instance (what OHIF matches on).
     by_uid = {ds.SOPInstanceUID: i for i, ds in enumerate(ctx.source)}
-    order = [by_uid[f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
-             for f in back.PerFrameFunctionalGroupsSequence]
+    order = [
+        by_uid[f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        for f in back.PerFrameFunctionalGroupsSequence
+    ]
     values, mapping = _real_world(back, stored)
     np.testing.assert_allclose(values, resample_to_source(amap, ctx)[order], atol=float(mapping.RealWorldValueSlope))
 
@@ -83,8 +87,13 @@ def test_resampling_is_exact_for_a_linear_map(result, ctx):
 
 def test_downsampling_keeps_extent(result):
     amap = result.attention[0]
-    big = AttentionMap(amap.name, np.random.default_rng(0).random((3, 300, 520), dtype=np.float32),
-                       amap.affine, amap.quantity, amap.unit)
+    big = AttentionMap(
+        amap.name,
+        np.random.default_rng(0).random((3, 300, 520), dtype=np.float32),
+        amap.affine,
+        amap.quantity,
+        amap.unit,
+    )
     array, affine = downsample_in_plane(big, 256)
     assert array.shape == (3, 256, 256)
     last_old = big.affine @ np.array([0, 299, 519, 1.0])
@@ -100,7 +109,7 @@ def test_constant_map_is_valid(result, ctx):
     assert STORED_MAX == 65535
 
 
-@pytest.mark.parametrize("grid", ["ATTENTION", "SOURCE"])
+@pytest.mark.parametrize("grid", list(PmapGrid))
 def test_pmap_passes_dciodvfy(result, ctx, roundtrip, grid):
     _, path = roundtrip(build_pmaps(result, replace(ctx, pmap_grid=grid))[0])
     errors, _ = dciodvfy(path)

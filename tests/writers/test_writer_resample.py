@@ -4,6 +4,7 @@ The reference for resampling is what the writer did before it had a separable pa
 ``scipy.ndimage.map_coordinates(order=1, mode="constant")`` at every target voxel centre
 mapped into the map's index space.
 """
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -17,8 +18,9 @@ GRID = (9, 13, 11)  # target grid (slices, rows, columns) on the writer fixtures
 
 def _map(affine: np.ndarray, shape=(4, 6, 5), seed: int = 0) -> AttentionMap:
     array = np.random.default_rng(seed).random(shape, dtype=np.float32)
-    return AttentionMap("test", array, affine, Code("AttentionWeight", "99NRX", "Attention weight"),
-                        Code("1", "UCUM", "no units"))
+    return AttentionMap(
+        "test", array, affine, Code("AttentionWeight", "99NRX", "Attention weight"), Code("1", "UCUM", "no units")
+    )
 
 
 def _coarse(steps: np.ndarray, first: tuple[float, float, float]) -> np.ndarray:
@@ -98,8 +100,9 @@ def test_axis_tolerance():
     amap = _map(_coarse(_rotation_z(tiny) @ np.diag([2.0, 3.0, 2.5]), (0.5, 1.25, -0.75)))
     to_map = np.linalg.inv(amap.affine) @ ct_affine()
     assert parallel_axes(to_map, GRID) == [0, 1, 2]
-    np.testing.assert_allclose(resample_onto(amap, ct_affine(), GRID), _reference(amap, ct_affine(), GRID),
-                               atol=10 * AXIS_TOLERANCE)
+    np.testing.assert_allclose(
+        resample_onto(amap, ct_affine(), GRID), _reference(amap, ct_affine(), GRID), atol=10 * AXIS_TOLERANCE
+    )
     tilted = _map(_coarse(_rotation_z(np.deg2rad(0.1)) @ np.diag([2.0, 3.0, 2.5]), (0.5, 1.25, -0.75)))
     assert parallel_axes(np.linalg.inv(tilted.affine) @ ct_affine(), GRID) is None
 

@@ -1,4 +1,5 @@
 """SEG writer: round trip through a file, geometry, segment numbering, dciodvfy."""
+
 from dataclasses import replace
 
 import highdicom as hd
@@ -6,9 +7,11 @@ import numpy as np
 import pydicom
 import pytest
 
-from neuroradix.writers.common import SegType
+from neuroradix.config import SegType
 from neuroradix.writers.seg import (
     LABELMAP_SEG_STORAGE,
+    SEG_SOP_CLASS_BY_TYPE,
+    SEG_SOP_CLASS_UIDS,
     SEGMENTATION_STORAGE,
     build_seg,
     label_values,
@@ -19,15 +22,19 @@ from neuroradix.writers.seg import (
 from tests.writers.writer_fixtures import AIRWAYS, LEFT, N_SLICES, RIGHT, dciodvfy
 
 
-@pytest.mark.parametrize("seg_type", ["BINARY", "LABELMAP"])
+@pytest.mark.parametrize("seg_type", list(SegType))
 def test_seg_round_trip_masks_per_source_instance(result, ctx, roundtrip, seg_type):
     seg = build_seg(result, replace(ctx, seg_type=seg_type))
-    _, path = roundtrip(seg, f"seg-{seg_type}.dcm")
+    _, path = roundtrip(seg, f"seg-{seg_type.value}.dcm")
     back = hd.seg.segread(path)
-    assert back.SOPClassUID == (SEGMENTATION_STORAGE if seg_type == "BINARY" else LABELMAP_SEG_STORAGE)
+    assert back.SOPClassUID == SEG_SOP_CLASS_BY_TYPE[seg_type]
+    assert back.SOPClassUID == (SEGMENTATION_STORAGE if seg_type is SegType.BINARY else LABELMAP_SEG_STORAGE)
     # Body (label 1) is empty and left out: Left 1, Right 2, Airways 3.
     assert {back.get_segment_description(n).segment_label: n for n in back.segment_numbers} == {
-        "Left lung": 1, "Right lung": 2, "Airways": 3}
+        "Left lung": 1,
+        "Right lung": 2,
+        "Airways": 3,
+    }
     uids = [ds.SOPInstanceUID for ds in ctx.source]
     for label in (LEFT, RIGHT, AIRWAYS):
         number = segment_number_for_label(seg, result, label)
@@ -58,8 +65,10 @@ def test_left_lung_lies_on_patient_left(result, ctx, roundtrip):
         assert np.all(np.sign(points[:, 0]) == sign)
     # z of the frames equals the source slices' z (the SEG reorders frames; compare sets)
     src_z = {round(float(ds.ImagePositionPatient[2]), 3) for ds in ctx.source}
-    seg_z = {round(float(f.PlanePositionSequence[0].ImagePositionPatient[2]), 3)
-             for f in back.PerFrameFunctionalGroupsSequence}
+    seg_z = {
+        round(float(f.PlanePositionSequence[0].ImagePositionPatient[2]), 3)
+        for f in back.PerFrameFunctionalGroupsSequence
+    }
     assert seg_z <= src_z
 
 
@@ -81,6 +90,7 @@ def test_segment_codes_colour_and_algorithm(result, ctx):
 
 def test_laterality_modifier_when_type_is_not_lateral(result, ctx):
     from neuroradix.types import Code, SegmentDescription
+
     lung = Code("39607008", "SCT", "Lung")
     segments = tuple(replace(s, type=lung) if s.label == LEFT else s for s in result.segments)
     seg = build_seg(replace(result, segments=segments), ctx)
@@ -107,10 +117,19 @@ def test_wrong_grid_is_an_error(result, ctx):
         build_seg(replace(result, labels=result.labels[:-1]), ctx)
 
 
-def test_seg_type_is_validated(ctx):
-    assert replace(ctx, seg_type="LABELMAP").seg_type is SegType.LABELMAP
-    with pytest.raises(ValueError, match="seg_type"):
-        replace(ctx, seg_type="FRACTIONAL")
+def test_seg_type_is_an_enum_not_a_string(ctx):
+    assert replace(ctx, seg_type=SegType.LABELMAP).seg_type is SegType.LABELMAP
+    for wrong in ("LABELMAP", "FRACTIONAL", None):
+        with pytest.raises(TypeError, match="seg_type"):
+            replace(ctx, seg_type=wrong)
+
+
+def test_seg_sop_classes_are_the_dicom_ones():
+    """One set of SEG SOP classes, the same as highdicom's and pydicom's UIDs."""
+    assert SEG_SOP_CLASS_UIDS == set(hd.seg.SOP_CLASS_UIDS)
+    assert SEGMENTATION_STORAGE == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert LABELMAP_SEG_STORAGE == "1.2.840.10008.5.1.4.1.1.66.7"
+    assert set(SEG_SOP_CLASS_BY_TYPE) == set(SegType)
 
 
 def test_binary_seg_passes_dciodvfy(result, ctx, roundtrip):

@@ -1,9 +1,11 @@
 """SR writer: findings, measurements, text and references read back from the file."""
+
 from dataclasses import replace
 
 import highdicom as hd
 import pytest
 
+from neuroradix.analyzers.densitometry import Densitometry, DensityStats, density_measurements, lung_codes
 from neuroradix.writers.pmap import build_pmaps
 from neuroradix.writers.seg import build_seg, segment_number_for_label
 from neuroradix.writers.sr import build_sr
@@ -21,8 +23,11 @@ def _name(item) -> str:
 
 
 def _groups(ds):
-    return [item for item in _walk(ds.ContentSequence)
-            if item.ValueType == "CONTAINER" and _name(item) == "Measurement Group"]
+    return [
+        item
+        for item in _walk(ds.ContentSequence)
+        if item.ValueType == "CONTAINER" and _name(item) == "Measurement Group"
+    ]
 
 
 def _group_of(ds, finding_name):
@@ -34,8 +39,9 @@ def _group_of(ds, finding_name):
 
 
 def _nums(group):
-    return {_name(i): float(i.MeasuredValueSequence[0].NumericValue)
-            for i in group.ContentSequence if i.ValueType == "NUM"}
+    return {
+        _name(i): float(i.MeasuredValueSequence[0].NumericValue) for i in group.ContentSequence if i.ValueType == "NUM"
+    }
 
 
 @pytest.fixture
@@ -77,14 +83,20 @@ def test_references_resolve_to_seg_and_pmap(result, objects, roundtrip):
         else:
             assert segment_refs == []
         prob = [i for i in group.ContentSequence if i.ValueType == "NUM" and _name(i) == "Probability"][0]
-        sources = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in prob.get("ContentSequence", [])
-                   if i.ValueType == "IMAGE"]
+        sources = [
+            i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            for i in prob.get("ContentSequence", [])
+            if i.ValueType == "IMAGE"
+        ]
         expected = [pmaps[finding.attention_index].SOPInstanceUID] if finding.attention_index is not None else []
         assert sources == expected
     # Evidence lists the source series, the SEG and the map.
-    evidence = {ref.ReferencedSOPInstanceUID
-                for study in back.CurrentRequestedProcedureEvidenceSequence
-                for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    evidence = {
+        ref.ReferencedSOPInstanceUID
+        for study in back.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    }
     assert {seg.SOPInstanceUID, pmaps[0].SOPInstanceUID} <= evidence
 
 
@@ -99,12 +111,23 @@ def test_measurements_round_trip(result, objects, roundtrip):
         refs = [i.ReferencedSOPSequence[0] for i in group.ContentSequence if _name(i) == "Referenced Segment"]
         for item in group.ContentSequence:
             if item.ValueType == "NUM":
-                found.append((_name(item), float(item.MeasuredValueSequence[0].NumericValue),
-                              item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue,
-                              int(refs[0].ReferencedSegmentNumber) if refs else None))
-    expected = [(m.concept.meaning, m.value, m.unit.value,
-                 segment_number_for_label(seg, result, m.segment_label) if m.segment_label else None)
-                for m in result.measurements]
+                found.append(
+                    (
+                        _name(item),
+                        float(item.MeasuredValueSequence[0].NumericValue),
+                        item.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue,
+                        int(refs[0].ReferencedSegmentNumber) if refs else None,
+                    )
+                )
+    expected = [
+        (
+            m.concept.meaning,
+            m.value,
+            m.unit.value,
+            segment_number_for_label(seg, result, m.segment_label) if m.segment_label else None,
+        )
+        for m in result.measurements
+    ]
     assert sorted(found, key=str) == sorted(expected, key=str)
 
 
@@ -147,5 +170,54 @@ def test_needs_findings_or_measurements(result, ctx):
 
 def test_sr_passes_dciodvfy(objects, roundtrip):
     _, path = roundtrip(objects[2])
+    errors, _ = dciodvfy(path)
+    assert errors == []
+
+
+def _densitometry_result(result):
+    """The writer fixture's result with the lung analyzer's full densitometry list and two warnings."""
+    regions = {
+        (side, zone): DensityStats(1000, 900.0 + i, 4.0 + i, 9.0 + i, -930.0 + i, -860.0 + i)
+        for i, (side, zone) in enumerate(
+            [(s, z) for s in ("right", "left") for z in (None, "upper", "middle", "lower")]
+        )
+    }
+    regions[("both", None)] = DensityStats(2000, 1800.0, 5.5, 10.5, -925.0, -858.0)
+    measurements = density_measurements(Densitometry(regions, 42, 1.3), lung_codes(), {"left": 2, "right": 3})
+    warnings = (
+        "LAA-950 not comparable: sharp kernel B70f",
+        "HU calibration: tracheal air reads -950 HU (expected -1000 +/- 25)",
+    )
+    return replace(result, findings=(), measurements=measurements, warnings=warnings)
+
+
+def test_densitometry_groups_and_warnings_round_trip(result, ctx, roundtrip):
+    dense = _densitometry_result(result)
+    seg = build_seg(dense, ctx)
+    ds, path = roundtrip(build_sr(dense, ctx, seg, build_pmaps(dense, ctx)))
+    groups = _groups(ds)
+    sites = {}
+    for group in groups:
+        for item in group.ContentSequence:
+            if item.ValueType == "CODE" and _name(item) == "Finding Site":
+                sites[item.ConceptCodeSequence[0].CodeMeaning] = _nums(group)
+    # one group per zone of each lung, each with volume, LAA-950, LAA-910, Perc15 and MLD
+    for side in ("right", "left"):
+        for zone in ("upper", "middle", "lower"):
+            nums = sites[f"{zone.capitalize()} zone of {side} lung"]
+            assert set(nums) == {
+                "Volume",
+                "Percent lung volume below -950 HU",
+                "Percent lung volume below -910 HU",
+                "15th percentile of lung attenuation",
+                "Attenuation Coefficient",
+            }
+    assert sites["Upper zone of right lung"]["Percent lung volume below -950 HU"] == pytest.approx(5.0)
+    texts = [
+        item.TextValue
+        for item in _walk(ds.ContentSequence)
+        if item.ValueType == "TEXT" and _name(item) == "Scan quality warning"
+    ]
+    assert texts == list(dense.warnings)
     errors, _ = dciodvfy(path)
     assert errors == []

@@ -13,9 +13,9 @@ The label map puts "Left lung" (label 2) in columns 3-16 and "Right lung" (label
 in columns 23-36, "Airways" (label 4) in a small block, and leaves "Body" (label 1)
 empty, so the written SEG has to drop and renumber segments.
 """
+
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from neuroradix.config import PmapGrid
 from neuroradix.schemes import load_scheme
 from neuroradix.types import (
     AnalyzerInfo,
@@ -37,6 +38,7 @@ from neuroradix.types import (
 )
 from neuroradix.uids import derive_uid
 from neuroradix.writers.common import OutputContext
+from tests.support import require_tool
 
 N_SLICES, N_ROWS, N_COLS = 12, 32, 40
 ROW_COSINE = np.array([-1.0, 0.0, 0.0])  # direction of increasing column index
@@ -157,19 +159,33 @@ def make_result(untrained: bool = False) -> StudyResult:
         untrained=untrained,
     )
     findings = (
-        Finding("Emphysema", 0.83, code=Code("87433001", "SCT", "Pulmonary emphysema"), site=LUNG,
-                segment_labels=(LEFT, RIGHT), attention_index=0),
+        Finding(
+            "Emphysema",
+            0.83,
+            code=Code("87433001", "SCT", "Pulmonary emphysema"),
+            site=LUNG,
+            segment_labels=(LEFT, RIGHT),
+            attention_index=0,
+        ),
         Finding("Lung nodule", 0.12, site=LUNG, segment_labels=(RIGHT,)),
         Finding("Abnormal", 0.9, attention_index=0),
     )
     measurements = (
-        Measurement("Left lung volume", 2450.5, ML, VOLUME, site=Code("44029006", "SCT", "Left lung"),
-                    segment_label=LEFT),
-        Measurement("Right lung volume", 2710.25, ML, VOLUME, site=Code("3341006", "SCT", "Right lung"),
-                    segment_label=RIGHT),
+        Measurement(
+            "Left lung volume", 2450.5, ML, VOLUME, site=Code("44029006", "SCT", "Left lung"), segment_label=LEFT
+        ),
+        Measurement(
+            "Right lung volume", 2710.25, ML, VOLUME, site=Code("3341006", "SCT", "Right lung"), segment_label=RIGHT
+        ),
         Measurement("LAA-950", 12.5, PERCENT, Code("LAA950", "99NRX", "Low attenuation area below -950 HU"), site=LUNG),
-        Measurement("Mean lung density", -842.0, HU, Code("112031", "DCM", "Attenuation Coefficient"), site=LUNG,
-                    derivation=Code("373098007", "SCT", "Mean")),
+        Measurement(
+            "Mean lung density",
+            -842.0,
+            HU,
+            Code("112031", "DCM", "Attenuation Coefficient"),
+            site=LUNG,
+            derivation=Code("373098007", "SCT", "Mean"),
+        ),
     )
     return StudyResult(
         analyzer=info,
@@ -200,6 +216,7 @@ def ctx(ct_series) -> OutputContext:
         volume=Volume(hu.astype(np.float32), ct_affine()),
         pipeline_version="p1",
         software_version="0.1.0",
+        pmap_grid=PmapGrid.ATTENTION,  # the compact grid; tests that need the CT grid replace it
     )
 
 
@@ -215,9 +232,7 @@ def write(ds: Dataset, path: Path) -> Path:
 
 def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     """Run dciodvfy; return its (error lines, warning lines)."""
-    exe = shutil.which("dciodvfy")
-    if exe is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    exe = require_tool("dciodvfy")  # dicom3tools; make setup installs it
     proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
     lines = (proc.stdout + proc.stderr).splitlines()
     errors = [ln for ln in lines if ln.startswith("Error")]
@@ -228,8 +243,9 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
 @pytest.fixture
 def roundtrip(tmp_path):
     """Write a dataset to a file and read it back."""
+
     def _roundtrip(ds: Dataset, name: str = "out.dcm") -> tuple[Dataset, Path]:
         path = write(ds, tmp_path / name)
         return pydicom.dcmread(path), path
-    return _roundtrip
 
+    return _roundtrip

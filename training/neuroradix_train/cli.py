@@ -1,10 +1,11 @@
 """Training subcommands of the ``neuroradix`` CLI.
 
-``register(subparsers)`` adds ``train-seg``, ``export-embeddings``, ``train-head``, ``evaluate``,
-``publish-release`` and ``train-smoke`` to an ``argparse`` sub-parser set; ``main()`` runs them
+``register(subparsers)`` adds ``train-seg``, ``export-embeddings``, ``train-head``, ``evaluate``
+(or ``evaluate --labeler-agreement``), ``results-table``, ``publish-release`` and ``train-smoke`` to an ``argparse`` sub-parser set; ``main()`` runs them
 stand-alone (``python -m neuroradix_train.cli ...``). Every stage command takes
 ``--config FILE`` (merged on the shipped defaults, repeatable) and ``--set key=value``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,11 @@ import yaml
 
 from neuroradix.errors import ConfigError
 from neuroradix_train.config import load_config
-from neuroradix_train.evaluation.evaluate import evaluate_run
+from neuroradix_train.evaluation.evaluate import evaluate_run, labeler_agreement_reports
+from neuroradix_train.evaluation.radbert import RadBERTLabeler
+from neuroradix_train.evaluation.tables import write_results_table
 from neuroradix_train.release import publish_release
-from neuroradix_train.smoke import run_smoke
+from neuroradix_train.smoke import format_protocols, run_smoke
 from neuroradix_train.stages.stage1 import train_seg
 from neuroradix_train.stages.stage2 import export_embeddings
 from neuroradix_train.stages.stage3 import train_head
@@ -32,8 +35,14 @@ _STAGES = {"train-seg": "stage1", "export-embeddings": "stage2", "train-head": "
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", action="append", type=Path, default=[], help="YAML merged on the defaults (repeatable)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set train.lr=3e-4 (repeatable)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the merged configuration and exit")
 
 
@@ -55,9 +64,39 @@ def register(subparsers) -> None:
     p.add_argument("--max-steps", type=int, default=None)
     p.set_defaults(func=_run_stage, stage="train-head")
 
-    p = subparsers.add_parser("evaluate", help="Dice, AUROC/F1, BLEU/METEOR/ROUGE-L/CE-F1 of trained runs")
+    p = subparsers.add_parser(
+        "evaluate", help="Dice, AUROC/F1 (both protocols), BLEU/METEOR/ROUGE-L/CE-F1 of trained runs"
+    )
     _common(p)
+    g = p.add_argument_group("labeler agreement (instead of a run evaluation)")
+    g.add_argument(
+        "--labeler-agreement",
+        action="store_true",
+        help="measure the rule labeler against RadBERT labels on --reports (needs --labels or --radbert-*)",
+    )
+    g.add_argument("--reports", type=Path, help="CSV with VolumeName and the report columns")
+    g.add_argument(
+        "--text-column",
+        dest="text_columns",
+        action="append",
+        default=[],
+        help="report column to label (repeatable; default Findings_EN and Impressions_EN)",
+    )
+    g.add_argument("--labels", type=Path, help="RadBERT's labels of these reports (CT-RATE's *_predicted_labels.csv)")
+    g.add_argument(
+        "--radbert-checkpoint", type=Path, help="CT-RATE's RadBERT classifier weights (.pt), run on the reports"
+    )
+    g.add_argument(
+        "--radbert-tokenizer", type=Path, help="folder with the classifier's config.json and tokenizer files"
+    )
+    g.add_argument("--out", type=Path, help="write the agreement JSON here too")
     p.set_defaults(func=_run_stage, stage="evaluate")
+
+    p = subparsers.add_parser("results-table", help="an evaluation folder as the Markdown tables used in docs/")
+    p.add_argument("folder", type=Path, help="an evaluate output folder or a train-head run folder")
+    p.add_argument("--out", type=Path, help="write the Markdown here too")
+    p.add_argument("--title", help="heading (default: the folder's name)")
+    p.set_defaults(func=_results_table)
 
     p = subparsers.add_parser("publish-release", help="write a weights/ release from a stage-1 and a stage-3 run")
     p.add_argument("--backbone-run", type=Path, required=True)
@@ -73,15 +112,22 @@ def register(subparsers) -> None:
     p.add_argument("--work", type=Path, default=Path("var/train-smoke"))
     p.add_argument("--real-ct", type=Path, default=Path("../shared/data/real-ct"))
     p.add_argument("--no-assert", action="store_true", help="report the numbers without failing on thresholds")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="STAGE:KEY=VALUE",
-                   help="override one setting of one stage, e.g. --set stage1:train.amp=false (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="STAGE:KEY=VALUE",
+        help="override one setting of one stage, e.g. --set stage1:train.amp=false (repeatable)",
+    )
     p.set_defaults(func=_smoke)
 
 
 def _run_stage(args) -> int:
+    if getattr(args, "labeler_agreement", False):
+        return _labeler_agreement(args)
     cfg = load_config(_STAGES[args.stage], args.config, args.sets)
     if args.print_config:
-
         sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False))
         return 0
     if args.stage == "train-seg":
@@ -96,28 +142,74 @@ def _run_stage(args) -> int:
     return 0
 
 
+def _labeler_agreement(args) -> int:
+    if args.reports is None:
+        raise ConfigError("--labeler-agreement needs --reports (a CSV with VolumeName and the report text)")
+    radbert = None
+    if args.labels is None and (args.radbert_checkpoint or args.radbert_tokenizer):
+        if not (args.radbert_checkpoint and args.radbert_tokenizer):
+            raise ConfigError("the RadBERT classifier needs both --radbert-checkpoint and --radbert-tokenizer")
+        radbert = RadBERTLabeler(args.radbert_checkpoint, args.radbert_tokenizer)
+    result = labeler_agreement_reports(
+        args.reports,
+        labels_csv=args.labels,
+        radbert=radbert,
+        text_columns=tuple(args.text_columns) or ("Findings_EN", "Impressions_EN"),
+    )
+    text = json.dumps(result, indent=1, default=float)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def _results_table(args) -> int:
+    sys.stdout.write(write_results_table(args.folder, args.out, args.title) + "\n")
+    return 0
+
+
 def _summary(result: dict) -> dict:
     """Drop bulky per-class tables from what is printed (they are in the run's JSON files)."""
     out = {}
     for k, v in result.items():
         if isinstance(v, dict) and k in ("metrics", "head"):
-            out[k] = {"macro": v.get("classification", {}).get("macro"), "report": v.get("report")}
+            ct = v.get("classification_ct_clip", {}).get("mean")
+            out[k] = {
+                "held-out-threshold": {
+                    "macro": v.get("classification", {}).get("macro"),
+                    "micro": v.get("classification", {}).get("micro"),
+                },
+                "ct-clip": ct,
+                "report": v.get("report"),
+            }
         elif k != "dice_per_class":
             out[k] = v
     return out
 
 
 def _publish(args) -> int:
-    path = publish_release(args.backbone_run, args.head_run, args.out, version=args.version, dataset=args.dataset,
-                           licence=args.licence, untrained=args.untrained)
+    path = publish_release(
+        args.backbone_run,
+        args.head_run,
+        args.out,
+        version=args.version,
+        dataset=args.dataset,
+        licence=args.licence,
+        untrained=args.untrained,
+    )
     sys.stdout.write(f"{path}\n")
     return 0
 
 
 def _smoke(args) -> int:
-    result = run_smoke(args.work, real_ct_dir=args.real_ct if args.real_ct.is_dir() else None, check=not args.no_assert,
-                       extra_sets=args.sets)
+    result = run_smoke(
+        args.work,
+        real_ct_dir=args.real_ct if args.real_ct.is_dir() else None,
+        check=not args.no_assert,
+        extra_sets=args.sets,
+    )
     sys.stdout.write(json.dumps(result, indent=1, default=float) + "\n")
+    sys.stdout.write(format_protocols(result["protocols"]) + "\n")
     return 0
 
 

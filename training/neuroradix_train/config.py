@@ -6,6 +6,7 @@ parsed as YAML, so ``--set train.lr=3e-4`` gives a float and ``--set model.prepr
 an int). Keys that are not in the defaults are refused, naming the key, so a typo never runs
 silently with the default. The merged configuration is written next to the checkpoints.
 """
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """Publish trained runs as a ``weights/`` release the node loads (:mod:`neuroradix.weights`)."""
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,23 @@ from neuroradix.weights import load_release, write_release
 
 log = logging.getLogger(__name__)
 
-CTRATE = {"name": "CT-RATE", "licence": "CC-BY-NC-SA-4.0", "url": "https://huggingface.co/datasets/ibrahimhamamci/CT-RATE"}
+CTRATE = {
+    "name": "CT-RATE",
+    "licence": "CC-BY-NC-SA-4.0",
+    "url": "https://huggingface.co/datasets/ibrahimhamamci/CT-RATE",
+}
 
 
-def publish_release(backbone_run: Path, head_run: Path, out: Path, *, version: str, dataset: str = "CT-RATE",
-                    licence: str = "CC-BY-NC-SA-4.0", untrained: bool = False) -> Path:
+def publish_release(
+    backbone_run: Path,
+    head_run: Path,
+    out: Path,
+    *,
+    version: str,
+    dataset: str = "CT-RATE",
+    licence: str = "CC-BY-NC-SA-4.0",
+    untrained: bool = False,
+) -> Path:
     """Combine a stage-1 run (``backbone.pt``) and a stage-3 run (``head.pt``, ``tokenizer/``,
     ``model_config.json``, ``thresholds.json``) into a verified release folder.
 
@@ -26,7 +39,12 @@ def publish_release(backbone_run: Path, head_run: Path, out: Path, *, version: s
     loaded back through :func:`neuroradix.weights.load_release` before returning.
     """
     backbone_run, head_run = Path(backbone_run), Path(head_run)
-    for p in (backbone_run / "backbone.pt", head_run / "head.pt", head_run / "model_config.json", head_run / "tokenizer" / "tokenizer.json"):
+    for p in (
+        backbone_run / "backbone.pt",
+        head_run / "head.pt",
+        head_run / "model_config.json",
+        head_run / "tokenizer" / "tokenizer.json",
+    ):
         if not p.is_file():
             raise ConfigError(f"{p} is missing")
     mcfg = ModelConfig.from_dict(json.loads((head_run / "model_config.json").read_text(encoding="utf-8")))
@@ -40,10 +58,20 @@ def publish_release(backbone_run: Path, head_run: Path, out: Path, *, version: s
     thr = head_run / "thresholds.json"
     if thr.is_file():
         notes = "validation thresholds: " + thr.read_text(encoding="utf-8").replace("\n", " ")
-    write_release(out, mcfg, {"backbone": torch.load(backbone_run / "backbone.pt", map_location="cpu", weights_only=True),
-                              "head": torch.load(head_run / "head.pt", map_location="cpu", weights_only=True)},
-                  head_run / "tokenizer", version=version, untrained=untrained, training_data=training_data,
-                  licence=licence, notes=notes)
+    write_release(
+        out,
+        mcfg,
+        {
+            "backbone": torch.load(backbone_run / "backbone.pt", map_location="cpu", weights_only=True),
+            "head": torch.load(head_run / "head.pt", map_location="cpu", weights_only=True),
+        },
+        head_run / "tokenizer",
+        version=version,
+        untrained=untrained,
+        training_data=training_data,
+        licence=licence,
+        notes=notes,
+    )
     release = load_release(out, allow_untrained=untrained)
     release.build_models()  # the state dicts fit the configured modules (strict)
     log.info("release %s written to %s", version, out)

@@ -4,7 +4,8 @@
 2. stage 1 with ``stage1-tiny.yaml`` -> Dice on the phantom organs (lungs, heart, aorta, trachea);
 3. stage 2 export;
 4. stage 3 with ``stage3-tiny.yaml`` -> macro AUROC over the planted findings, generated reports,
-   CE-F1 against the templated references;
+   CE-F1 against the templated references; the classification numbers under both named
+   protocols (``held-out-threshold`` and ``ct-clip``, :func:`protocol_summary`) are printed;
 5. publish a release into ``<work>/release`` and serve a validation phantom with it through the
    node's own path (DICOM series -> series selection -> volume assembly -> deep analyzer -> SEG,
    SR, Parametric Map, PDF), checking the node's labels against the phantom's truth.
@@ -13,6 +14,7 @@ The release is marked untrained: phantom weights must never reach a PACS as real
 Thresholds: Dice > 0.8 (validation and through the node), macro AUROC > 0.9, CE micro F1 > 0.8
 (see :data:`THRESHOLDS`).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,11 +30,12 @@ from neuroradix.config import PipelineSettings
 from neuroradix.errors import NeuroRadixError
 from neuroradix.imaging.ctseries import volume_to_ct_series
 from neuroradix.models.remap import load_remap
-from neuroradix.offline import analyze_datasets
+from neuroradix.pipeline import analyze_datasets
 from neuroradix_train.config import CONFIG_DIR, load_config
 from neuroradix_train.data.dataset import load_label_map, load_records, load_volume
 from neuroradix_train.data.phantoms import PHANTOM_VERSION, PLANTED, TS, build_miniature_ctrate
-from neuroradix_train.evaluation.metrics import dice_per_class
+from neuroradix_train.evaluation.metrics import HELD_OUT_THRESHOLD, dice_per_class
+from neuroradix_train.evaluation.protocols import CT_CLIP
 from neuroradix_train.release import publish_release
 from neuroradix_train.stages.stage1 import train_seg
 from neuroradix_train.stages.stage2 import export_embeddings
@@ -48,11 +51,78 @@ class SmokeFailure(NeuroRadixError):
     """A learning threshold of the smoke run was not met."""
 
 
+def protocol_summary(metrics: dict) -> dict:
+    """Headline classification numbers of a head run's ``metrics.json`` under each protocol it names.
+
+    Returns
+    -------
+    dict
+        ``{"held-out-threshold": {...}, "ct-clip": {...}}`` (the second only when computed); each
+        entry says where its thresholds came from.
+    """
+    cls = metrics["classification"]
+    out = {
+        HELD_OUT_THRESHOLD: {
+            "thresholds_from": cls.get("thresholds_from"),
+            "macro_auroc": cls["macro"]["auroc"],
+            "macro_f1": cls["macro"]["f1"],
+            "micro_f1": cls.get("micro", {}).get("f1"),
+            "n_findings": cls["macro"]["n_findings"],
+        }
+    }
+    ct = metrics.get("classification_ct_clip")
+    if ct:
+        mean = ct["mean"]
+        out[CT_CLIP] = {
+            "thresholds_from": ct["thresholds_from"],
+            "mean_auroc": mean["auroc"],
+            "f1_weighted": mean["f1_weighted"],
+            "accuracy": mean["accuracy"],
+            "precision": mean["precision"],
+            "recall": mean["recall"],
+            "n_findings": mean["n_findings"],
+            "n_bootstrap": ct["n_bootstrap"],
+            "ci": mean.get("ci", {}),
+        }
+    return out
+
+
+def format_protocols(summary: dict) -> str:
+    """One line per protocol, as ``train-smoke`` prints them."""
+    lines = []
+    h = summary.get(HELD_OUT_THRESHOLD)
+    if h:
+        lines.append(
+            f"protocol {HELD_OUT_THRESHOLD} (thresholds from {h['thresholds_from']}): macro AUROC {h['macro_auroc']:.3f}, "
+            f"macro F1 {h['macro_f1']:.3f}, micro F1 {h['micro_f1']:.3f} over {h['n_findings']} findings"
+        )
+    c = summary.get(CT_CLIP)
+    if c:
+        ci = c.get("ci", {})
+
+        def iv(key: str) -> str:
+            lo_hi = ci.get(key)
+            return f" [{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi and not any(math.isnan(x) for x in lo_hi) else ""
+
+        lines.append(
+            f"protocol {CT_CLIP} (thresholds from {c['thresholds_from']}; {c['n_bootstrap']} resamples, 95 % CI): "
+            f"mean AUROC {c['mean_auroc']:.3f}{iv('auroc')}, weighted F1 {c['f1_weighted']:.3f}{iv('f1_weighted')}, "
+            f"accuracy {c['accuracy']:.3f}{iv('accuracy')}, precision {c['precision']:.3f}, recall {c['recall']:.3f} "
+            f"over {c['n_findings']} findings"
+        )
+    return "\n".join(lines)
+
+
 def _organ_labels() -> dict[str, int]:
     """43-class labels of the phantom organs, found through the remap table."""
     remap = load_remap("totalseg117-to-chest-ct-43")
-    pairs = {"left lung": TS["lung_upper_lobe_left"], "right lung": TS["lung_upper_lobe_right"], "heart": TS["heart"],
-             "aorta": TS["aorta"], "trachea": TS["trachea"]}
+    pairs = {
+        "left lung": TS["lung_upper_lobe_left"],
+        "right lung": TS["lung_upper_lobe_right"],
+        "heart": TS["heart"],
+        "aorta": TS["aorta"],
+        "trachea": TS["trachea"],
+    }
     return {name: int(remap.lut[src]) for name, src in pairs.items() if remap.lut[src] > 0}
 
 
@@ -68,6 +138,8 @@ def node_check(release: Path, root: Path, split: str = "valid", index: int = 1) 
     name = f"{split}_{index}_a_1.nii.gz"
     record = next(r for r in load_records(root, split, require_labels=False) if r.name == name)
     volume = load_volume(record)  # HU through the metadata's rescale, as training reads it
+    if record.segmentation is None:
+        raise NeuroRadixError(f"{name} has no segmentation to check the node's labels against")
     truth = load_label_map(record.segmentation)
     datasets = volume_to_ct_series(volume, uid_seed=f"smoke-{name}")
     analyzer = DeepAnalyzer(release, allow_untrained=True, device="cpu", sw_batch_size=2)
@@ -78,8 +150,12 @@ def node_check(release: Path, root: Path, split: str = "valid", index: int = 1) 
     target = load_remap("totalseg117-to-chest-ct-43").apply(truth)
     organs = _organ_labels()
     dice = dice_per_class(deep.result.labels, target, organs.values())
-    return {"case": name, "status": deep.status, "modalities": sorted(str(ds.Modality) for ds in deep.datasets),
-            "dice": {n: float(dice[label]) for n, label in organs.items()}}
+    return {
+        "case": name,
+        "status": deep.status,
+        "modalities": sorted(str(ds.Modality) for ds in deep.datasets),
+        "dice": {n: float(dice[label]) for n, label in organs.items()},
+    }
 
 
 def ensure_dataset(root: Path, *, n_train: int, n_valid: int, real_ct_dir: Optional[Path]) -> None:
@@ -102,9 +178,19 @@ def _sets_for(stage: str, extra_sets: Sequence[str]) -> list[str]:
     return [s.split(":", 1)[1] for s in extra_sets if s.split(":", 1)[0] == stage]
 
 
-def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = True, n_train: int = 40, n_valid: int = 20,
-              seg_train_scans: int = 12, seg_epochs: int = 50, seg_valid_scans: int = 8, head_epochs: Optional[int] = None,
-              extra_sets: Sequence[str] = ()) -> dict:
+def run_smoke(
+    work: Path,
+    *,
+    real_ct_dir: Optional[Path] = None,
+    check: bool = True,
+    n_train: int = 40,
+    n_valid: int = 20,
+    seg_train_scans: int = 12,
+    seg_epochs: int = 50,
+    seg_valid_scans: int = 8,
+    head_epochs: Optional[int] = None,
+    extra_sets: Sequence[str] = (),
+) -> dict:
     """Run the smoke pipeline under ``work``; returns the numbers (raises :class:`SmokeFailure` when ``check``)."""
     work = Path(work)
     t0 = time.time()
@@ -113,19 +199,41 @@ def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = T
     for stage_dir in ("stage1", "embeddings", "head", "release"):  # outputs of an earlier run; the dataset stays
         shutil.rmtree(work / stage_dir, ignore_errors=True)
     timings = {}
-    s1 = load_config("stage1", [CONFIG_DIR / "stage1-tiny.yaml"],
-                     [f"data.root={root}", f"train.out_dir={work / 'stage1'}", f"data.max_train_scans={seg_train_scans}",
-                      f"train.epochs={seg_epochs}", f"train.val_every_epochs={seg_epochs}", f"data.max_valid_scans={seg_valid_scans}",
-                      *_sets_for("stage1", extra_sets)])
+    s1 = load_config(
+        "stage1",
+        [CONFIG_DIR / "stage1-tiny.yaml"],
+        [
+            f"data.root={root}",
+            f"train.out_dir={work / 'stage1'}",
+            f"data.max_train_scans={seg_train_scans}",
+            f"train.epochs={seg_epochs}",
+            f"train.val_every_epochs={seg_epochs}",
+            f"data.max_valid_scans={seg_valid_scans}",
+            *_sets_for("stage1", extra_sets),
+        ],
+    )
     r1 = train_seg(s1)
     timings["stage1_s"] = round(time.time() - t0, 1)
     organs = _organ_labels()
     dice = {name: r1["dice_per_class"].get(label, float("nan")) for name, label in organs.items()}
-    s2 = load_config("stage2", None, [f"data.root={root}", f"export.backbone={work / 'stage1'}", f"export.out_dir={work / 'embeddings'}",
-                                      "export.threads=2", *_sets_for("stage2", extra_sets)])
+    s2 = load_config(
+        "stage2",
+        None,
+        [
+            f"data.root={root}",
+            f"export.backbone={work / 'stage1'}",
+            f"export.out_dir={work / 'embeddings'}",
+            "export.threads=2",
+            *_sets_for("stage2", extra_sets),
+        ],
+    )
     export_embeddings(s2)
     timings["stage2_s"] = round(time.time() - t0 - timings["stage1_s"], 1)
-    sets3 = [f"data.embeddings={work / 'embeddings'}", f"train.out_dir={work / 'head'}", *_sets_for("stage3", extra_sets)]
+    sets3 = [
+        f"data.embeddings={work / 'embeddings'}",
+        f"train.out_dir={work / 'head'}",
+        *_sets_for("stage3", extra_sets),
+    ]
     if head_epochs:
         sets3.append(f"train.epochs={head_epochs}")
     r3 = train_head(load_config("stage3", [CONFIG_DIR / "stage3-tiny.yaml"], sets3))
@@ -134,16 +242,34 @@ def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = T
     planted_auroc = {n: cls[n]["auroc"] for n in PLANTED}
     macro = sum(planted_auroc.values()) / len(planted_auroc)
     rep = r3["metrics"].get("report", {})
-    release = publish_release(work / "stage1", work / "head", work / "release", version="0.0.0-smoke",
-                              dataset="neuroradix phantoms", licence="Apache-2.0", untrained=True)
+    release = publish_release(
+        work / "stage1",
+        work / "head",
+        work / "release",
+        version="0.0.0-smoke",
+        dataset="neuroradix phantoms",
+        licence="Apache-2.0",
+        untrained=True,
+    )
     served = node_check(release, root)
     timings["node_s"] = round(time.time() - t0 - sum(timings.values()), 1)
-    result = {"dice": dice, "dice_mean_phantom_organs": sum(dice.values()) / max(len(dice), 1),
-              "planted_auroc": planted_auroc, "macro_auroc_planted": macro,
-              "ce_micro_f1": rep.get("ce_micro_f1"), "bleu1": rep.get("bleu1"), "meteor": rep.get("meteor"),
-              "rouge_l": rep.get("rouge_l"), "labeler_agreement": r3["metrics"]["labeler_agreement"],
-              "release": str(release), "node": served, "seconds": timings}
+    result = {
+        "dice": dice,
+        "dice_mean_phantom_organs": sum(dice.values()) / max(len(dice), 1),
+        "planted_auroc": planted_auroc,
+        "macro_auroc_planted": macro,
+        "ce_micro_f1": rep.get("ce_micro_f1"),
+        "bleu1": rep.get("bleu1"),
+        "meteor": rep.get("meteor"),
+        "rouge_l": rep.get("rouge_l"),
+        "labeler_agreement": r3["metrics"]["labeler_agreement"],
+        "protocols": protocol_summary(r3["metrics"]),
+        "release": str(release),
+        "node": served,
+        "seconds": timings,
+    }
     (work / "smoke.json").write_text(json.dumps(result, indent=1, default=float))
+    log.info("classification of the smoke head run:\n%s", format_protocols(result["protocols"]))
     if check:
         failures = []
         low = {k: v for k, v in dice.items() if math.isnan(v) or v <= THRESHOLDS["dice"]}
@@ -155,8 +281,10 @@ def run_smoke(work: Path, *, real_ct_dir: Optional[Path] = None, check: bool = T
             failures.append(f"CE micro F1 {rep.get('ce_micro_f1')} <= {THRESHOLDS['ce_f1']}")
         low_node = {k: v for k, v in served["dice"].items() if math.isnan(v) or v <= THRESHOLDS["node_dice"]}
         if low_node or "SEG" not in served["modalities"]:
-            failures.append(f"the node with the release: Dice <= {THRESHOLDS['node_dice']} for {low_node}, "
-                            f"objects {served['modalities']}")
+            failures.append(
+                f"the node with the release: Dice <= {THRESHOLDS['node_dice']} for {low_node}, "
+                f"objects {served['modalities']}"
+            )
         if failures:
             raise SmokeFailure("; ".join(failures) + f" (numbers in {work / 'smoke.json'})")
     return result

@@ -1,4 +1,5 @@
 """The one analyzer interface every analyzer implements."""
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable

@@ -12,8 +12,10 @@ map on the source grid, 19 findings (18 CT-RATE + "Abnormal"), the generated rep
 attention maps: one for "Abnormal" and for each of the (at most ``max_finding_maps``) most probable
 present findings (its cls query's attention over patches), and one for the report (token -> gen query -> patch, averaged over tokens).  Map values are relative attention:
 patch weight times the number of patches (1 = uniform).  Per-token patch weights are in
-``result.extra["report_tokens"]``; :meth:`DeepAnalyzer.token_attention_map` renders one.
+``result.report_attention`` (:class:`~neuroradix.types.ReportAttention`); :func:`report_token_map`
+renders one token's map -- the one place that does, for the analyzer and the API alike.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,12 +36,12 @@ from neuroradix.models.transforms import (
     preprocess_volume,
 )
 from neuroradix.schemes import load_scheme
-from neuroradix.types import AnalyzerInfo, AttentionMap, Code, Finding, StudyResult, Volume
+from neuroradix.types import AnalyzerInfo, AttentionMap, Code, Finding, ReportAttention, StudyResult, Volume
 from neuroradix.weights import load_release
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DeepAnalyzer", "ATTENTION_QUANTITY", "ATTENTION_UNIT"]
+__all__ = ["DeepAnalyzer", "ATTENTION_QUANTITY", "ATTENTION_UNIT", "report_token_map", "report_patch_centres"]
 
 ATTENTION_QUANTITY = Code("130404", "DCM", "Saliency")
 ATTENTION_UNIT = Code("1", "UCUM", "no units")
@@ -47,8 +49,50 @@ NAME = "swinunetr-ctrate"
 _TITLE = "SwinUNETR + BART chest-CT model"
 
 
-def _resolve_device(device: str) -> str:
+def _relative_map(
+    name: str, weights: np.ndarray, grid: PatchGrid, shape: tuple[int, int, int], affine: np.ndarray
+) -> AttentionMap:
+    """Patch weights (summing to 1) as a map of relative attention (1 = uniform) on ``shape``/``affine``."""
+    rel = np.asarray(weights, dtype=np.float64) * len(grid)
+    return AttentionMap(
+        name, grid.stitch(rel, shape, affine).astype(np.float32), affine, ATTENTION_QUANTITY, ATTENTION_UNIT
+    )
 
+
+def report_token_map(attention: ReportAttention, index: int) -> AttentionMap:
+    """The attention map of report token ``index`` on the attention grid.
+
+    Parameters
+    ----------
+    attention:
+        A result's :attr:`~neuroradix.types.StudyResult.report_attention` (or one read back from a job
+        with :meth:`~neuroradix.types.ReportAttention.from_dict`).
+    index:
+        Token index, ``0 <= index < len(attention.tokens)``.
+
+    Returns
+    -------
+    AttentionMap
+        Relative attention (1 = uniform over the patches), named after the token.
+
+    Raises
+    ------
+    IndexError
+        When ``index`` is outside the tokens.
+    """
+    if not 0 <= index < len(attention.tokens):
+        raise IndexError(f"token index {index} outside 0..{len(attention.tokens) - 1}")
+    grid = PatchGrid.from_dict(attention.patch_grid)
+    name = f"Report token {index}: {attention.tokens[index].strip() or '_'}"
+    return _relative_map(name, attention.patch_attention[index], grid, attention.grid_shape, attention.grid_affine)
+
+
+def report_patch_centres(attention: ReportAttention) -> np.ndarray:
+    """Each patch's centre in patient coordinates (LPS, mm), shape ``(patches, 3)``."""
+    return PatchGrid.from_dict(attention.patch_grid).centres_lps()
+
+
+def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
@@ -71,8 +115,16 @@ class DeepAnalyzer:
         Voxel size of the attention maps' grid (source orientation, integer subsampling).
     """
 
-    def __init__(self, release_dir: Union[str, Path, None], *, allow_untrained: bool = False, device: str = "auto",
-                 sw_batch_size: int = 4, attention_voxel_mm: float = 4.0, max_finding_maps: int = 4) -> None:
+    def __init__(
+        self,
+        release_dir: Union[str, Path, None],
+        *,
+        allow_untrained: bool = False,
+        device: str = "auto",
+        sw_batch_size: int = 4,
+        attention_voxel_mm: float = 4.0,
+        max_finding_maps: int = 4,
+    ) -> None:
         if release_dir is None:
             raise NotConfiguredError("no weights release configured for the deep-learning analyzer")
         self.release = load_release(release_dir, allow_untrained=allow_untrained)
@@ -82,15 +134,20 @@ class DeepAnalyzer:
         self.max_finding_maps = int(max_finding_maps)
         if self.attention_voxel_mm <= 0:
             raise ValueError(f"attention_voxel_mm must be positive, got {attention_voxel_mm}")
-        self.info = AnalyzerInfo(name=NAME, version=self.release.version,
-                                 title=_TITLE + (" (UNTRAINED - TEST OUTPUT)" if self.release.untrained else ""),
-                                 algorithm_family=Code("123110", "DCM", "Artificial Intelligence"),
-                                 untrained=self.release.untrained)
+        self.info = AnalyzerInfo(
+            name=NAME,
+            version=self.release.version,
+            title=_TITLE + (" (UNTRAINED - TEST OUTPUT)" if self.release.untrained else ""),
+            algorithm_family=Code("123110", "DCM", "Artificial Intelligence"),
+            untrained=self.release.untrained,
+        )
         self.scheme = load_scheme("chest-ct-43")
         self.catalogue = load_findings()
         self._models = None
         if self.release.untrained:
-            logger.warning("deep-learning analyzer runs an UNTRAINED release %s (test output only)", self.release.version)
+            logger.warning(
+                "deep-learning analyzer runs an UNTRAINED release %s (test output only)", self.release.version
+            )
 
     def _load(self):
         if self._models is None:
@@ -110,9 +167,16 @@ class DeepAnalyzer:
         grid_in = preprocess_volume(volume, cfg.preprocess, self.device)
         timings["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        sliding = sliding_segment(grid_in.array, lambda x: forward_with_features(backbone, x), cfg.preprocess.patch_size,
-                                  cfg.preprocess.overlap, cfg.preprocess.sigma_scale, grid_in.affine, self.options,
-                                  self.device)
+        sliding = sliding_segment(
+            grid_in.array,
+            lambda x: forward_with_features(backbone, x),
+            cfg.preprocess.patch_size,
+            cfg.preprocess.overlap,
+            cfg.preprocess.sigma_scale,
+            grid_in.affine,
+            self.options,
+            self.device,
+        )
         timings["segmentation_and_embeddings"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         labels = grid_in.labels_to_source(sliding.labels)
@@ -125,8 +189,9 @@ class DeepAnalyzer:
         t0 = time.perf_counter()
         result = self._result(volume, labels, sliding.grid, texts[0], info, timings)
         timings["attention_maps"] = time.perf_counter() - t0
-        logger.info("deep analyzer: %d patches, timings %s", len(sliding.grid),
-                    {k: round(v, 2) for k, v in timings.items()})
+        logger.info(
+            "deep analyzer: %d patches, timings %s", len(sliding.grid), {k: round(v, 2) for k, v in timings.items()}
+        )
         return result
 
     def attention_geometry(self, volume: Volume) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -137,11 +202,6 @@ class DeepAnalyzer:
         affine[:3, :3] = volume.affine[:3, :3] * np.asarray(factors, dtype=np.float64)
         affine[:3, 3] = volume.affine[:3, :3] @ ((np.asarray(factors) - 1) / 2.0) + volume.affine[:3, 3]
         return shape, affine  # type: ignore[return-value]
-
-    def _map(self, name: str, weights: np.ndarray, grid, shape, affine) -> AttentionMap:
-        rel = np.asarray(weights, dtype=np.float64) * len(grid)
-        return AttentionMap(name, grid.stitch(rel, shape, affine).astype(np.float32), affine,
-                            ATTENTION_QUANTITY, ATTENTION_UNIT)
 
     def mapped_findings(self, probs: np.ndarray) -> set[str]:
         """Which findings get a stored attention map: "Abnormal" and the most probable present ones.
@@ -164,39 +224,60 @@ class DeepAnalyzer:
         for spec in self.catalogue.findings:
             index = None
             if spec.name in mapped:
-                maps.append(self._map(spec.name, cls_att[spec.index], grid, shape, affine))
+                maps.append(_relative_map(spec.name, cls_att[spec.index], grid, shape, affine))
                 index = len(maps) - 1
-            findings.append(Finding(name=spec.name, probability=float(np.clip(probs[spec.index], 0.0, 1.0)),
-                                    code=spec.code, site=spec.site, segment_labels=spec.segment_labels,
-                                    attention_index=index))
+            findings.append(
+                Finding(
+                    name=spec.name,
+                    probability=float(np.clip(probs[spec.index], 0.0, 1.0)),
+                    code=spec.code,
+                    site=spec.site,
+                    segment_labels=spec.segment_labels,
+                    attention_index=index,
+                )
+            )
         token_att = info["token_attention"][0].numpy()  # [T, P]
         report_w = token_att.mean(axis=0) if len(token_att) else np.full(len(grid), 1.0 / len(grid))
-        maps.append(self._map("Report", report_w, grid, shape, affine))
+        maps.append(_relative_map("Report", report_w, grid, shape, affine))
         present = [s.label for s in self.scheme.segments]
         labels = labels.astype(np.uint8)
         extra = {
             "model": {"name": self.release.name, "version": self.release.version, "untrained": self.release.untrained},
             "prompt": info["prompts"][0],
-            "patch_grid": grid.to_dict(),
-            "attention_grid": {"shape": list(shape), "affine": affine.tolist()},
             "finding_patch_attention": {s.name: cls_att[s.index].tolist() for s in self.catalogue.findings},
-            "report_tokens": [{"token": t, "patch_attention": token_att[i].tolist()}
-                              for i, t in enumerate(info["tokens"][0])],
             "segments_present": sorted(int(v) for v in np.unique(labels) if v in present),
             "timings_s": {k: round(float(v), 3) for k, v in timings.items()},
         }
+        report_attention = ReportAttention(
+            tokens=tuple(info["tokens"][0]),
+            patch_attention=token_att.reshape(len(info["tokens"][0]), len(grid)),
+            patch_grid=grid.to_dict(),
+            grid_shape=shape,
+            grid_affine=affine,
+        )
         if not text.strip():  # an SR text item must not be empty
             text = "(the model generated no report text)"
-        return StudyResult(analyzer=self.info, labels=labels, segments=self.scheme.segments,
-                           findings=tuple(findings), report_text=text, attention=tuple(maps), extra=extra)
+        return StudyResult(
+            analyzer=self.info,
+            labels=labels,
+            segments=self.scheme.segments,
+            findings=tuple(findings),
+            report_text=text,
+            attention=tuple(maps),
+            extra=extra,
+            report_attention=report_attention,
+        )
 
     def token_attention_map(self, result: StudyResult, index: int) -> AttentionMap:
-        """The attention map of report token ``index`` (from ``result.extra``), on the attention grid."""
-        tokens = result.extra["report_tokens"]
-        if not 0 <= index < len(tokens):
-            raise IndexError(f"token index {index} outside 0..{len(tokens) - 1}")
-        grid = PatchGrid.from_dict(result.extra["patch_grid"])
-        geo = result.extra["attention_grid"]
-        name = f"Report token {index}: {tokens[index]['token'].strip() or '_'}"
-        return self._map(name, np.asarray(tokens[index]["patch_attention"]), grid, tuple(geo["shape"]),
-                         np.asarray(geo["affine"]))
+        """The attention map of report token ``index`` of ``result``, on the attention grid.
+
+        Raises
+        ------
+        ValueError
+            When the result carries no report attention.
+        IndexError
+            When ``index`` is outside the report's tokens.
+        """
+        if result.report_attention is None:
+            raise ValueError("the result carries no report attention")
+        return report_token_map(result.report_attention, index)

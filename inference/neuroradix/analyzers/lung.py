@@ -1,11 +1,12 @@
-"""The no-weights lung analyzer: body, lungs and airways from HU thresholds and connectivity.
+"""The no-weights lung analyzer: body, lungs and the airway tree from HU and connectivity; densitometry.
 
-A measurement tool, not a classifier: it returns segments, lung volumes, LAA-950 and mean lung
-density, a templated report text and a low-attenuation density map, and **no findings** (it has no
-probabilities to give).
+A measurement tool, not a classifier: it returns segments, lung volumes, LAA-950, LAA-910, Perc15
+and mean lung density by lung and by zone, the airway branch count, scan-quality warnings, a
+templated report text and a low-attenuation density map, and **no findings** (it has no
+probabilities to give). ``docs/lung-analyzer.md`` describes the method and its references.
 
-How it works (on a working grid of about 2.5 mm, block means of the source voxels, then mapped
-back to the full grid):
+How it works (body and lungs on a working grid of about 2.5 mm, block means of the source voxels,
+then mapped back to the full grid; the airway tree on a grid of about 1.25 mm):
 
 1. Input checks: a 3-D, finite, non-constant volume; else :class:`BadInputError`.
 2. Block-mean downsampling, then a reorientation to a conventional axial stack with
@@ -13,9 +14,9 @@ back to the full grid):
    works whatever the orientation of the source grid.
 3. Body: the largest connected component above -500 HU, holes filled slice by slice.
 4. Air inside the body: below -400 HU; components that touch the outside are dropped.
-5. Airways: a trachea seed is looked for in the top 40 mm (the largest round region below
-   -900 HU within 25 mm of the body's midline), then grown in 3-D with thresholds from -970 HU
-   upward; growth stops before the threshold at which the volume explodes (a leak into the lung).
+5. Trachea and main bronchi on the coarse grid: a trachea seed in the top 40 mm (the largest round
+   region below -900 HU within 25 mm of the body's midline), grown with leak control; they keep the
+   large airways out of the lung candidates and give the seed of step 8.
 6. Lungs: the air components left once the airways are removed that look like lung (median HU
    between -960 and -600: pure gas is bowel gas), joined to the airways or large. Lungs that
    touch are split by erosion and nearest-core regrowth (fallback: the midline plane). Each lung's
@@ -23,12 +24,17 @@ back to the full grid):
    never from an array index.
 7. Labels back on the full grid; the boundary band of the body and the lungs is re-thresholded
    at full resolution.
+8. The airway tree (:mod:`.airway`: explosion-controlled region growing, wavefront leak pruning,
+   branch and generation count) replaces the coarse airways; parenchyma = lung minus tree.
+9. Densitometry of the parenchyma by lung and zone (:mod:`.densitometry`) and scan-quality checks
+   (:mod:`.scan_quality`), which become ``StudyResult.warnings`` and never change a number.
 
 Design choice: a CT without lungs (e.g. an abdomen CT showing only the lung bases) raises
 :class:`BadInputError` with the volume of lung-like air found, because lung volumes and emphysema
-indices of a fragment would mislead. Lungs cut by the scan range are measured, and the report
-says that the volumes are partial.
+indices of a fragment would mislead (``min_lung_ml=0`` in the config measures it anyway). Lungs cut
+by the scan range are measured, and the report says that the volumes are partial.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,33 +45,44 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from neuroradix.analyzers.airway import AirwayConfig, AirwayTree, empty_tree, grow_airway_tree
+from neuroradix.analyzers.arrays import (
+    block_mean,
+    fill_holes_per_slice,
+    largest_component,
+    nearest_seed_split,
+    paste,
+    upsample,
+)
+from neuroradix.analyzers.densitometry import (
+    LAA_REPORT_CUTOFF_PERCENT,
+    UNIT_HU,
+    UNIT_ONE,
+    density_measurements,
+    laa_map,
+    lung_codes,
+    measure_parenchyma,
+    report_text,
+)
+from neuroradix.analyzers.scan_quality import (
+    QualityCheck,
+    QualityConfig,
+    check_air,
+    check_contrast,
+    check_kernel,
+    check_slice_thickness,
+    external_air_hu,
+    mediastinal_vessel_hu,
+    tracheal_air_hu,
+)
 from neuroradix.errors import BadInputError
 from neuroradix.imaging.ctseries import axial_axes, reorient, undo_reorient
 from neuroradix.schemes import load_scheme
-from neuroradix.types import AnalyzerInfo, AttentionMap, Code, Measurement, StudyResult, Volume
+from neuroradix.types import AnalyzerInfo, Code, Measurement, StudyResult, Volume
 
 logger = logging.getLogger(__name__)
 
-# Concepts and units. SCT 118565006 "Volume" is the property code DICOM uses for volumes
-# (legacy SRT G-D705); DCM 112031 "Attenuation Coefficient" with derivation SCT 373098007 "Mean"
-# is how TID 1419 expresses a mean HU. DICOM and SNOMED have no code for the percentage of lung
-# below -950 HU, so it gets a private code (coding scheme designators starting "99" are private,
-# PS3.16 section 8.1).
-VOLUME = Code("118565006", "SCT", "Volume")
-ATTENUATION = Code("112031", "DCM", "Attenuation Coefficient")
-MEAN = Code("373098007", "SCT", "Mean")
-LAA950 = Code("LAA950", "99NRX", "Percent lung volume below -950 HU")
-LAA950_FRACTION = Code("LAA950F", "99NRX", "Fraction of lung voxels below -950 HU")
-LUNG = Code("39607008", "SCT", "Lung")
-UNIT_ML = Code("mL", "UCUM", "milliliter")
-UNIT_PERCENT = Code("%", "UCUM", "percent")
-UNIT_HU = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
-UNIT_RATIO = Code("1", "UCUM", "no units")
-
-#: LAA-950 above which the report mentions emphysema. Gevenois et al., Am J Respir Crit Care Med
-#: 1996;154:187-192 validated -950 HU against pathology; 6 % is a cut-off commonly used for
-#: "emphysema present" in COPD cohorts (e.g. COPDGene), with thin-slice, soft-kernel CT.
-LAA_REPORT_CUTOFF_PERCENT = 6.0
+# Concepts, sites and units come from data/lung-hu-codes.json (see neuroradix.analyzers.densitometry).
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,8 @@ class LungAnalyzerConfig:
     min_lung_ml: float = 250.0
     lung_median_hu: tuple[float, float] = (-960.0, -600.0)
     attention_window_mm: float = 10.0
+    airway: AirwayConfig = field(default_factory=AirwayConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
     def __post_init__(self) -> None:
         if self.target_spacing_mm <= 0:
@@ -102,6 +121,7 @@ class _Grid:
     order: tuple[int, int, int]
     flips: tuple[bool, bool, bool]
     notes: dict = field(default_factory=dict)
+    seed: Optional[tuple[int, int, int]] = None  # trachea seed on this grid
 
     @property
     def spacing(self) -> np.ndarray:
@@ -141,6 +161,7 @@ class LungAnalyzer:
             raise TypeError("config must be a LungAnalyzerConfig")
         self.config = config or LungAnalyzerConfig()
         self.scheme = load_scheme("lung-hu-4")
+        self.codes = lung_codes()
 
     # -- public ------------------------------------------------------------------------------
 
@@ -160,27 +181,42 @@ class LungAnalyzer:
         coarse[airway] = 4
         lungs = left | right
         pixel_mm2 = float(grid.spacing[1] * grid.spacing[2])
-        coverage = {"cut_superior": bool(lungs[-1].sum() * pixel_mm2 > 100.0),
-                    "cut_inferior": bool(lungs[0].sum() * pixel_mm2 > 100.0)}
+        coverage = {
+            "cut_superior": bool(lungs[-1].sum() * pixel_mm2 > 100.0),
+            "cut_inferior": bool(lungs[0].sum() * pixel_mm2 > 100.0),
+        }
         labels, lung_box = self._to_full_grid(volume, grid, coarse)
-        result = self._result(volume, grid, labels, lung_box, coverage)
-        logger.info("lung analysis of a %s volume took %.2f s", "x".join(map(str, volume.shape)),
-                    time.perf_counter() - started)
+        del coarse
+        tree, tree_full, trachea_air = self._airway_tree(volume, grid, body, lungs | airway)
+        labels[labels == 4] = 1
+        labels[tree_full & (labels > 0)] = 4
+        del tree_full
+        checks = self._quality(volume, grid, body, lungs, trachea_air)
+        result = self._result(volume, grid, labels, lung_box, coverage, tree, checks)
+        logger.info(
+            "lung analysis of a %s volume took %.2f s", "x".join(map(str, volume.shape)), time.perf_counter() - started
+        )
         return result
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _working_grid(self, volume: Volume) -> _Grid:
-        spacing = volume.spacing
-        factors = tuple(max(1, int(round(self.config.target_spacing_mm / s))) for s in spacing)
+    def _working_grid(self, volume: Volume, factors: Optional[tuple[int, ...]] = None) -> _Grid:
+        if factors is None:
+            factors = tuple(max(1, int(round(self.config.target_spacing_mm / s))) for s in volume.spacing)
         hu = block_mean(volume.array, factors)
         affine = volume.affine.copy()
         affine[:3, :3] = volume.affine[:3, :3] * np.asarray(factors, dtype=np.float64)
         affine[:3, 3] = volume.affine[:3, :3] @ ((np.asarray(factors) - 1) / 2.0) + volume.affine[:3, 3]
         order, flips = axial_axes(affine)
         hu, affine = reorient(hu, affine, order, flips)
-        return _Grid(np.ascontiguousarray(hu), affine, factors, order, flips,  # type: ignore[arg-type]
-                     notes={"working_factors": list(factors)})
+        return _Grid(
+            np.ascontiguousarray(hu),
+            affine,
+            factors,
+            order,
+            flips,  # type: ignore[arg-type]
+            notes={"working_factors": list(factors)},
+        )
 
     def _body(self, grid: _Grid) -> np.ndarray:
         body = largest_component(grid.hu > self.config.body_threshold_hu)
@@ -204,6 +240,7 @@ class LungAnalyzer:
         # already average); more would close thin bronchi.
         smooth = ndimage.gaussian_filter(grid.hu, sigma=0.5) if grid.factors == (1, 1, 1) else grid.hu
         seed = self._trachea_seed(grid, smooth, body)
+        grid.seed = seed
         empty = np.zeros(grid.hu.shape, dtype=bool)
         if seed is None:
             logger.info("no trachea found in the top %.0f mm: no airways", self.config.trachea_search_mm)
@@ -255,8 +292,9 @@ class LungAnalyzer:
             grid.notes["trachea_seed_z_mm"] = round(float(grid.point(best)[2]), 1)
         return best
 
-    def _lungs(self, grid: _Grid, body: np.ndarray, inner_air: np.ndarray, airway: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def _lungs(
+        self, grid: _Grid, body: np.ndarray, inner_air: np.ndarray, airway: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.config
         candidates = inner_air & ~airway
         labels, count = ndimage.label(candidates)
@@ -330,23 +368,26 @@ class LungAnalyzer:
             if (x0 - midline) * (x1 - midline) < 0:
                 grid.notes["lungs_split_by_erosion_steps"] = step
                 parts = nearest_seed_split(sub, labels, big, grid.spacing)
-                return [_paste(mask.shape, box, part) for part in parts]
+                return [paste(mask.shape, box, part) for part in parts]
         logger.info("touching lungs could not be split by erosion: split at the midline")
         grid.notes["lungs_split_at_midline"] = True
         index = np.indices(sub.shape, dtype=np.float32).reshape(3, -1).T + offset
         leftside = (index @ grid.affine[0, :3] + grid.affine[0, 3]).reshape(sub.shape) > midline
-        return [_paste(mask.shape, box, sub & leftside), _paste(mask.shape, box, sub & ~leftside)]
+        return [paste(mask.shape, box, sub & leftside), paste(mask.shape, box, sub & ~leftside)]
 
-    def _to_full_grid(self, volume: Volume, grid: _Grid, coarse: np.ndarray
-                      ) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+    def _to_full_grid(
+        self, volume: Volume, grid: _Grid, coarse: np.ndarray
+    ) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
         """Map coarse labels to the volume's grid, re-thresholding the body and lung borders.
 
         Returns the labels and a box of the full grid that holds both lungs.
         """
         coarse_src = np.ascontiguousarray(undo_reorient(coarse, grid.order, grid.flips))
         found = ndimage.find_objects(((coarse_src == 2) | (coarse_src == 3)).astype(np.uint8))[0]
-        lung_box = tuple(slice(max(0, (b.start - 1) * f), min(n, (b.stop + 1) * f))
-                         for b, f, n in zip(found, grid.factors, volume.shape))
+        lung_box = tuple(
+            slice(max(0, (b.start - 1) * f), min(n, (b.stop + 1) * f))
+            for b, f, n in zip(found, grid.factors, volume.shape)
+        )
         if grid.factors == (1, 1, 1):
             return coarse_src, lung_box  # type: ignore[return-value]
         cfg = self.config
@@ -361,7 +402,7 @@ class LungAnalyzer:
         offsets = np.stack([g.ravel() for g in np.meshgrid(*[np.arange(f) for f in grid.factors], indexing="ij")])
         coarse_index = np.stack(np.nonzero(band))
         for start in range(0, coarse_index.shape[1], 65536):  # only the border voxels, in batches
-            part = coarse_index[:, start:start + 65536]
+            part = coarse_index[:, start : start + 65536]
             full = part[:, :, None] * np.asarray(grid.factors)[:, None, None] + offsets[:, None, :]
             kind = np.broadcast_to(band[tuple(part)][:, None], full.shape[1:])
             valid = np.all(full < np.asarray(volume.shape)[:, None, None], axis=0)
@@ -376,66 +417,145 @@ class LungAnalyzer:
             flat_labels[linear] = new
         return labels, lung_box  # type: ignore[return-value]
 
+    def _airway_tree(
+        self, volume: Volume, grid: _Grid, body: np.ndarray, chest: np.ndarray
+    ) -> tuple[AirwayTree, np.ndarray, Optional[float]]:
+        """The airway tree on a fine grid (about 1.25 mm), grown from the trachea seed inside the chest box.
+
+        Returns the tree (on the cropped fine grid), its mask on the volume's grid and the median
+        HU of the tracheal air (``None`` without a trachea).
+        """
+        cfg = self.config.airway
+        full = np.zeros(volume.shape, dtype=bool)
+        if grid.seed is None or not chest.any():
+            return empty_tree((1, 1, 1)), full, None
+        factors = tuple(max(1, int(round(cfg.target_spacing_mm / s))) for s in volume.spacing)
+        fine = self._working_grid(volume, factors)
+        # Both grids are canonical with the same axes: fine index -> coarse index is per-axis linear.
+        mapping = np.linalg.inv(grid.affine) @ fine.affine
+        scale, shift = np.diag(mapping)[:3], mapping[:3, 3]
+        found = ndimage.find_objects(ndimage.binary_dilation(chest, iterations=2).astype(np.uint8))[0]
+        lo = [max(0, int(np.floor((b.start - 0.5 - t) / d))) for b, t, d in zip(found, shift, scale)]
+        hi = [
+            min(n, int(np.ceil((b.stop - 0.5 - t) / d)) + 1) for b, t, d, n in zip(found, shift, scale, fine.hu.shape)
+        ]
+        hi[0] = fine.hu.shape[0]  # up to the top: the trachea runs out of the scan there
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        hu = fine.hu[box]
+        coarse_index = [
+            np.clip(np.round(np.arange(a, b) * d + t).astype(int), 0, n - 1)
+            for a, b, d, t, n in zip(lo, hi, scale, shift, grid.hu.shape)
+        ]
+        allowed = body[np.ix_(*coarse_index)]
+        centre = [int(round((c - t) / d)) - a for c, t, d, a in zip(grid.seed, shift, scale, lo)]
+        near = tuple(slice(max(0, c - 3), min(n, c + 4)) for c, n in zip(centre, hu.shape))
+        if any(sl.start >= sl.stop for sl in near):
+            return empty_tree((1, 1, 1)), full, None
+        local_mean = ndimage.uniform_filter(hu[near], size=3, mode="nearest")  # not a noisy border voxel
+        local = np.unravel_index(int(np.argmin(local_mean)), local_mean.shape)
+        seed = tuple(int(sl.start + i) for sl, i in zip(near, local))
+        tree = grow_airway_tree(hu, fine.spacing, seed, allowed, cfg)  # type: ignore[arg-type]
+        if not tree.found:
+            return tree, full, None
+        trachea_air = tracheal_air_hu(hu, tree.branch_ids == 1)
+        canonical = np.zeros(fine.hu.shape, dtype=bool)
+        canonical[box] = tree.mask
+        source = np.ascontiguousarray(undo_reorient(canonical, fine.order, fine.flips))
+        full = upsample(source, fine.factors, volume.shape) if fine.factors != (1, 1, 1) else source
+        grid.notes.update(
+            {
+                "airway_threshold_hu": tree.threshold_hu,
+                "airway_factors": list(factors),
+                "airway_leaks_removed": tree.leaks_removed,
+                "airway_branches_per_generation": list(tree.branches_per_generation),
+            }
+        )
+        return tree, full, trachea_air
+
+    def _quality(
+        self, volume: Volume, grid: _Grid, body: np.ndarray, lungs: np.ndarray, trachea_air: Optional[float]
+    ) -> list[QualityCheck]:
+        """Scan-quality checks from the header and the image (see :mod:`.scan_quality`)."""
+        cfg = self.config.quality
+        acquisition = volume.acquisition
+        slice_mm = float(volume.spacing[grid.order[0]])
+        vessel = mediastinal_vessel_hu(grid.hu, body, lungs, grid.spacing, cfg.contrast_hu)
+        outside = external_air_hu(grid.hu, body)
+        checks = [
+            check_kernel(acquisition),
+            check_slice_thickness(acquisition, slice_mm, cfg),
+            check_contrast(acquisition, vessel, cfg),
+            check_air("tracheal air", trachea_air, cfg),
+            check_air("external air", outside, cfg),
+        ]
+        grid.notes["quality"] = {c.name: {"value": c.value, "ok": c.ok} for c in checks}
+        return checks
+
     # -- result ------------------------------------------------------------------------------
 
-    def _result(self, volume: Volume, grid: _Grid, labels: np.ndarray, lung_box: tuple[slice, slice, slice],
-                coverage: dict) -> StudyResult:
+    def _result(
+        self,
+        volume: Volume,
+        grid: _Grid,
+        labels: np.ndarray,
+        lung_box: tuple[slice, slice, slice],
+        coverage: dict,
+        tree: AirwayTree,
+        checks: list[QualityCheck],
+    ) -> StudyResult:
         cfg = self.config
-        counts, sums, low = lung_stats(labels[lung_box], volume.array[lung_box], cfg.laa_threshold_hu)
-        counts[1] = np.count_nonzero(labels == 1)
-        counts[4] = np.count_nonzero(labels == 4)
-        ml = counts * volume.voxel_volume_ml
-        lung_count = counts[2] + counts[3]
+        counts = np.bincount(labels.reshape(-1), minlength=5)
         if counts[2] == 0 or counts[3] == 0:
             logger.warning("only one lung found (left %d, right %d voxels)", counts[2], counts[3])
-        pct = lambda n, d: float(100.0 * n / d) if d else 0.0  # noqa: E731
-        laa = {"left": pct(low[2], counts[2]), "right": pct(low[3], counts[3]),
-               "total": pct(low[2] + low[3], lung_count)}
-        mld = float((sums[2] + sums[3]) / lung_count) if lung_count else 0.0
-        left_site = self.scheme.by_label(2).type
-        right_site = self.scheme.by_label(3).type
-        measurements = (
-            Measurement("Right lung volume", round(float(ml[3]), 1), UNIT_ML, VOLUME, right_site, 3),
-            Measurement("Left lung volume", round(float(ml[2]), 1), UNIT_ML, VOLUME, left_site, 2),
-            Measurement("Total lung volume", round(float(ml[2] + ml[3]), 1), UNIT_ML, VOLUME, LUNG),
-            Measurement("Right lung LAA-950", round(laa["right"], 2), UNIT_PERCENT, LAA950, right_site, 3),
-            Measurement("Left lung LAA-950", round(laa["left"], 2), UNIT_PERCENT, LAA950, left_site, 2),
-            Measurement("Total LAA-950", round(laa["total"], 2), UNIT_PERCENT, LAA950, LUNG),
-            Measurement("Mean lung density", round(mld, 1), UNIT_HU, ATTENUATION, LUNG, derivation=MEAN),
+        density = measure_parenchyma(
+            volume.array[lung_box], labels[lung_box], volume.affine, {"left": 2, "right": 3}, volume.voxel_volume_ml
         )
-        text = _report_text(ml, laa, mld, coverage)
-        attention = (self._laa_map(volume, labels, lung_box),)
+        segment_of = {"left": 2, "right": 3}
+        concepts, sites = self.codes.concepts, self.codes.sites
+        measurements = list(density_measurements(density, self.codes, segment_of))
+        measurements += [
+            Measurement(
+                "Airway branch count", float(tree.branch_count), UNIT_ONE, concepts["branch_count"], sites["airway"], 4
+            ),
+            Measurement(
+                "Airway generations reached",
+                float(max(tree.generations, 0)),
+                UNIT_ONE,
+                concepts["generations"],
+                sites["airway"],
+                4,
+            ),
+        ]
+        quality_sites = {
+            "tracheal air": ("Tracheal air", sites["tracheal_lumen"]),
+            "external air": ("External air", sites["external_air"]),
+            "contrast": ("Mediastinal vessel", sites["mediastinal_vessel"]),
+        }
+        for check in checks:
+            if check.name in quality_sites and check.value is not None and check.value.endswith(" HU"):
+                name, site = quality_sites[check.name]
+                measurements.append(
+                    Measurement(f"{name} attenuation", float(check.value[:-3]), UNIT_HU, concepts["attenuation"], site)
+                )
+        warnings = tuple(c.warning for c in checks if not c.ok and c.warning)
+        text = report_text(density, tree.branch_count, tree.generations, coverage, len(warnings))
+        attention = (
+            laa_map(
+                volume, labels, lung_box, cfg.laa_threshold_hu, cfg.attention_window_mm, concepts["laa950_fraction"]
+            ),
+        )
         extra = dict(grid.notes)
-        extra.update({"coverage": coverage, "laa_threshold_hu": cfg.laa_threshold_hu,
-                      "airways_ml": round(float(ml[4]), 1), "body_ml": round(float(ml[1:].sum()), 1)})
-        return StudyResult(self.info, labels, self.scheme.segments, (), measurements, text, attention, extra)
-
-    def _laa_map(self, volume: Volume, labels: np.ndarray, lung_box: tuple[slice, slice, slice]) -> AttentionMap:
-        """Fraction of lung voxels below -950 HU in a ~10 mm box, on a grid coarser in plane.
-
-        The grid takes every 2nd voxel in plane (and every 2nd slice below 1.25 mm); each of its
-        voxels sits at the centre of the block it summarises, as its affine says.
-        """
-        spacing = volume.spacing
-        factors = (2 if spacing[0] < 1.25 else 1, 2, 2)
-        out_shape = _blocks(volume.shape, factors)
-        box = tuple(slice(b.start - b.start % f, b.stop) for b, f in zip(lung_box, factors))
-        sub = labels[box]
-        lung = (sub == 2) | (sub == 3)
-        low = block_sum(lung & (volume.array[box] < self.config.laa_threshold_hu), factors)
-        lung = block_sum(lung, factors)
-        size = [max(1, int(round(self.config.attention_window_mm / (s * f)))) | 1 for s, f in zip(spacing, factors)]
-        lung_box_sum = ndimage.uniform_filter(lung, size=size, mode="constant")
-        low_box_sum = ndimage.uniform_filter(low, size=size, mode="constant")
-        ratio = np.where(lung > 0, low_box_sum / np.maximum(lung_box_sum, 1e-6), 0.0)
-        array = np.zeros(out_shape, dtype=np.float32)
-        start = [b.start // f for b, f in zip(box, factors)]
-        array[start[0]:start[0] + ratio.shape[0], start[1]:start[1] + ratio.shape[1],
-              start[2]:start[2] + ratio.shape[2]] = np.clip(ratio, 0.0, 1.0)
-        affine = volume.affine.copy()
-        affine[:3, :3] = volume.affine[:3, :3] * np.asarray(factors, dtype=np.float64)
-        affine[:3, 3] = volume.affine[:3, :3] @ ((np.asarray(factors) - 1) / 2.0) + volume.affine[:3, 3]
-        return AttentionMap("Low attenuation density", array, affine, LAA950_FRACTION, UNIT_RATIO)
+        extra.update(
+            {
+                "coverage": coverage,
+                "laa_threshold_hu": cfg.laa_threshold_hu,
+                "airways_ml": round(float(counts[4]) * volume.voxel_volume_ml, 1),
+                "body_ml": round(float(counts[1:].sum()) * volume.voxel_volume_ml, 1),
+            }
+        )
+        return StudyResult(
+            self.info, labels, self.scheme.segments, (), tuple(measurements), text, attention, extra, warnings=warnings
+        )
 
 
 def _check_input(volume: Volume) -> None:
@@ -451,137 +571,6 @@ def _check_input(volume: Volume) -> None:
     lo, hi = float(array.min()), float(array.max())
     if hi - lo < 200.0:
         raise BadInputError(f"the volume is (nearly) constant ({lo:.0f} to {hi:.0f} HU): not a CT")
-
-
-def _report_text(ml: np.ndarray, laa: dict, mld: float, coverage: dict) -> str:
-    lines = [
-        "Lungs segmented automatically from CT density (no trained model).",
-        f"Right lung volume {ml[3]:.0f} mL, left lung {ml[2]:.0f} mL (total {ml[2] + ml[3]:.0f} mL).",
-        f"Low-attenuation area below -950 HU: {laa['total']:.1f} % (emphysema index; "
-        f"right {laa['right']:.1f} %, left {laa['left']:.1f} %).",
-        f"Mean lung density {mld:.0f} HU.",
-    ]
-    if laa["total"] > LAA_REPORT_CUTOFF_PERCENT:
-        lines.append(f"LAA-950 above {LAA_REPORT_CUTOFF_PERCENT:.0f} %: consistent with emphysema; "
-                     "correlate with the images and clinical history.")
-    cut = [name for name, key in (("apices", "cut_superior"), ("bases", "cut_inferior")) if coverage[key]]
-    if cut:
-        lines.append(f"The lung {' and '.join(cut)} lie outside the scanned range: volumes are partial.")
-    return "\n".join(lines)
-
-
-# -- array helpers -------------------------------------------------------------------------------
-
-
-def _blocks(shape: tuple[int, ...], factors: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(-(-n // f) for n, f in zip(shape, factors))  # type: ignore[return-value]
-
-
-def _block_reduce(array: np.ndarray, factors: tuple[int, int, int], mean: bool) -> np.ndarray:
-    """Block mean or sum (float32) over ``factors``; edges are padded by replication (mean) or zeros.
-
-    Works slab by slab and sums one axis at a time (much faster than a 6-D reshape reduction).
-    """
-    out_shape = _blocks(array.shape, factors)
-    if tuple(factors) == (1, 1, 1):
-        return array.astype(np.float32)
-    out = np.empty(out_shape, dtype=np.float32)
-    f0, f1, f2 = factors
-    step = max(1, 16 // f0)
-    for o in range(0, out_shape[0], step):
-        k = min(step, out_shape[0] - o)
-        sub = array[o * f0:(o + k) * f0].astype(np.float32)
-        pad = [(0, k * f0 - sub.shape[0]), (0, out_shape[1] * f1 - sub.shape[1]), (0, out_shape[2] * f2 - sub.shape[2])]
-        if any(p[1] for p in pad):
-            sub = np.pad(sub, pad, mode="edge" if mean else "constant")
-        acc = sub.reshape(k, f0, *sub.shape[1:]).sum(axis=1)
-        acc = acc.reshape(k, out_shape[1], f1, acc.shape[2]).sum(axis=2)
-        acc = acc.reshape(k, out_shape[1], out_shape[2], f2).sum(axis=3)
-        out[o:o + k] = acc / np.float32(f0 * f1 * f2) if mean else acc
-    return out
-
-
-def block_mean(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
-    """Mean over blocks of ``factors`` voxels (float32)."""
-    return _block_reduce(array, factors, mean=True)
-
-
-def block_sum(array: np.ndarray, factors: tuple[int, int, int]) -> np.ndarray:
-    """Sum over blocks of ``factors`` voxels (float32), e.g. voxel counts of a mask."""
-    return _block_reduce(array, factors, mean=False)
-
-
-def upsample(array: np.ndarray, factors: tuple[int, int, int], shape: tuple[int, int, int]) -> np.ndarray:
-    """Nearest-neighbour inverse of :func:`block_mean`: repeat each block, crop to ``shape``."""
-    f0, f1, f2 = factors
-    in_plane = np.repeat(np.repeat(array, f1, axis=1), f2, axis=2)[:, : shape[1], : shape[2]]
-    out = np.empty(shape, dtype=array.dtype)
-    for k in range(f0):
-        target = out[k::f0]
-        target[...] = in_plane[: target.shape[0]]
-    return out
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 6-connected component of ``mask`` (empty if ``mask`` is empty)."""
-    labels, count = ndimage.label(mask)
-    if count == 0:
-        return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
-
-
-_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
-_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
-
-
-def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Fill holes in every slice (axis 0) at once: background connects only within a slice."""
-    objects = ndimage.find_objects(mask.astype(np.uint8))
-    if not objects:
-        return mask.copy()
-    box = objects[0]
-    padded = np.pad(mask[box], ((1, 1), (0, 0), (0, 0)))
-    return _paste(mask.shape, box, ndimage.binary_fill_holes(padded, structure=_IN_PLANE)[1:-1])
-
-
-def nearest_seed_split(mask: np.ndarray, labels: np.ndarray, keep: np.ndarray,
-                       spacing: Optional[np.ndarray] = None) -> list[np.ndarray]:
-    """Share ``mask`` among the regions ``keep`` of ``labels``: each voxel goes to the nearest one.
-
-    The seeds are eroded lungs, so what is left to share is a thin border (and the junction
-    between the lungs), where the nearest seed in millimetres is the right lung to give it to.
-    """
-    seeds = np.zeros(mask.shape, dtype=np.int16)
-    for i, value in enumerate(keep, start=1):
-        seeds[labels == value] = i
-    index = ndimage.distance_transform_edt(seeds == 0, sampling=spacing, return_distances=False,
-                                           return_indices=True)
-    nearest = seeds[tuple(index)]
-    return [(nearest == i) & mask for i in range(1, len(keep) + 1)]
-
-
-def _paste(shape: tuple[int, ...], box: tuple[slice, ...], part: np.ndarray) -> np.ndarray:
-    out = np.zeros(shape, dtype=bool)
-    out[box] = part
-    return out
-
-
-def lung_stats(labels: np.ndarray, hu: np.ndarray, low_threshold: float
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Voxel counts, HU sums and counts below ``low_threshold`` of labels 2 and 3 (index = label)."""
-    counts = np.zeros(5, dtype=np.int64)
-    sums = np.zeros(5, dtype=np.float64)
-    low = np.zeros(5, dtype=np.int64)
-    for start in range(0, labels.shape[0], 16):
-        lab, values = labels[start:start + 16], hu[start:start + 16]
-        for label in (2, 3):
-            inside = values[lab == label]
-            counts[label] += inside.size
-            sums[label] += float(inside.sum(dtype=np.float64))
-            low[label] += int(np.count_nonzero(inside < low_threshold))
-    return counts, sums, low
 
 
 __all__ = ["LungAnalyzer", "LungAnalyzerConfig", "LAA_REPORT_CUTOFF_PERCENT"]

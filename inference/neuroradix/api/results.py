@@ -1,47 +1,57 @@
-"""Result routes of the API: the one-call results zip, and analysis of an uploaded study."""
+"""Result routes: a job's results zip, and where the generated report looked.
+
+The zip is made from what the job recorded: the worker's job folder
+(:func:`~neuroradix.jobs.worker.job_results_dir`: ``results.json`` and each analyzer's
+``labels.nii.gz``, plus the DICOM objects of an uploaded study) and, for a PACS study, the
+objects the job stored, fetched from the PACS as stored. Nothing is decoded or recomputed here;
+report-token maps are rendered by the deep analyzer's own :func:`~neuroradix.analyzers.deep.report_token_map`.
+"""
+
 from __future__ import annotations
 
-import io
+import json
 import logging
-from typing import Callable, Optional
+from typing import Optional
 
-import highdicom as hd
 import numpy as np
-import pydicom
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import JSONResponse, Response
 
-from neuroradix.analyzers.registry import build_analyzers
-from neuroradix.errors import BadInputError, NotConfiguredError, NotEligibleError
-from neuroradix.jobs.ledger import JobState
-from neuroradix.offline import (
-    ArchiveGroup,
-    analyze_datasets,
-    archive_entries,
-    groups_from_outcome,
-    read_zip,
-    volume_nifti,
-    zip_bytes,
-)
-from neuroradix.uids import short_hash, valid_uid
-from neuroradix.writers.summary import results_document
+from neuroradix.api.deps import get_ledger, get_pacs, get_settings
+from neuroradix.api.jobs import checked_uid
+from neuroradix.config import Settings
+from neuroradix.imaging.nifti import volume_to_nifti_bytes
+from neuroradix.jobs.ledger import Job, JobState, Ledger
+from neuroradix.jobs.worker import UPLOAD, job_results_dir
+from neuroradix.offline import ArchiveGroup, archive_entries, folder_entries, zip_bytes
+from neuroradix.pacs.dicomweb import PacsClient
+from neuroradix.types import ReportAttention
+from neuroradix.uids import short_hash
 
 LOG = logging.getLogger(__name__)
 
-SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-LABELMAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
+router = APIRouter(tags=["results"])
+
+ZIP_RESPONSES: dict = {
+    200: {"content": {"application/zip": {}}},
+    404: {"description": "no results (the job's state and reason are given)"},
+}
 
 
-def seg_label_map(seg: pydicom.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Rebuild a label map (and its affine) from a stored SEG, on the SEG's own frame grid."""
+def _no_results(job: Optional[Job], reason: Optional[str] = None) -> JSONResponse:
+    return JSONResponse(
+        status_code=404,
+        content={
+            "detail": "no results for this study",
+            "job_id": job.id if job else None,
+            "job_state": job.state.value if job else None,
+            "reason": reason or (job.error_message if job else "no job for this study and pipeline version"),
+        },
+    )
 
-    segmentation = hd.seg.Segmentation.from_dataset(seg)
-    volume = segmentation.get_volume(combine_segments=True, relabel=False)
-    return np.asarray(volume.array), np.asarray(volume.affine)
 
-
-def _zip_response(data: bytes, filename: str) -> Response:
+def zip_response(data: bytes, filename: str = "results.zip") -> Response:
+    """``data`` as a zip download."""
     return Response(
         content=data,
         media_type="application/zip",
@@ -49,137 +59,130 @@ def _zip_response(data: bytes, filename: str) -> Response:
     )
 
 
-def add_result_routes(app: FastAPI, authorized: Callable) -> None:
-    settings, ledger, pacs = app.state.settings, app.state.ledger, app.state.pacs
-    analyzers_cache: dict = {}
+def results_archive(job: Job, settings: Settings, pacs: PacsClient) -> Optional[bytes]:
+    """The results zip of a succeeded job from what it recorded; ``None`` when its folder is missing.
 
-    def _jobs(study_uid: str) -> list:
-        """The study's jobs for the current pipeline version, newest first (422 for a bad UID)."""
-        try:
-            valid_uid(study_uid)
-        except ValueError as exc:
-            raise HTTPException(422, f"study_uid {exc}") from exc
-        return ledger.find(study_uid, settings.pipeline_version)
+    Parameters
+    ----------
+    job:
+        A succeeded job.
+    settings:
+        Where the node's var directory is.
+    pacs:
+        Fetches a PACS job's stored objects (as stored; nothing is decoded).
 
-    @app.get(
-        "/v1/studies/{study_uid}/results.zip",
-        tags=["results"],
-        dependencies=[Depends(authorized)],
-        responses={200: {"content": {"application/zip": {}}}, 404: {"description": "no results (job state given)"}},
-    )
-    def results_zip(study_uid: str) -> Response:
-        """SEG, SR, Parametric Maps and PDF as ``.dcm``, ``results.json`` and the label map as NIfTI."""
-        jobs = _jobs(study_uid)
-        if not jobs or jobs[0].state != JobState.SUCCEEDED:
-            state = jobs[0].state.value if jobs else None
-            reason = jobs[0].error_message if jobs else "no job for this study and pipeline version"
-            return JSONResponse(
-                status_code=404,
-                content={"detail": "no results for this study", "job_state": state, "reason": reason},
-            )
-        job = jobs[0]
-        groups: dict[str, list] = {}
-        for record in job.output_uids:
-            ds = pacs.retrieve_instance(study_uid, record["series_instance_uid"], record["sop_instance_uid"])
-            groups.setdefault(record["analyzer"], []).append(ds)
-        archive_groups = []
-        for analyzer, datasets in groups.items():
-            segs = [ds for ds in datasets if str(ds.SOPClassUID) in (SEG_STORAGE, LABELMAP_SEG_STORAGE)]
-            nifti: Optional[bytes] = None
-            if segs:
-                labels, affine = seg_label_map(segs[0])
-                nifti = volume_nifti(labels, affine)
-            archive_groups.append(ArchiveGroup(analyzer, datasets, nifti))
-        first = next(iter(groups.values()))[0]
-        document = results_document(
-            first,
-            job.pipeline_version,
-            job.input_series_uid or "",
-            job.details.get("results", {}),
-            job.output_uids,
-            warnings=job.details.get("warnings", []),
-            analyzer_status=job.details.get("analyzers", {}),
+    Returns
+    -------
+    bytes or None
+        Per analyzer ``NN-<modality>.dcm`` and ``labels.nii.gz``, and ``results.json``.
+    """
+    folder = job_results_dir(settings.var_dir, job.id)
+    if not (folder / "results.json").is_file():
+        return None
+    if job.source == UPLOAD:  # the folder holds everything (no PACS has the objects)
+        return zip_bytes(folder_entries(folder))
+    datasets: dict[str, list] = {}
+    for record in job.output_uids:
+        ds = pacs.retrieve_instance(job.study_uid, record["series_instance_uid"], record["sop_instance_uid"])
+        datasets.setdefault(record["analyzer"], []).append(ds)
+    groups = []
+    for analyzer in job.details.get("analyzers", {}):
+        labels = folder / analyzer / "labels.nii.gz"
+        groups.append(
+            ArchiveGroup(analyzer, datasets.get(analyzer, []), labels.read_bytes() if labels.is_file() else None)
         )
-        LOG.info("results zip for study %s", short_hash(study_uid))
-        return _zip_response(zip_bytes(archive_entries(archive_groups, document)), "results.zip")
+    document = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    return zip_bytes(archive_entries(groups, document))
 
-    def _report_attention(study_uid: str) -> tuple[str, dict]:
-        jobs = _jobs(study_uid)
-        if not jobs or jobs[0].state != JobState.SUCCEEDED:
-            raise HTTPException(404, "no results for this study")
-        attention = jobs[0].details.get("report_attention", {})
-        if not attention:
-            raise HTTPException(404, "no report attention: the deep-learning analyzer did not run on this study")
-        return next(iter(attention.items()))
 
-    @app.get("/v1/studies/{study_uid}/report-attention", tags=["results"], dependencies=[Depends(authorized)])
-    def report_attention(study_uid: str) -> dict:
-        """Per report token: its attention over the patches (BART cross-attention composed with the
-        bridge's gen-query attention), with each patch's centre in patient coordinates (LPS, mm)."""
-        analyzer, data = _report_attention(study_uid)
-        from neuroradix.models.sliding import PatchGrid  # noqa: PLC0415 - optional heavy dependency (torch etc.)
+def _zip_for(job: Optional[Job], settings: Settings, pacs: PacsClient) -> Response:
+    if job is None or job.state != JobState.SUCCEEDED:
+        return _no_results(job)
+    data = results_archive(job, settings, pacs)
+    if data is None:
+        return _no_results(
+            job,
+            "the job's result files are not on this node (made before they were kept, or on a "
+            "worker with another var directory): rerun the job",
+        )
+    LOG.info("results zip for study %s (job %d)", short_hash(job.study_uid), job.id)
+    return zip_response(data)
 
-        grid = PatchGrid.from_dict(data["patch_grid"])
-        return {
-            "analyzer": analyzer,
-            "patch_centres_lps": np.round(grid.centres_lps(), 2).tolist(),
-            "tokens": [{"index": i, "token": t["token"], "patch_attention": t["patch_attention"]}
-                       for i, t in enumerate(data["tokens"])],
-        }
 
-    @app.get(
-        "/v1/studies/{study_uid}/report-attention/{index}.nii.gz",
-        tags=["results"],
-        dependencies=[Depends(authorized)],
-        responses={200: {"content": {"application/gzip": {}}}},
+def _study_job(study_uid: str, settings: Settings, ledger: Ledger) -> Optional[Job]:
+    """The study's job for the current pipeline version (422 for a bad UID)."""
+    jobs = ledger.find(checked_uid(study_uid), settings.pipeline_version)
+    return jobs[0] if jobs else None
+
+
+@router.get("/v1/studies/{study_uid}/results.zip", responses=ZIP_RESPONSES)
+def study_results_zip(
+    study_uid: str,
+    settings: Settings = Depends(get_settings),
+    ledger: Ledger = Depends(get_ledger),
+    pacs: PacsClient = Depends(get_pacs),
+) -> Response:
+    """SEG, SR, Parametric Maps and PDF as ``.dcm``, ``results.json`` and the label map as NIfTI."""
+    return _zip_for(_study_job(study_uid, settings, ledger), settings, pacs)
+
+
+@router.get("/v1/jobs/{job_id}/results.zip", responses=ZIP_RESPONSES)
+def job_results_zip(
+    job_id: int,
+    settings: Settings = Depends(get_settings),
+    ledger: Ledger = Depends(get_ledger),
+    pacs: PacsClient = Depends(get_pacs),
+) -> Response:
+    """The results zip of one job (a PACS study's or an uploaded study's)."""
+    return _zip_for(ledger.get(job_id), settings, pacs)
+
+
+def _report_attention(study_uid: str, settings: Settings, ledger: Ledger) -> tuple[str, ReportAttention]:
+    job = _study_job(study_uid, settings, ledger)
+    if job is None or job.state != JobState.SUCCEEDED:
+        raise HTTPException(404, "no results for this study")
+    recorded = job.details.get("report_attention", {})
+    if not recorded:
+        raise HTTPException(404, "no report attention: the deep-learning analyzer did not run on this study")
+    analyzer, data = next(iter(recorded.items()))
+    return analyzer, ReportAttention.from_dict(data)
+
+
+@router.get("/v1/studies/{study_uid}/report-attention")
+def report_attention(
+    study_uid: str, settings: Settings = Depends(get_settings), ledger: Ledger = Depends(get_ledger)
+) -> dict:
+    """Per report token: its attention over the patches (BART cross-attention composed with the
+    bridge's gen-query attention), with each patch's centre in patient coordinates (LPS, mm)."""
+    analyzer, attention = _report_attention(study_uid, settings, ledger)
+    from neuroradix.analyzers.deep import (  # noqa: PLC0415 - optional heavy dependency (torch etc.)
+        report_patch_centres,
     )
-    def report_token_map(study_uid: str, index: int) -> Response:
-        """One report token's attention map on the attention grid, as NIfTI (RAS)."""
-        _analyzer, data = _report_attention(study_uid)
-        if not 0 <= index < len(data["tokens"]):
-            raise HTTPException(404, f"token index {index} outside 0..{len(data['tokens']) - 1}")
-        from neuroradix.models.sliding import PatchGrid  # noqa: PLC0415 - optional heavy dependency (torch etc.)
 
-        grid = PatchGrid.from_dict(data["patch_grid"])
-        geo = data["attention_grid"]
-        weights = np.asarray(data["tokens"][index]["patch_attention"], dtype=np.float64) * len(grid)
-        array = grid.stitch(weights, tuple(geo["shape"]), np.asarray(geo["affine"]))
-        return Response(content=volume_nifti(array, np.asarray(geo["affine"])), media_type="application/gzip")
+    return {
+        "analyzer": analyzer,
+        "patch_centres_lps": np.round(report_patch_centres(attention), 2).tolist(),
+        "tokens": [
+            {"index": i, "token": t, "patch_attention": attention.patch_attention[i].tolist()}
+            for i, t in enumerate(attention.tokens)
+        ],
+    }
 
-    @app.post(
-        "/v1/analyze",
-        tags=["results"],
-        dependencies=[Depends(authorized)],
-        openapi_extra={"requestBody": {"content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}, "required": True}},
-        responses={200: {"content": {"application/zip": {}}}, 413: {"description": "upload too large"}},
+
+@router.get(
+    "/v1/studies/{study_uid}/report-attention/{index}.nii.gz", responses={200: {"content": {"application/gzip": {}}}}
+)
+def report_token_nifti(
+    study_uid: str, index: int, settings: Settings = Depends(get_settings), ledger: Ledger = Depends(get_ledger)
+) -> Response:
+    """One report token's attention map on the attention grid, as NIfTI (RAS)."""
+    _analyzer, attention = _report_attention(study_uid, settings, ledger)
+    from neuroradix.analyzers.deep import (  # noqa: PLC0415 - optional heavy dependency (torch etc.)
+        report_token_map,
     )
-    async def analyze_upload(request: Request) -> Response:
-        """Analyze a zip of one DICOM study without a PACS; returns the results zip."""
-        if request.headers.get("content-type", "").split(";")[0].strip() not in ("application/zip", "application/octet-stream"):
-            raise HTTPException(415, "send the study as a zip with Content-Type: application/zip")
-        limit = settings.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPException(413, f"upload of {declared} bytes exceeds the limit of {limit}")
-        body = io.BytesIO()
-        async for chunk in request.stream():
-            body.write(chunk)
-            if body.tell() > limit:
-                raise HTTPException(413, f"upload exceeds the limit of {limit} bytes")
-        if body.tell() == 0:
-            raise HTTPException(400, "empty upload: send a zip of one DICOM study")
 
-        def work() -> bytes:
-            if "analyzers" not in analyzers_cache:
-                analyzers_cache["analyzers"] = build_analyzers(settings)
-            datasets = read_zip(body.getvalue(), limit)
-            outcome = analyze_datasets(datasets, settings, analyzers_cache["analyzers"])
-            return zip_bytes(archive_entries(groups_from_outcome(outcome), outcome.document))
-
-        try:
-            data = await run_in_threadpool(work)
-        except (BadInputError, NotEligibleError) as exc:
-            raise HTTPException(422, f"{type(exc).__name__}: {exc}") from exc
-        except NotConfiguredError as exc:
-            raise HTTPException(503, f"{type(exc).__name__}: {exc}") from exc
-        return _zip_response(data, "results.zip")
+    try:
+        amap = report_token_map(attention, index)
+    except IndexError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    return Response(content=volume_to_nifti_bytes(amap.array, amap.affine), media_type="application/gzip")

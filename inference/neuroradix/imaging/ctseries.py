@@ -1,7 +1,7 @@
 """Turn a CT volume (NIfTI file, phantom) into a real DICOM CT Image series, and back.
 
-* :func:`nifti_to_volume` reads a NIfTI file with nibabel and converts its RAS affine to this
-  project's LPS ``[slice, row, column]`` convention (see :mod:`neuroradix.types`).
+* :func:`axial_axes` and :func:`reorient` give any grid the project's ``[slice, row, column]``
+  axial order (NIfTI files are read with :func:`neuroradix.imaging.nifti.nifti_to_volume`).
 * :func:`to_axial` reorders and flips the axes of any volume so that it reads as a conventional
   axial image stack, without moving a single voxel in patient space.
 * :func:`volume_to_ct_series` builds one CT Image Storage instance per slice (the complete CT Image
@@ -11,6 +11,7 @@ Geometry is exact: a voxel's patient coordinate is the same in the source, the v
 DICOM series (ImagePositionPatient from the affine per slice, ImageOrientationPatient from affine
 columns 2 and 1, PixelSpacing from their lengths).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -18,7 +19,6 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import nibabel as nib  # local import: only this reader needs nibabel
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -36,7 +36,6 @@ from neuroradix.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SUPPORTED_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _INT16 = np.iinfo(np.int16)
 
@@ -71,8 +70,9 @@ def axial_axes(affine: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool, bo
     return order, flips  # type: ignore[return-value]
 
 
-def reorient(array: np.ndarray, affine: np.ndarray, order: Sequence[int], flips: Sequence[bool]
-             ) -> tuple[np.ndarray, np.ndarray]:
+def reorient(
+    array: np.ndarray, affine: np.ndarray, order: Sequence[int], flips: Sequence[bool]
+) -> tuple[np.ndarray, np.ndarray]:
     """Transpose ``array`` to ``order``, then reverse the axes marked in ``flips``.
 
     Returns the new array (a view where possible) and the affine that keeps every voxel at the
@@ -108,51 +108,6 @@ def to_axial(volume: Volume) -> Volume:
     """
     order, flips = axial_axes(volume.affine)
     array, affine = reorient(volume.array, volume.affine, order, flips)
-    return Volume(np.ascontiguousarray(array), affine)
-
-
-def nifti_to_volume(path: Union[str, Path]) -> Volume:
-    """Read a NIfTI CT into a :class:`~neuroradix.types.Volume` (HU, LPS, axial order).
-
-    Parameters
-    ----------
-    path:
-        A ``.nii`` or ``.nii.gz`` file holding one 3-D image (trailing singleton dimensions are
-        accepted). Scaling (``scl_slope``/``scl_inter``) is applied.
-
-    Returns
-    -------
-    Volume
-        Integral data that fits is kept as ``int16``, anything else becomes ``float32``. The axes
-        are reordered with :func:`axial_axes`; every voxel keeps its patient coordinate.
-
-    Raises
-    ------
-    BadInputError
-        The file cannot be read, is not 3-D, or has neither an sform nor a qform.
-    """
-
-    path = Path(path)
-    try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-    except Exception as exc:  # nibabel raises a variety of errors for broken files
-        raise BadInputError(f"cannot read NIfTI file {path.name}: {exc}") from exc
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise BadInputError(f"{path.name}: expected a 3-D image, got shape {data.shape}")
-    header = image.header
-    if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
-        raise BadInputError(f"{path.name}: neither sform nor qform is set, the geometry is unknown")
-    if np.issubdtype(data.dtype, np.integer) and data.min() >= _INT16.min and data.max() <= _INT16.max:
-        data = data.astype(np.int16, copy=False)
-    elif not np.issubdtype(data.dtype, np.floating) or data.dtype != np.float32:
-        data = data.astype(np.float32)
-    lps = _RAS_TO_LPS @ np.asarray(image.affine, dtype=np.float64)
-    order, flips = axial_axes(lps)
-    array, affine = reorient(data, lps, order, flips)
-    logger.debug("read %s: shape %s, axes %s, flips %s", path.name, data.shape, order, flips)
     return Volume(np.ascontiguousarray(array), affine)
 
 
@@ -228,8 +183,12 @@ def volume_to_ct_series(
     """
     if transfer_syntax not in _SUPPORTED_SYNTAXES:
         raise ValueError(f"transfer_syntax must be one of {_SUPPORTED_SYNTAXES}, got {transfer_syntax!r}")
-    for name, text in (("patient_name", patient_name), ("patient_id", patient_id),
-                       ("series_description", series_description), ("study_description", study_description)):
+    for name, text in (
+        ("patient_name", patient_name),
+        ("patient_id", patient_id),
+        ("series_description", series_description),
+        ("study_description", study_description),
+    ):
         if not isinstance(text, str) or not text.isascii():
             raise ValueError(f"{name} must be an ASCII string")
     if not isinstance(series_number, int) or series_number < 0:
@@ -239,8 +198,9 @@ def volume_to_ct_series(
         return derive_uid("neuroradix-ct-series", uid_seed, kind) if uid_seed is not None else generate_uid()
 
     study_uid = study_uid or uid("study")
-    series_uid = series_uid or (derive_uid("neuroradix-ct-series", uid_seed, study_uid, "series")
-                                if uid_seed is not None else generate_uid())
+    series_uid = series_uid or (
+        derive_uid("neuroradix-ct-series", uid_seed, study_uid, "series") if uid_seed is not None else generate_uid()
+    )
     frame_uid = uid("frame-of-reference") if uid_seed is not None else generate_uid()
     when = _dt.datetime(2000, 1, 1, 12, 0, 0) if uid_seed is not None else _dt.datetime.now()
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
@@ -257,8 +217,11 @@ def volume_to_ct_series(
     datasets = []
     for index in range(volume.shape[0]):
         position = affine[:3, :3] @ np.array([index, 0.0, 0.0]) + affine[:3, 3]
-        sop_uid = (derive_uid("neuroradix-ct-series", uid_seed, series_uid, "instance", str(index))
-                   if uid_seed is not None else generate_uid())
+        sop_uid = (
+            derive_uid("neuroradix-ct-series", uid_seed, series_uid, "instance", str(index))
+            if uid_seed is not None
+            else generate_uid()
+        )
         ds = Dataset()
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -350,6 +313,10 @@ def write_series(datasets: Sequence[Dataset], out_dir: Union[str, Path]) -> list
 
 
 __all__ = [
-    "axial_axes", "reorient", "undo_reorient", "to_axial", "nifti_to_volume",
-    "volume_to_ct_series", "write_series",
+    "axial_axes",
+    "reorient",
+    "undo_reorient",
+    "to_axial",
+    "volume_to_ct_series",
+    "write_series",
 ]

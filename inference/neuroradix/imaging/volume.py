@@ -6,6 +6,7 @@ series is reported: a gap (missing slices) or duplicate positions fail with the 
 tilt is kept exactly (the volume's slice axis follows the tilted positions, a sheared affine) and
 reported as a warning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,7 @@ import numpy as np
 import pydicom
 
 from neuroradix.errors import BadInputError
-from neuroradix.types import Volume
+from neuroradix.types import AcquisitionInfo, Volume
 
 LOG = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class AssembledSeries:
 
 @dataclass(frozen=True)
 class GeometryLimits:
+    """Tolerances of series assembly: direction mismatch and how large a slice step counts as a gap."""
+
     orientation_tolerance: float = 1e-3
     gap_factor: float = 1.5  # a step this much larger than the median is a gap
     uniformity_tolerance_mm: float = 0.05
@@ -66,7 +69,11 @@ def geometry(datasets: Sequence[pydicom.Dataset], limits: GeometryLimits = Geome
     if len(sizes) != 1:
         raise BadInputError(f"image sizes differ between slices: {sorted(sizes)}")
     row_dir, col_dir = iops[0][:3], iops[0][3:]  # along a row (column index), along a column (row index)
-    if abs(np.dot(row_dir, col_dir)) > 1e-3 or abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3:
+    if (
+        abs(np.dot(row_dir, col_dir)) > 1e-3
+        or abs(np.linalg.norm(row_dir) - 1) > 1e-3
+        or abs(np.linalg.norm(col_dir) - 1) > 1e-3
+    ):
         raise BadInputError("ImageOrientationPatient is not two orthonormal vectors")
     normal = np.cross(row_dir, col_dir)
     along = ipps @ normal
@@ -74,9 +81,7 @@ def geometry(datasets: Sequence[pydicom.Dataset], limits: GeometryLimits = Geome
     along = along[order]
     steps = np.diff(along)
     if np.any(steps < 1e-3):
-        raise BadInputError(
-            "two or more slices share one position (duplicates, or several stacks in one series)"
-        )
+        raise BadInputError("two or more slices share one position (duplicates, or several stacks in one series)")
     median = float(np.median(steps))
     gaps = np.nonzero(steps > limits.gap_factor * median)[0]
     if gaps.size:
@@ -87,7 +92,9 @@ def geometry(datasets: Sequence[pydicom.Dataset], limits: GeometryLimits = Geome
         )
     warnings = []
     if float(steps.max() - steps.min()) > limits.uniformity_tolerance_mm:
-        warnings.append(f"slice spacing varies from {steps.min():.3f} to {steps.max():.3f} mm; slices placed on a uniform grid with the mean step")
+        warnings.append(
+            f"slice spacing varies from {steps.min():.3f} to {steps.max():.3f} mm; slices placed on a uniform grid with the mean step"
+        )
     first, last = ipps[order[0]], ipps[order[-1]]
     step = (last - first) / (len(datasets) - 1)
     tilt = float(np.degrees(np.arccos(np.clip(np.dot(step, normal) / np.linalg.norm(step), -1, 1))))
@@ -122,4 +129,4 @@ def assemble(datasets: Sequence[pydicom.Dataset], limits: GeometryLimits = Geome
         array[k] = pixels.astype(np.float32) * slope + intercept
     for w in warnings:
         LOG.warning("volume: %s", w)
-    return AssembledSeries(Volume(array, affine), ordered, warnings)
+    return AssembledSeries(Volume(array, affine, AcquisitionInfo.from_dataset(ordered[0])), ordered, warnings)

@@ -1,30 +1,53 @@
 """The job ledger: one row per (study, pipeline version), claimed with a lease.
 
-SQLAlchemy Core on a SQLite file by default; the statements are plain enough for PostgreSQL
-(``NEURORADIX_LEDGER_URL=postgresql+psycopg://...``) when several workers on several hosts share
-one ledger. A claim is a compare-and-set ``UPDATE ... WHERE id = ? AND <still claimable>``, so two
-workers never hold the same job; a worker that dies stops renewing its lease, the lease expires
-and the job is claimed again.
+SQLAlchemy Core on a SQLite file by default, or PostgreSQL (psycopg 3,
+``NEURORADIX_LEDGER_URL=postgresql+psycopg://user@host/db``) when several workers on several hosts
+share one ledger. A claim picks its row with ``SELECT ... FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite
+has one writer at a time) and takes it with a compare-and-set ``UPDATE ... WHERE id = ? AND <still
+claimable>``, so two workers never hold the same job; a worker that dies stops renewing its lease,
+the lease expires and the job is claimed again.
+
+The schema is managed by Alembic (``neuroradix/jobs/migrations``): opening a ledger upgrades it to
+head under a lock, so several processes may start at once. Writes that fail for an operational
+reason (database locked, disk full, connection lost) are retried a few times with a short backoff,
+then raise :class:`LedgerUnavailableError`.
 
 States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``skipped`` (terminal), and
 ``running`` -> ``queued`` again for a transient error (with ``next_attempt_at`` backed off).
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import enum
 import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar, overload
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
+
+from neuroradix.errors import LedgerUnavailableError
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MIGRATIONS = "neuroradix.jobs:migrations"  # Alembic script location, resolved by importlib.resources
+BASELINE_REVISION = "0001"  # the schema of the first release, which had no version table
+VERSION_TABLE = "neuroradix_ledger_version"  # not alembic_version: the database may be shared
+_MIGRATION_LOCK_KEY = 0x4E52_4C45  # PostgreSQL advisory lock held while the schema is upgraded
+RETRYABLE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError)
 
 
 class JobState(str, enum.Enum):
+    """Where a job is: queued, running, or ended (succeeded, failed, skipped)."""
+
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -33,6 +56,7 @@ class JobState(str, enum.Enum):
 
     @property
     def terminal(self) -> bool:
+        """True for the states a job never leaves by itself (succeeded, failed, skipped)."""
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.SKIPPED)
 
 
@@ -59,20 +83,32 @@ jobs = sa.Table(
     # different one for a finished job, the study changed (late slices) and the job runs again.
     sa.Column("source_fingerprint", sa.String(64)),
     sa.Column("pending_rerun", sa.Boolean, nullable=False, default=False),
-    sa.Column("output_uids", sa.Text, nullable=False, default="[]"),  # JSON [{sop_instance_uid, series_instance_uid, kind}]
+    # Where the study comes from (migration 0003): "pacs" (the node's PACS) or "upload" (a zip of one
+    # study at input_path, sent to POST /v1/analyze; the worker deletes it when the job ends).
+    sa.Column("source", sa.String(16), nullable=False, default="pacs", server_default="pacs"),
+    sa.Column("input_path", sa.Text),
+    sa.Column(
+        "output_uids", sa.Text, nullable=False, default="[]"
+    ),  # JSON [{sop_instance_uid, series_instance_uid, kind}]
     sa.Column("details", sa.Text, nullable=False, default="{}"),  # JSON: warnings, findings summary
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("study_uid", "pipeline_version", name="uq_job_study_version"),
+    sa.Index("ix_jobs_claim", "state", "next_attempt_at"),  # migration 0002
 )
 
 
 def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC (what every ledger timestamp uses)."""
     return dt.datetime.now(dt.UTC)
 
 
+@overload
+def _aware(value: dt.datetime) -> dt.datetime: ...
+@overload
+def _aware(value: Optional[dt.datetime]) -> Optional[dt.datetime]: ...
 def _aware(value: Optional[dt.datetime]) -> Optional[dt.datetime]:
     """SQLite returns naive datetimes; everything stored is UTC."""
     if value is not None and value.tzinfo is None:
@@ -82,6 +118,8 @@ def _aware(value: Optional[dt.datetime]) -> Optional[dt.datetime]:
 
 @dataclass(frozen=True)
 class Job:
+    """One job row: a study to process for one pipeline version, its state and its record."""
+
     id: int
     study_uid: str
     pipeline_version: str
@@ -104,9 +142,12 @@ class Job:
     updated_at: dt.datetime
     started_at: Optional[dt.datetime]
     finished_at: Optional[dt.datetime]
+    source: str = "pacs"  # "pacs" or "upload"
+    input_path: Optional[str] = None  # the uploaded zip of an "upload" job
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
+        """Build a :class:`Job` from a SQLAlchemy result row of the ``jobs`` table."""
         m = row._mapping
         return cls(
             id=m["id"],
@@ -125,6 +166,8 @@ class Job:
             input_series_uid=m["input_series_uid"],
             source_fingerprint=m["source_fingerprint"],
             pending_rerun=bool(m["pending_rerun"]),
+            source=m["source"],
+            input_path=m["input_path"],
             output_uids=json.loads(m["output_uids"] or "[]"),
             details=json.loads(m["details"] or "{}"),
             created_at=_aware(m["created_at"]),
@@ -134,6 +177,7 @@ class Job:
         )
 
     def to_dict(self) -> dict:
+        """JSON-able view (state as its value, timestamps as ISO 8601)."""
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["state"] = self.state.value
         for k, v in out.items():
@@ -146,22 +190,129 @@ class LeaseLost(RuntimeError):
     """The worker's lease was taken over (it ran past the lease): its result is not recorded."""
 
 
-class Ledger:
-    """Job ledger on a SQLAlchemy engine."""
+def ledger_url(url: str) -> sa.URL:
+    """Parse and check a ledger URL: SQLite on a file, or PostgreSQL through psycopg 3.
 
-    def __init__(self, url: str) -> None:
+    Raises
+    ------
+    ValueError
+        For another database, or an in-memory SQLite database (each connection would get its own).
+    """
+    parsed = sa.make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(f"url: the ledger runs on SQLite or PostgreSQL, not {backend!r}")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ValueError("url: an in-memory SQLite ledger is not shared between connections; name a file")
+    return parsed
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Upgrade the ledger's schema to the newest Alembic revision, safely from several processes.
+
+    The whole upgrade runs in one transaction: on PostgreSQL under an advisory transaction lock,
+    on SQLite under ``BEGIN IMMEDIATE`` (the database's write lock), so processes that start at
+    once wait for the first and then find the schema current. A ledger made by the first release
+    (a ``jobs`` table and no version table) is stamped as revision ``0001`` first, keeping its jobs.
+
+    Parameters
+    ----------
+    engine
+        The ledger's engine (SQLite or PostgreSQL).
+    """
+    if engine.dialect.name == "sqlite":
+        # pysqlite starts transactions lazily and not for DDL: drive BEGIN IMMEDIATE ourselves.
+        migrate = sa.create_engine(
+            engine.url, poolclass=NullPool, connect_args={"timeout": 30, "isolation_level": None}
+        )
+        sa.event.listen(migrate, "connect", _sqlite_pragmas)
+        sa.event.listen(migrate, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    else:
+        migrate = engine
+    try:
+        with migrate.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            _upgrade_on(conn)
+    finally:
+        if migrate is not engine:
+            migrate.dispose()
+
+
+def _upgrade_on(conn: Connection) -> None:
+    config = AlembicConfig()
+    config.set_main_option("script_location", MIGRATIONS)
+    config.attributes["connection"] = conn
+    config.attributes["version_table"] = VERSION_TABLE
+    inspector = sa.inspect(conn)
+    if inspector.has_table("jobs") and not inspector.has_table(VERSION_TABLE):
+        LOG.info("ledger made by the first release: stamping schema revision %s", BASELINE_REVISION)
+        alembic_command.stamp(config, BASELINE_REVISION)
+    alembic_command.upgrade(config, "head")
+
+
+class Ledger:
+    """Job ledger on a SQLAlchemy engine.
+
+    Parameters
+    ----------
+    url
+        SQLAlchemy URL: ``sqlite:///path`` or ``postgresql+psycopg://user:password@host:port/db``
+        (a plain ``postgresql://`` URL gets the psycopg 3 driver).
+    write_attempts
+        How often a write is tried before :class:`LedgerUnavailableError` is raised.
+    write_backoff_seconds
+        Wait before the second try; doubled for each further one.
+    """
+
+    def __init__(self, url: str, *, write_attempts: int = 4, write_backoff_seconds: float = 0.05) -> None:
+        if write_attempts < 1:
+            raise ValueError(f"write_attempts must be at least 1, got {write_attempts}")
+        if write_backoff_seconds < 0:
+            raise ValueError(f"write_backoff_seconds must not be negative, got {write_backoff_seconds}")
+        self.write_attempts = write_attempts
+        self.write_backoff_seconds = write_backoff_seconds
+        parsed = ledger_url(url)
         kwargs: dict = {}
-        if url.startswith("sqlite"):
+        if parsed.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
-        self.engine: Engine = sa.create_engine(url, future=True, **kwargs)
-        if url.startswith("sqlite"):
-            @sa.event.listens_for(self.engine, "connect")
-            def _pragmas(dbapi_conn, _record):  # noqa: ANN001
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA busy_timeout=30000")
-                cur.close()
-        metadata.create_all(self.engine)
+        else:
+            kwargs["pool_pre_ping"] = True  # a restarted PostgreSQL leaves dead pooled connections
+        self.engine: Engine = sa.create_engine(parsed, **kwargs)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._write("schema upgrade", lambda: upgrade_schema(self.engine))  # a server still starting: retried
+
+    def _write(self, what: str, operation: Callable[[], T]) -> T:
+        """Run ``operation`` (one transaction), retrying operational errors with a doubling backoff."""
+        for attempt in range(1, self.write_attempts + 1):
+            try:
+                return operation()
+            except RETRYABLE_ERRORS as exc:
+                # The DBAPI's own message: SQLAlchemy's text would carry the statement's parameters (UIDs).
+                reason = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".splitlines()[0][:200]
+                if attempt == self.write_attempts:
+                    raise LedgerUnavailableError(f"ledger {what} failed {attempt} times; last error {reason}") from exc
+                delay = self.write_backoff_seconds * 2 ** (attempt - 1)
+                LOG.warning(
+                    "ledger %s failed (%s); try %d of %d in %.2f s",
+                    what,
+                    reason,
+                    attempt + 1,
+                    self.write_attempts,
+                    delay,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     # --- enqueue -----------------------------------------------------------------------------
     def enqueue(
@@ -174,6 +325,8 @@ class Ledger:
         max_attempts: int = 5,
         fingerprint: Optional[str] = None,
         delay_seconds: float = 0.0,
+        source: str = "pacs",
+        input_path: Optional[str] = None,
     ) -> tuple[Job, bool]:
         """Create the job for (study, version) if it does not exist.
 
@@ -181,49 +334,80 @@ class Ledger:
         ended and either ``rerun`` is asked for or ``fingerprint`` differs from the source the
         job saw (more slices arrived, a series was added). A running job given a different
         fingerprint runs again once it ends. A queued job is left to run. ``delay_seconds``
-        holds a new job back (the reconciler lets a study it found settle first).
+        holds a new job back (the reconciler lets a study it found settle first). ``source`` and
+        ``input_path`` say where a new job's study comes from (``"upload"``: the zip at ``input_path``).
         """
         now = utcnow()
         key = (jobs.c.study_uid == study_uid, jobs.c.pipeline_version == pipeline_version)
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(jobs).where(*key)).first()
-            created = False
-            if row is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            jobs.insert().values(
-                                study_uid=study_uid,
-                                pipeline_version=pipeline_version,
-                                state=JobState.QUEUED.value,
-                                trigger=trigger,
-                                attempts=0,
-                                max_attempts=max_attempts,
-                                next_attempt_at=now + dt.timedelta(seconds=delay_seconds),
-                                source_fingerprint=fingerprint,
-                                pending_rerun=False,
-                                timings="{}",
-                                output_uids="[]",
-                                details="{}",
-                                created_at=now,
-                                updated_at=now,
+
+        def _enqueue() -> Optional[tuple[Any, bool]]:
+            with self.engine.begin() as conn:
+                row = conn.execute(sa.select(jobs).where(*key)).first()
+                created = False
+                if row is None:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(
+                                jobs.insert().values(
+                                    study_uid=study_uid,
+                                    pipeline_version=pipeline_version,
+                                    state=JobState.QUEUED.value,
+                                    trigger=trigger,
+                                    attempts=0,
+                                    max_attempts=max_attempts,
+                                    next_attempt_at=now + dt.timedelta(seconds=delay_seconds),
+                                    source_fingerprint=fingerprint,
+                                    pending_rerun=False,
+                                    source=source,
+                                    input_path=input_path,
+                                    timings="{}",
+                                    output_uids="[]",
+                                    details="{}",
+                                    created_at=now,
+                                    updated_at=now,
+                                )
                             )
-                        )
-                    created = True
-                except sa.exc.IntegrityError:  # a concurrent enqueue won the race
-                    pass
-            else:
-                m = row._mapping
-                state = JobState(m["state"])
-                changed = fingerprint is not None and fingerprint != m["source_fingerprint"]
-                if state.terminal and (rerun or changed):
-                    conn.execute(jobs.update().where(jobs.c.id == m["id"]).values(
-                        **self._requeue_values(now), trigger=trigger,
-                        source_fingerprint=fingerprint if fingerprint is not None else m["source_fingerprint"]))
-                elif state == JobState.RUNNING and (rerun or changed):
-                    conn.execute(jobs.update().where(jobs.c.id == m["id"]).values(pending_rerun=True, updated_at=now))
-            job = conn.execute(sa.select(jobs).where(*key)).one()
+                        created = True
+                    except sa.exc.IntegrityError:  # a concurrent enqueue won the race
+                        pass
+                elif not self._request_rerun(conn, row, now, trigger, rerun, fingerprint):
+                    return None  # the job changed state since it was read: read it again
+                job = conn.execute(sa.select(jobs).where(*key)).one()
+            return job, created
+
+        for _ in range(20):
+            outcome = self._write("enqueue", _enqueue)
+            if outcome is not None:
+                break
+        else:
+            raise LedgerUnavailableError("enqueue: the job kept changing state under 20 tries")
+        job, created = outcome
         return Job.from_row(job), created
+
+    def _request_rerun(
+        self, conn: Connection, row: Any, now: dt.datetime, trigger: str, rerun: bool, fingerprint: Optional[str]
+    ) -> bool:
+        """Queue an ended job again, or mark a running one to rerun; False if its state moved meanwhile.
+
+        Each update is a compare-and-set on the state that was read, so a job that ends between
+        the read and the write is not marked ``pending_rerun`` after its end (where no one would
+        look at the mark again): the caller reads it again instead.
+        """
+        m = row._mapping
+        state = JobState(m["state"])
+        changed = fingerprint is not None and fingerprint != m["source_fingerprint"]
+        if not (rerun or changed) or state == JobState.QUEUED:
+            return True
+        if state.terminal:
+            values = {
+                **self._requeue_values(now),
+                "trigger": trigger,
+                "source_fingerprint": fingerprint if fingerprint is not None else m["source_fingerprint"],
+            }
+        else:
+            values = {"pending_rerun": True, "updated_at": now}
+        result = conn.execute(jobs.update().where(jobs.c.id == m["id"], jobs.c.state == state.value).values(**values))
+        return result.rowcount == 1
 
     @staticmethod
     def _requeue_values(now: dt.datetime) -> dict:
@@ -248,81 +432,129 @@ class Ledger:
         )
 
     def claim(self, worker_id: str, lease_seconds: float) -> Optional[Job]:
-        """Claim the oldest claimable job for ``worker_id``; None when there is none."""
+        """Claim the oldest claimable job for ``worker_id``; None when there is none.
+
+        Raises :class:`LedgerUnavailableError` when the database refuses the write repeatedly.
+        """
         for _ in range(5):
-            now = utcnow()
-            with self.engine.begin() as conn:
-                candidate = conn.execute(
-                    sa.select(jobs.c.id, jobs.c.state, jobs.c.attempts, jobs.c.max_attempts)
-                    .where(self._claimable(now))
-                    .order_by(jobs.c.next_attempt_at, jobs.c.id)
-                    .limit(1)
-                ).first()
-                if candidate is None:
-                    return None
-                if candidate.state == JobState.RUNNING.value:
-                    LOG.warning("job %d: lease expired (worker died?), claiming it again", candidate.id)
-                if candidate.attempts >= candidate.max_attempts:
-                    conn.execute(
-                        jobs.update()
-                        .where(jobs.c.id == candidate.id, self._claimable(now))
-                        .values(
-                            state=JobState.FAILED.value,
-                            error_class="AttemptsExhausted",
-                            error_message=f"gave up after {candidate.attempts} attempts (last worker lost its lease)",
-                            lease_owner=None,
-                            lease_expires_at=None,
-                            updated_at=now,
-                            finished_at=now,
-                        )
-                    )
-                    continue
-                result = conn.execute(
+            outcome = self._write("claim", lambda: self._claim_once(worker_id, lease_seconds))
+            if outcome == "empty":
+                return None
+            if isinstance(outcome, Job):
+                return outcome
+        return None
+
+    def _claim_once(self, worker_id: str, lease_seconds: float) -> Job | str:
+        """One claim transaction: the claimed job, ``"empty"``, or ``"again"`` (lost a race / gave one up)."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            # PostgreSQL locks the candidate row and lets concurrent claimers skip to the next one;
+            # SQLite renders no FOR UPDATE (one writer at a time) and relies on the compare-and-set.
+            candidate = conn.execute(
+                sa.select(jobs.c.id, jobs.c.state, jobs.c.attempts, jobs.c.max_attempts)
+                .where(self._claimable(now))
+                .order_by(jobs.c.next_attempt_at, jobs.c.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if candidate is None:
+                return "empty"
+            if candidate.state == JobState.RUNNING.value:
+                LOG.warning("job %d: lease expired (worker died?), claiming it again", candidate.id)
+            if candidate.attempts >= candidate.max_attempts:
+                conn.execute(
                     jobs.update()
                     .where(jobs.c.id == candidate.id, self._claimable(now))
                     .values(
-                        state=JobState.RUNNING.value,
-                        lease_owner=worker_id,
-                        lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-                        attempts=jobs.c.attempts + 1,
-                        started_at=now,
+                        state=JobState.FAILED.value,
+                        error_class="AttemptsExhausted",
+                        error_message=f"gave up after {candidate.attempts} attempts (last worker lost its lease)",
+                        lease_owner=None,
+                        lease_expires_at=None,
                         updated_at=now,
+                        finished_at=now,
                     )
                 )
-                if result.rowcount == 1:
-                    row = conn.execute(sa.select(jobs).where(jobs.c.id == candidate.id)).one()
-                    return Job.from_row(row)
-        return None
+                return "again"
+            result = conn.execute(
+                jobs.update()
+                .where(jobs.c.id == candidate.id, self._claimable(now))
+                .values(
+                    state=JobState.RUNNING.value,
+                    lease_owner=worker_id,
+                    lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+                    attempts=jobs.c.attempts + 1,
+                    started_at=now,
+                    updated_at=now,
+                )
+            )
+            if result.rowcount != 1:
+                return "again"
+            return Job.from_row(conn.execute(sa.select(jobs).where(jobs.c.id == candidate.id)).one())
 
     def renew(self, job_id: int, worker_id: str, lease_seconds: float) -> None:
         """Extend the lease; raises :class:`LeaseLost` if another worker holds the job now."""
-        now = utcnow()
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.lease_owner == worker_id, jobs.c.state == JobState.RUNNING.value)
-                .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds), updated_at=now)
-            )
-        if result.rowcount != 1:
+
+        def _renew() -> int:
+            now = utcnow()
+            with self.engine.begin() as conn:
+                return conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.lease_owner == worker_id, jobs.c.state == JobState.RUNNING.value)
+                    .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds), updated_at=now)
+                ).rowcount
+
+        if self._write("renew", _renew) != 1:
             raise LeaseLost(f"job {job_id} is no longer held by {worker_id}")
 
     # --- finish ------------------------------------------------------------------------------
-    def _finish(self, job_id: int, worker_id: str, values: dict) -> None:
-        """Record the outcome; a job whose study changed while it ran is queued again instead."""
+    def _finish(self, job_id: int, worker_id: str, values: dict) -> JobState:
+        """Record the outcome and return the job's new state.
+
+        A job whose study changed while it ran (``pending_rerun``) is queued again instead. The
+        mark is read and cleared by the same compare-and-set ``UPDATE`` that records the outcome
+        (a ``CASE`` on ``pending_rerun``), so a rerun asked for while the job finishes is never lost.
+        """
         now = utcnow()
         values = {**values, "updated_at": now, "lease_owner": None, "lease_expires_at": None}
-        with self.engine.begin() as conn:
-            pending = conn.execute(sa.select(jobs.c.pending_rerun).where(jobs.c.id == job_id)).scalar()
-            if pending and JobState(values.get("state", JobState.QUEUED.value)).terminal:
-                LOG.info("job %d: the study changed while it ran; queued again", job_id)
-                values = {**values, **self._requeue_values(now)}
-            result = conn.execute(
-                jobs.update()
-                .where(jobs.c.id == job_id, jobs.c.lease_owner == worker_id, jobs.c.state == JobState.RUNNING.value)
-                .values(**values)
-            )
-        if result.rowcount != 1:
+        requeue = self._requeue_values(now)
+        assignments: dict[str, Any] = {}
+        for name in {**values, **requeue}:
+            column = jobs.c[name]
+            otherwise = sa.literal(values[name], column.type) if name in values else column
+            if name in requeue and not (name in values and values[name] == requeue[name]):
+                assignments[name] = sa.case(
+                    (jobs.c.pending_rerun, sa.literal(requeue[name], column.type)), else_=otherwise
+                )
+            else:
+                assignments[name] = otherwise
+        statement = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.lease_owner == worker_id, jobs.c.state == JobState.RUNNING.value)
+            .values(**assignments)
+            .returning(jobs.c.state)
+        )
+
+        def _record() -> Optional[str]:
+            with self.engine.begin() as conn:
+                row = conn.execute(statement).first()
+                if row is not None:
+                    return row.state
+                # Not ours any more -- unless an earlier try of this very write committed before its
+                # connection failed: then the row carries this write's timestamp and no lease.
+                mine = conn.execute(
+                    sa.select(jobs.c.state, jobs.c.updated_at, jobs.c.lease_owner).where(jobs.c.id == job_id)
+                ).first()
+                if mine is not None and mine.lease_owner is None and _aware(mine.updated_at) == now:
+                    return mine.state
+                return None
+
+        state = self._write("finish", _record)
+        if state is None:
             raise LeaseLost(f"job {job_id} is no longer held by {worker_id}")
+        if state == JobState.QUEUED.value and values.get("state") != JobState.QUEUED.value:
+            LOG.info("job %d: the study changed while it ran; queued again", job_id)
+        return JobState(state)
 
     def succeed(
         self,
@@ -335,6 +567,11 @@ class Ledger:
         details: dict,
         fingerprint: Optional[str] = None,
     ) -> None:
+        """Record a job's success (outputs, timings, details) if ``worker_id`` still holds its lease.
+
+        A rerun requested while the job ran is read and cleared in the same write: the job is queued
+        again instead. Raises :class:`LeaseLost` when another worker took the job over.
+        """
         self._finish(
             job_id,
             worker_id,
@@ -351,8 +588,22 @@ class Ledger:
             },
         )
 
-    def fail(self, job_id: int, worker_id: str, error_class: str, message: str, *, timings: Optional[dict] = None,
-             skipped: bool = False, input_series_uid: Optional[str] = None, fingerprint: Optional[str] = None) -> None:
+    def fail(
+        self,
+        job_id: int,
+        worker_id: str,
+        error_class: str,
+        message: str,
+        *,
+        timings: Optional[dict] = None,
+        skipped: bool = False,
+        input_series_uid: Optional[str] = None,
+        fingerprint: Optional[str] = None,
+    ) -> None:
+        """End a job as failed (or skipped) with the error class and a reason a person can act on.
+
+        Like :meth:`succeed`, a pending rerun turns this into "queued again" in the same write.
+        """
         self._finish(
             job_id,
             worker_id,
@@ -367,12 +618,21 @@ class Ledger:
             },
         )
 
-    def retry_later(self, job_id: int, worker_id: str, error_class: str, message: str, delay_seconds: float) -> JobState:
-        """Put the job back in the queue after ``delay_seconds``, or fail it when attempts are used up."""
-        with self.engine.begin() as conn:
-            row = conn.execute(sa.select(jobs.c.attempts, jobs.c.max_attempts).where(jobs.c.id == job_id)).one()
+    def retry_later(
+        self, job_id: int, worker_id: str, error_class: str, message: str, delay_seconds: float
+    ) -> JobState:
+        """Put the job back in the queue after ``delay_seconds``, or fail it when attempts are used up.
+
+        Returns the job's new state (``queued`` also when the study changed while the job ran).
+        """
+
+        def _attempts() -> Any:
+            with self.engine.connect() as conn:
+                return conn.execute(sa.select(jobs.c.attempts, jobs.c.max_attempts).where(jobs.c.id == job_id)).one()
+
+        row = self._write("read attempts", _attempts)  # stable while this worker holds the lease
         if row.attempts >= row.max_attempts:
-            self._finish(
+            return self._finish(
                 job_id,
                 worker_id,
                 {
@@ -382,8 +642,7 @@ class Ledger:
                     "finished_at": utcnow(),
                 },
             )
-            return JobState.FAILED
-        self._finish(
+        return self._finish(
             job_id,
             worker_id,
             {
@@ -393,15 +652,16 @@ class Ledger:
                 "next_attempt_at": utcnow() + dt.timedelta(seconds=delay_seconds),
             },
         )
-        return JobState.QUEUED
 
     # --- queries -----------------------------------------------------------------------------
     def get(self, job_id: int) -> Optional[Job]:
+        """The job with id ``job_id``, or None."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
         return Job.from_row(row) if row is not None else None
 
     def find(self, study_uid: str, pipeline_version: Optional[str] = None) -> list[Job]:
+        """A study's jobs (of one pipeline version when given), newest first."""
         query = sa.select(jobs).where(jobs.c.study_uid == study_uid)
         if pipeline_version is not None:
             query = query.where(jobs.c.pipeline_version == pipeline_version)
@@ -409,6 +669,7 @@ class Ledger:
             return [Job.from_row(r) for r in conn.execute(query.order_by(jobs.c.id.desc()))]
 
     def list(self, *, state: Optional[JobState] = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        """Jobs, newest first, optionally of one state, paged by ``limit``/``offset``."""
         query = sa.select(jobs)
         if state is not None:
             query = query.where(jobs.c.state == state.value)
@@ -417,6 +678,7 @@ class Ledger:
             return [Job.from_row(r) for r in conn.execute(query)]
 
     def known_studies(self, pipeline_version: str) -> set[str]:
+        """Study UIDs that have a job for ``pipeline_version`` (what the reconciler skips)."""
         with self.engine.connect() as conn:
             return {
                 r.study_uid
@@ -424,6 +686,7 @@ class Ledger:
             }
 
     def counts(self) -> dict[str, int]:
+        """Number of jobs by state."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state))
-            return {state: n for state, n in rows}
+            rows = conn.execute(sa.select(jobs.c.state, sa.func.count(jobs.c.id)).group_by(jobs.c.state))
+            return {row.state: row[1] for row in rows}

@@ -7,6 +7,7 @@ Orthanc restarted, queue full). Studies are paged through with limit/offset. A s
 arriving; if it was, the plugin's hand-off with a new source fingerprint reruns it (see
 :meth:`neuroradix.jobs.ledger.Ledger.enqueue`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,18 +23,40 @@ LOG = logging.getLogger(__name__)
 
 
 def sweep(settings: Settings, ledger: Ledger, pacs: PacsClient, page_size: int = 200) -> int:
-    """Enqueue every CT study in the PACS without a job for the current pipeline version."""
+    """Enqueue every CT study in the PACS without a job for the current pipeline version.
+
+    Parameters
+    ----------
+    settings:
+        The node's settings (pipeline version, attempts, settle time).
+    ledger:
+        Where jobs are queued.
+    pacs:
+        Searched with :meth:`~neuroradix.pacs.dicomweb.PacsClient.search_studies`, page by page.
+    page_size:
+        Studies per QIDO page.
+
+    Returns
+    -------
+    int
+        How many jobs were created.
+    """
     version = settings.pipeline_version
     known = ledger.known_studies(version)
     enqueued = 0
     offset = 0
     while True:
         page = pacs.search_studies(modality="CT", limit=page_size, offset=offset)
-        for item in page:
-            uid = item.get("0020000D", {}).get("Value", [None])[0]
+        for study in page:
+            uid = study.study_uid
             if uid and uid not in known:
-                _, created = ledger.enqueue(uid, version, trigger="reconciler", max_attempts=settings.max_attempts,
-                                            delay_seconds=settings.reconcile_settle_seconds)
+                _, created = ledger.enqueue(
+                    uid,
+                    version,
+                    trigger="reconciler",
+                    max_attempts=settings.max_attempts,
+                    delay_seconds=settings.reconcile_settle_seconds,
+                )
                 enqueued += int(created)
                 known.add(uid)
         if len(page) < page_size:
@@ -54,10 +77,12 @@ class Reconciler:
         self.last_error: Optional[str] = None
 
     def start(self) -> None:
+        """Start sweeping in a daemon thread."""
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop after the current sweep (waits up to 5 s)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)

@@ -10,7 +10,14 @@ This is the only place that catches broadly. Each error class maps to what happe
 anything else              queued again after backoff (a bug, logged with traceback);
                            failed when the attempts are used up
 =========================  ==================================================
+
+A job's study comes from the PACS (``source="pacs"``: QIDO/WADO-RS in, STOW-RS out) or from an
+uploaded zip (``source="upload"``, ``POST /v1/analyze``). Either way the worker runs the one
+:func:`~neuroradix.pipeline.process_study` and writes the job's folder
+(:func:`job_results_dir`): ``<analyzer>/labels.nii.gz`` and ``results.json``, plus the DICOM
+objects for an upload (which no PACS keeps). The API's results zip reads that folder.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,18 +26,38 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from neuroradix.analyzers.base import Analyzer
 from neuroradix.analyzers.registry import Unavailable, build_analyzers
 from neuroradix.config import Settings
-from neuroradix.errors import BadInputError, NotConfiguredError, NotEligibleError, TransientError
+from neuroradix.errors import (
+    BadInputError,
+    LedgerUnavailableError,
+    NotConfiguredError,
+    NotEligibleError,
+    TransientError,
+)
 from neuroradix.jobs.ledger import Job, LeaseLost, Ledger
+from neuroradix.offline import FolderSink, read_zip
 from neuroradix.pacs.dicomweb import PacsClient
-from neuroradix.pipeline import StageTimer, process_study
+from neuroradix.pipeline import LocalSource, PacsSink, PacsSource, Sink, Source, StageTimer, process_study
 from neuroradix.uids import short_hash
 
 LOG = logging.getLogger(__name__)
+
+UPLOAD = "upload"  # Job.source of a study sent to POST /v1/analyze
+
+
+def job_results_dir(var_dir: Path, job_id: int) -> Path:
+    """The folder where the worker keeps what job ``job_id`` produced (read by the results zip)."""
+    return Path(var_dir) / "results" / f"job-{job_id}"
+
+
+def uploads_dir(var_dir: Path) -> Path:
+    """The folder where uploaded studies wait for their job."""
+    return Path(var_dir) / "uploads"
 
 
 class _Heartbeat:
@@ -63,7 +90,17 @@ class _Heartbeat:
 
 
 class Worker:
-    """Processes jobs from the ledger until stopped."""
+    """Processes jobs from the ledger until stopped.
+
+    Parameters
+    ----------
+    settings:
+        The node's settings.
+    ledger, pacs, analyzers:
+        Built from the settings when not given (tests pass their own).
+    worker_id:
+        Lease owner name; ``host:pid`` by default.
+    """
 
     def __init__(
         self,
@@ -86,17 +123,30 @@ class Worker:
         self._stop = threading.Event()
 
     def stop(self, *_: object) -> None:
+        """Ask :meth:`run_forever` to return after the current job."""
         self._stop.set()
 
     def backoff(self, attempts: int) -> float:
+        """Seconds to wait before attempt ``attempts + 1``: exponential, capped."""
         return min(self.settings.retry_base_seconds * 2 ** max(attempts - 1, 0), self.settings.retry_max_seconds)
 
     def run_forever(self) -> None:
+        """Claim and process jobs until SIGTERM/SIGINT."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         LOG.info("worker %s started (pipeline %s)", self.worker_id, self.settings.pipeline_version)
+        failures = 0
         while not self._stop.is_set():
-            if not self.run_once():
+            try:
+                worked = self.run_once()
+                failures = 0
+            except LedgerUnavailableError as exc:  # cannot even claim: back off, the ledger may come back
+                failures += 1
+                delay = min(self.settings.poll_seconds * 2**failures, 60.0)
+                LOG.error("worker %s: ledger unavailable (%s); trying again in %.0f s", self.worker_id, exc, delay)
+                self._stop.wait(delay)
+                continue
+            if not worked:
                 self._stop.wait(self.settings.poll_seconds)
         LOG.info("worker %s stopped", self.worker_id)
 
@@ -108,14 +158,46 @@ class Worker:
         self.handle(job)
         return True
 
+    def _source_and_sinks(self, job: Job) -> tuple[Source, list[Sink]]:
+        results = FolderSink(
+            job_results_dir(self.settings.var_dir, job.id), include_dicom=job.source == UPLOAD, replace=True
+        )
+        if job.source == UPLOAD:
+            path = Path(job.input_path or "")
+            if not job.input_path or not path.is_file():
+                raise BadInputError("the uploaded study is no longer on the node; upload it again")
+            return LocalSource(read_zip(path, self.settings.max_upload_bytes)), [results]
+        return PacsSource(self.pacs, job.study_uid), [PacsSink(self.pacs), results]
+
+    def _discard_upload(self, job: Job) -> None:
+        """An upload's zip is deleted once its job has ended (it is kept while a retry may need it)."""
+        if job.source != UPLOAD or not job.input_path:
+            return
+        after = self.ledger.get(job.id)
+        if after is not None and after.state.terminal:
+            Path(job.input_path).unlink(missing_ok=True)
+
     def handle(self, job: Job) -> None:
+        """Run one claimed job and record its outcome (never raises for the job's own errors)."""
+        try:
+            self._handle(job)
+        except (LeaseLost, LedgerUnavailableError) as exc:  # the outcome could not be recorded
+            LOG.error("job %d: outcome not recorded (%s); the lease expires and the job runs again", job.id, exc)
+        finally:
+            try:
+                self._discard_upload(job)
+            except Exception:  # noqa: BLE001 - cleaning up an upload must not stop the worker
+                LOG.exception("job %d: could not clean up its upload", job.id)
+
+    def _handle(self, job: Job) -> None:
         tag = short_hash(job.study_uid)
         LOG.info("job %d (study %s): attempt %d of %d", job.id, tag, job.attempts, job.max_attempts)
         started = time.perf_counter()
         timer = StageTimer()
         try:
             with _Heartbeat(self.ledger, job, self.worker_id, self.settings.lease_seconds) as heartbeat:
-                outcome = process_study(job.study_uid, self.settings, self.pacs, self.analyzers, timer)
+                source, sinks = self._source_and_sinks(job)
+                outcome = process_study(source, sinks, self.settings, self.analyzers, timer)
             if heartbeat.lost:
                 raise LeaseLost(f"job {job.id} ran past its lease and was taken over")
             timings = {**outcome.timings, "total": round(time.perf_counter() - started, 3)}
@@ -133,12 +215,27 @@ class Worker:
             LOG.error("job %d: %s; its new owner records the outcome", job.id, exc)
         except NotEligibleError as exc:
             LOG.info("job %d (study %s): skipped: %s", job.id, tag, exc)
-            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), skipped=True, timings=timer.seconds,
-                             fingerprint=timer.fingerprint)
+            self.ledger.fail(
+                job.id,
+                self.worker_id,
+                type(exc).__name__,
+                str(exc),
+                skipped=True,
+                timings=timer.seconds,
+                fingerprint=timer.fingerprint,
+            )
         except (BadInputError, NotConfiguredError) as exc:
             LOG.warning("job %d (study %s): failed: %s", job.id, tag, exc)
-            self.ledger.fail(job.id, self.worker_id, type(exc).__name__, str(exc), timings=timer.seconds,
-                             fingerprint=timer.fingerprint)
+            self.ledger.fail(
+                job.id,
+                self.worker_id,
+                type(exc).__name__,
+                str(exc),
+                timings=timer.seconds,
+                fingerprint=timer.fingerprint,
+            )
+        except LedgerUnavailableError:
+            raise  # recording the outcome failed: handle() logs it, nothing more can be written now
         except TransientError as exc:
             delay = self.backoff(job.attempts)
             state = self.ledger.retry_later(job.id, self.worker_id, type(exc).__name__, str(exc), delay)

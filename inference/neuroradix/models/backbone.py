@@ -6,14 +6,17 @@ returns both the segmentation logits and the pooled patch embedding: encoder1/2/
 each mean-pooled over space and concatenated, ``(1 + 1 + 2 + 4 + 16) * feature_size`` values
 (1152 for ``feature_size=48``).
 """
+
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 from monai.networks.nets import SwinUNETR
 from torch import nn
 
+from neuroradix.models.attention import set_fused_attention
 from neuroradix.models.config import BackboneConfig
 
 logger = logging.getLogger(__name__)
@@ -21,12 +24,22 @@ logger = logging.getLogger(__name__)
 __all__ = ["build_backbone", "forward_with_features", "encode_patches", "SegmentationWithFeatures"]
 
 
-def build_backbone(cfg: BackboneConfig) -> nn.Module:
-    """Build MONAI's ``SwinUNETR`` from ``cfg`` (random weights)."""
+def build_backbone(cfg: BackboneConfig, *, fused_attention: bool = True) -> nn.Module:
+    """Build MONAI's ``SwinUNETR`` from ``cfg`` (random weights).
+
+    Parameters
+    ----------
+    cfg:
+        The backbone's hyper-parameters.
+    fused_attention:
+        Swap MONAI's window attention for :class:`~neuroradix.models.attention.FusedWindowAttention`
+        (one ``scaled_dot_product_attention`` call; same parameters, same ``state_dict`` keys, so
+        releases load either way).  ``False`` keeps MONAI's eager attention (the reference path).
+    """
 
     if not isinstance(cfg, BackboneConfig):
         raise TypeError(f"cfg must be a BackboneConfig, got {type(cfg).__name__}")
-    return SwinUNETR(
+    model = SwinUNETR(
         in_channels=cfg.in_channels,
         out_channels=cfg.out_channels,
         feature_size=cfg.feature_size,
@@ -34,13 +47,17 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
         window_size=cfg.window_size,
         spatial_dims=3,
     )
+    if fused_attention:
+        set_fused_attention(model, True)
+    return model
 
 
 def _pool(t: torch.Tensor) -> torch.Tensor:
     return t.float().mean(dim=(2, 3, 4))
 
 
-def _encoders(model: nn.Module, x: torch.Tensor):
+def _encoders(module: nn.Module, x: torch.Tensor):
+    model = cast(SwinUNETR, module)  # a SwinUNETR from build_backbone (or unwrapped from DDP)
     hidden = model.swinViT(x, model.normalize)
     enc0 = model.encoder1(x)
     enc1 = model.encoder2(hidden[0])
@@ -57,6 +74,7 @@ def forward_with_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tens
     outputs pooled on the way; the features are float32 whatever the autocast dtype.
     """
     hidden, enc0, enc1, enc2, enc3, dec4 = _encoders(model, x)
+    model = cast(SwinUNETR, model)
     feats = torch.cat([_pool(enc0), _pool(enc1), _pool(enc2), _pool(enc3), _pool(dec4)], dim=1)
     dec3 = model.decoder5(dec4, hidden[3])
     dec2 = model.decoder4(dec3, enc3)

@@ -6,6 +6,7 @@ states).  Each stream: multi-head cross-attention + LayerNorm + Dropout, then a 
 Transformer encoder; the classification stream ends with a graph-attention layer among the
 cls tokens (:class:`SimpleGATLayer`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,8 +72,9 @@ class _Stream(nn.Module):
 
     def forward(self, memory: torch.Tensor, key_padding_mask: Optional[torch.Tensor]):
         q = self.queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
-        out, weights = self.attn(q, memory, memory, key_padding_mask=key_padding_mask,
-                                 need_weights=True, average_attn_weights=True)
+        out, weights = self.attn(
+            q, memory, memory, key_padding_mask=key_padding_mask, need_weights=True, average_attn_weights=True
+        )
         x = self.norm(q + self.drop(out))
         return self.encoder(x), weights
 
@@ -80,8 +82,20 @@ class _Stream(nn.Module):
 class CrossAttentionBridge(nn.Module):
     """Project patch embeddings (``embed_dim``) to ``d_model`` and read them with two query streams."""
 
-    def __init__(self, embed_dim: int, d_model: int, num_cls_queries: int, num_gen_queries: int,
-                 num_heads: int = 8, dropout: float = 0.1, gat_heads: int = 4, standardize: bool = False) -> None:
+    embed_mean: torch.Tensor  # buffers, present when ``standardize``
+    embed_std: torch.Tensor
+
+    def __init__(
+        self,
+        embed_dim: int,
+        d_model: int,
+        num_cls_queries: int,
+        num_gen_queries: int,
+        num_heads: int = 8,
+        dropout: float = 0.1,
+        gat_heads: int = 4,
+        standardize: bool = False,
+    ) -> None:
         super().__init__()
         if standardize:  # per-feature mean and std of the training embeddings (set by stage 3, saved with the weights)
             self.register_buffer("embed_mean", torch.zeros(embed_dim))
@@ -101,8 +115,12 @@ class CrossAttentionBridge(nn.Module):
     def gen_queries(self) -> nn.Parameter:
         return self.gen_stream.queries
 
-    def forward(self, embeddings: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                patch_mask: Optional[torch.Tensor] = None) -> BridgeOutput:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        positions: Optional[torch.Tensor] = None,
+        patch_mask: Optional[torch.Tensor] = None,
+    ) -> BridgeOutput:
         """``embeddings [B, N, E]``, ``positions [B, N, 3]`` (0..1) and ``patch_mask [B, N]`` (True = real)."""
         if embeddings.ndim != 3:
             raise ValueError(f"embeddings must be [B, N, E], got {tuple(embeddings.shape)}")

@@ -1,4 +1,5 @@
 """``neuroradix weights ...``: make and verify weights releases (registered by the lead's CLI)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,14 @@ def _verify(args: argparse.Namespace) -> int:
     except NotConfiguredError as exc:  # pragma: no cover - allow_untrained=True above
         print(f"REFUSED: {exc}")
         return 1
-    summary = {"path": str(rel.path), "name": rel.name, "version": rel.version, "untrained": rel.untrained,
-               "licence": rel.manifest.get("licence"), "files": sorted(rel.manifest["files"])}
+    summary = {
+        "path": str(rel.path),
+        "name": rel.name,
+        "version": rel.version,
+        "untrained": rel.untrained,
+        "licence": rel.manifest.get("licence"),
+        "files": sorted(rel.manifest["files"]),
+    }
     print(json.dumps(summary, indent=2))
     if rel.untrained:
         print("NOTE: this release is UNTRAINED (random weights): the node refuses it without --allow-untrained")

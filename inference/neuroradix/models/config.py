@@ -6,6 +6,7 @@ preprocessing than the one it was trained with.  Each dataclass is frozen, check
 ``__post_init__`` (``ValueError`` naming the field) and round-trips through ``to_dict`` /
 ``from_dict``; ``from_dict`` refuses unknown keys so a typo in a manifest is an error.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,12 +39,12 @@ def _from_dict(cls, data: dict, where: str):
     return cls(**kwargs)
 
 
-def _to_dict(obj) -> dict:
+def _to_dict(obj: Any) -> dict:
     out = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            value = value.to_dict()
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = _to_dict(value)
         elif isinstance(value, tuple):
             value = list(value)
         elif isinstance(value, dict):
@@ -103,9 +104,11 @@ class PreprocessConfig:
             raise ValueError(f"output_range must be increasing, got {self.output_range}")
         if self.orientation is not None:
             o = str(self.orientation).upper()
-            if len(o) != 3 or any(c not in _ORIENTATION_LETTERS for c in o) or len(
-                {_ORIENTATION_LETTERS[c] for c in o}
-            ) != 3:
+            if (
+                len(o) != 3
+                or any(c not in _ORIENTATION_LETTERS for c in o)
+                or len({_ORIENTATION_LETTERS[c] for c in o}) != 3
+            ):
                 raise ValueError(f"orientation must be three letters from L/R, P/A, S/I, got {self.orientation!r}")
             object.__setattr__(self, "orientation", o)
         if (self.target_spacing is None) == (self.target_shape is None):
@@ -254,8 +257,17 @@ class HeadConfig:
     bart_pretrained: Optional[str] = None
 
     def __post_init__(self) -> None:
-        for name in ("embed_dim", "d_model", "num_heads", "num_cls_queries", "num_gen_queries",
-                     "num_findings", "num_experts", "gat_heads", "max_report_tokens"):
+        for name in (
+            "embed_dim",
+            "d_model",
+            "num_heads",
+            "num_cls_queries",
+            "num_gen_queries",
+            "num_findings",
+            "num_experts",
+            "gat_heads",
+            "max_report_tokens",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -278,8 +290,15 @@ class HeadConfig:
             raise ValueError(f"prompt_threshold must be in [0, 1], got {self.prompt_threshold}")
         if not isinstance(self.bart, dict):
             raise ValueError("bart must be a dict of BartConfig keyword arguments")
-        reserved = {"d_model", "vocab_size", "pad_token_id", "bos_token_id", "eos_token_id",
-                    "decoder_start_token_id", "attn_implementation"}
+        reserved = {
+            "d_model",
+            "vocab_size",
+            "pad_token_id",
+            "bos_token_id",
+            "eos_token_id",
+            "decoder_start_token_id",
+            "attn_implementation",
+        }
         clash = sorted(reserved & set(self.bart))
         if clash:
             raise ValueError(f"bart must not set {clash}: they come from d_model and the tokenizer")

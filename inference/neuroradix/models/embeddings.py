@@ -8,6 +8,7 @@ A file is a ``torch.save`` of plain tensors and JSON-like values, read back with
      "starts": int64 [P, 3] (window start on the network grid), "grid": PatchGrid.to_dict(),
      "meta": {...}}
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,21 +32,26 @@ class EmbeddingFile:
     meta: dict = field(default_factory=dict)
 
 
-def save_embeddings(path: Union[str, Path], embeddings: torch.Tensor, grid: PatchGrid, meta: Optional[dict] = None) -> Path:
+def save_embeddings(
+    path: Union[str, Path], embeddings: torch.Tensor, grid: PatchGrid, meta: Optional[dict] = None
+) -> Path:
     """Write one scan's patch embeddings (rows in the grid's C order) and positions."""
     emb = torch.as_tensor(embeddings).detach().float().cpu()
     if emb.ndim != 2 or emb.shape[0] != len(grid):
         raise ValueError(f"embeddings must be [{len(grid)}, D] for this grid, got {tuple(emb.shape)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({
-        "format": EMBEDDING_FORMAT,
-        "embeddings": emb.contiguous(),
-        "positions": torch.from_numpy(grid.positions()),
-        "starts": torch.from_numpy(grid.patch_starts()),
-        "grid": grid.to_dict(),
-        "meta": dict(meta or {}),
-    }, path)
+    torch.save(
+        {
+            "format": EMBEDDING_FORMAT,
+            "embeddings": emb.contiguous(),
+            "positions": torch.from_numpy(grid.positions()),
+            "starts": torch.from_numpy(grid.patch_starts()),
+            "grid": grid.to_dict(),
+            "meta": dict(meta or {}),
+        },
+        path,
+    )
     return path
 
 

@@ -4,6 +4,7 @@ The classifier's 19 outputs are the 18 CT-RATE findings in CT-RATE's order follo
 "Abnormal".  The catalogue is data, validated on load: the order must be CT-RATE's, every code
 a ``{value, scheme, meaning}`` triple, and every related segment a class of ``chest-ct-43``.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,23 @@ __all__ = ["CTRATE_FINDINGS", "FindingSpec", "FindingCatalogue", "load_findings"
 
 #: CT-RATE's 18 findings in its label order (the classifier's first 18 outputs).
 CTRATE_FINDINGS: tuple[str, ...] = (
-    "Medical material", "Arterial wall calcification", "Cardiomegaly", "Pericardial effusion",
-    "Coronary artery wall calcification", "Hiatal hernia", "Lymphadenopathy", "Emphysema",
-    "Atelectasis", "Lung nodule", "Lung opacity", "Pulmonary fibrotic sequela", "Pleural effusion",
-    "Mosaic attenuation pattern", "Peribronchial thickening", "Consolidation", "Bronchiectasis",
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
     "Interlobular septal thickening",
 )
 

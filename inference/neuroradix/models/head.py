@@ -10,6 +10,7 @@ learned task weights (Kendall et al. 2018) with ``uncertainty_weighting``.
 Token sequence of a report: ``<s> prefix report </s>``; the decoder input is that sequence
 shifted right behind ``decoder_start_token_id`` (``</s>``, BART's convention).
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,6 +24,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from neuroradix.models.bridge import CrossAttentionBridge
 from neuroradix.models.config import HeadConfig
+from neuroradix.models.decode import StaticGreedyDecoder
 from neuroradix.models.findings import CTRATE_FINDINGS
 from neuroradix.models.moe import MoEClassifier
 
@@ -31,24 +33,32 @@ logger = logging.getLogger(__name__)
 __all__ = ["MultitaskHead", "build_bart", "coverage_loss", "format_prompt"]
 
 
-def build_bart(cfg: HeadConfig, tokenizer) -> nn.Module:
+def build_bart(cfg: HeadConfig, tokenizer) -> BartForConditionalGeneration:
     """``BartForConditionalGeneration`` with eager attention (cross-attentions are needed).
 
     Built from ``cfg.bart`` or loaded from the local folder ``cfg.bart_pretrained``.
     """
 
     if cfg.bart_pretrained:
-        model = BartForConditionalGeneration.from_pretrained(cfg.bart_pretrained, local_files_only=True,
-                                                             attn_implementation="eager")
+        model = BartForConditionalGeneration.from_pretrained(
+            cfg.bart_pretrained, local_files_only=True, attn_implementation="eager"
+        )
         if model.config.d_model != cfg.d_model:
-            raise ValueError(f"BART at {cfg.bart_pretrained} has d_model {model.config.d_model}, head expects {cfg.d_model}")
+            raise ValueError(
+                f"BART at {cfg.bart_pretrained} has d_model {model.config.d_model}, head expects {cfg.d_model}"
+            )
         if model.config.vocab_size < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         return model
     bart_cfg = BartConfig(
-        vocab_size=len(tokenizer), d_model=cfg.d_model, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=None, **cfg.bart,
+        vocab_size=len(tokenizer),
+        d_model=cfg.d_model,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        forced_eos_token_id=None,
+        **cfg.bart,
     )
     return BartForConditionalGeneration._from_config(bart_cfg, attn_implementation="eager")
 
@@ -91,11 +101,20 @@ class MultitaskHead(nn.Module):
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.finding_names = tuple(finding_names)
-        self.bridge = CrossAttentionBridge(cfg.embed_dim, cfg.d_model, cfg.num_cls_queries, cfg.num_gen_queries,
-                                           cfg.num_heads, cfg.dropout, cfg.gat_heads, cfg.standardize_embeddings)
+        self.bridge = CrossAttentionBridge(
+            cfg.embed_dim,
+            cfg.d_model,
+            cfg.num_cls_queries,
+            cfg.num_gen_queries,
+            cfg.num_heads,
+            cfg.dropout,
+            cfg.gat_heads,
+            cfg.standardize_embeddings,
+        )
         self.classifier = MoEClassifier(cfg.d_model, cfg.num_outputs, cfg.num_experts)
         self.bart = build_bart(cfg, tokenizer)
         self.log_vars = nn.Parameter(torch.zeros(2)) if cfg.uncertainty_weighting else None
+        self._static_decoder: Optional[StaticGreedyDecoder] = None
 
     def set_embedding_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-feature statistics of the training embeddings, used to standardise the input.
@@ -136,8 +155,14 @@ class MultitaskHead(nn.Module):
 
     def tokenize_reports(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Report text -> ``(input_ids, attention_mask)`` for :meth:`forward` (no special tokens)."""
-        enc = self.tokenizer(list(texts), add_special_tokens=False, padding=True, truncation=True,
-                             max_length=self.cfg.max_report_tokens, return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts),
+            add_special_tokens=False,
+            padding=True,
+            truncation=True,
+            max_length=self.cfg.max_report_tokens,
+            return_tensors="pt",
+        )
         return enc["input_ids"], enc["attention_mask"]
 
     def _prefix_ids(self, prompt: str) -> list[int]:
@@ -162,16 +187,22 @@ class MultitaskHead(nn.Module):
         dec_mask = torch.zeros((len(seqs), length), dtype=torch.long)
         for b, s in enumerate(seqs):
             full[b, : len(s)] = torch.tensor(s)
-            labels[b, masks[b]: len(s)] = torch.tensor(s[masks[b]:])
+            labels[b, masks[b] : len(s)] = torch.tensor(s[masks[b] :])
             dec_mask[b, : len(s)] = 1
-        start = torch.full((len(seqs), 1), self.bart.config.decoder_start_token_id, dtype=torch.long)
+        start = torch.full((len(seqs), 1), self._decoder_start_id(), dtype=torch.long)
         dec_in = torch.cat([start, full[:, :-1]], dim=1)
         return dec_in.to(device), dec_mask.to(device), labels.to(device)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, embeddings: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None, input_ids: Optional[torch.Tensor] = None,
-                attention_mask: Optional[torch.Tensor] = None, patch_mask: Optional[torch.Tensor] = None) -> dict:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        positions: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        input_ids: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        patch_mask: Optional[torch.Tensor] = None,
+    ) -> dict:
         """Classify, and (when report tokens are given) teacher-force the report.
 
         Parameters
@@ -191,20 +222,35 @@ class MultitaskHead(nn.Module):
         """
         br = self.bridge(embeddings, positions, patch_mask)
         logits_cls, gates = self.classifier(br.cls_repr)
-        out = {"logits_cls": logits_cls, "bart_out": None, "cls_loss": None, "bart_loss": None,
-               "coverage_loss": None, "loss": None, "cls_attention": br.cls_attention,
-               "gen_attention": br.gen_attention, "gates": gates}
+        out = {
+            "logits_cls": logits_cls,
+            "bart_out": None,
+            "cls_loss": None,
+            "bart_loss": None,
+            "coverage_loss": None,
+            "loss": None,
+            "cls_attention": br.cls_attention,
+            "gen_attention": br.gen_attention,
+            "gates": gates,
+        }
         if labels is not None:
             out["cls_loss"] = F.binary_cross_entropy_with_logits(logits_cls, labels.to(logits_cls.dtype))
         gen_loss = None
         if input_ids is not None:
             forced = labels if (self.training and labels is not None and self.cfg.prompt_from_labels) else None
             dec_in, dec_mask, tgt = self._decoder_batch(self.prompts(logits_cls, forced), input_ids, attention_mask)
-            bart_out = self.bart(encoder_outputs=(br.gen_repr,), decoder_input_ids=dec_in,
-                                 decoder_attention_mask=dec_mask, output_attentions=True, return_dict=True)
+            bart_out = self.bart(
+                encoder_outputs=(br.gen_repr,),
+                decoder_input_ids=dec_in,
+                decoder_attention_mask=dec_mask,
+                output_attentions=True,
+                return_dict=True,
+            )
             logits = bart_out.logits
             out["bart_out"] = bart_out
-            out["bart_loss"] = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=-100)
+            out["bart_loss"] = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=-100
+            )
             cross = torch.stack(bart_out.cross_attentions).mean(dim=(0, 2))  # [B, T, Q]
             out["coverage_loss"] = coverage_loss(cross, tgt != -100)
             gen_loss = out["bart_loss"] + self.cfg.coverage_weight * out["coverage_loss"]
@@ -228,9 +274,20 @@ class MultitaskHead(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def generate(self, embeddings: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                 max_new_tokens: Optional[int] = None, patch_mask: Optional[torch.Tensor] = None):
+    def generate(
+        self,
+        embeddings: torch.Tensor,
+        positions: Optional[torch.Tensor] = None,
+        max_new_tokens: Optional[int] = None,
+        patch_mask: Optional[torch.Tensor] = None,
+        static_cache: bool = True,
+    ):
         """Greedy report generation.
+
+        With ``static_cache`` (default) the report is decoded by
+        :class:`~neuroradix.models.decode.StaticGreedyDecoder`, which collects the cross-attention
+        while decoding; ``False`` runs transformers' ``generate`` and then the decoder once more
+        over the sequence to get the maps (the reference path; same tokens, same maps).
 
         Returns
         -------
@@ -248,31 +305,89 @@ class MultitaskHead(nn.Module):
         logits_cls, _ = self.classifier(br.cls_repr)
         prompts = self.prompts(logits_cls)
         tok = self.tokenizer
-        texts, tokens, cross_list, token_att = [], [], [], []
+        texts: list[str] = []
+        tokens: list[list[str]] = []
+        cross_list: list[torch.Tensor] = []
+        token_att: list[torch.Tensor] = []
         for b, prompt in enumerate(prompts):
-            enc = BaseModelOutput(last_hidden_state=br.gen_repr[b: b + 1])
-            prefix = [self.bart.config.decoder_start_token_id] + self._prefix_ids(prompt)
+            enc = BaseModelOutput(last_hidden_state=br.gen_repr[b : b + 1])
+            prefix = [self._decoder_start_id()] + self._prefix_ids(prompt)
+            if static_cache:
+                dec = self._decoder.decode(br.gen_repr[b : b + 1], prefix, max_new, tok.eos_token_id)
+                new = torch.tensor(dec.tokens, dtype=torch.long)
+                cross = dec.cross_attention.to(embeddings.device)
+                self._append(b, new, cross, br, texts, tokens, cross_list, token_att)
+                continue
             start = torch.tensor([prefix], dtype=torch.long, device=embeddings.device)
-            seq = self.bart.generate(encoder_outputs=enc, decoder_input_ids=start, max_new_tokens=max_new,
-                                     do_sample=False, num_beams=1, eos_token_id=tok.eos_token_id,
-                                     pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
-            new = seq[0, len(prefix):]
+            seq = self.bart.generate(
+                encoder_outputs=enc,
+                decoder_input_ids=start,
+                max_new_tokens=max_new,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id,
+            )
+            new = seq[0, len(prefix) :]
             eos = (new == tok.eos_token_id).nonzero()
             new = new[: int(eos[0]) if len(eos) else len(new)]
             if len(new):
                 full = torch.cat([start[0], new])[None]
-                fwd = self.bart(encoder_outputs=(br.gen_repr[b: b + 1],), decoder_input_ids=full[:, :-1],
-                                output_attentions=True, return_dict=True)
+                fwd = self.bart(
+                    encoder_outputs=(br.gen_repr[b : b + 1],),
+                    decoder_input_ids=full[:, :-1],
+                    output_attentions=True,
+                    return_dict=True,
+                )
                 cross = torch.stack(fwd.cross_attentions).mean(dim=(0, 2))[0]  # [T_all, Q]
                 # the prediction of token new[i] is made at decoder position len(prefix) - 1 + i
-                cross = cross[len(prefix) - 1:]
+                cross = cross[len(prefix) - 1 :]
             else:
                 cross = torch.zeros((0, br.gen_repr.shape[1]), device=embeddings.device)
-            texts.append(tok.decode(new.tolist(), skip_special_tokens=True).strip())
-            tokens.append([tok.decode([i]) for i in new.tolist()])
-            cross_list.append(cross.float().cpu())
-            token_att.append((cross.float() @ br.gen_attention[b].float()).cpu())
-        info = {"logits_cls": logits_cls, "probabilities": torch.sigmoid(logits_cls.float()),
-                "cls_attention": br.cls_attention, "gen_attention": br.gen_attention, "prompts": prompts,
-                "tokens": tokens, "token_cross_attention": cross_list, "token_attention": token_att}
+            self._append(b, new, cross, br, texts, tokens, cross_list, token_att)
+        info = {
+            "logits_cls": logits_cls,
+            "probabilities": torch.sigmoid(logits_cls.float()),
+            "cls_attention": br.cls_attention,
+            "gen_attention": br.gen_attention,
+            "prompts": prompts,
+            "tokens": tokens,
+            "token_cross_attention": cross_list,
+            "token_attention": token_att,
+        }
         return texts, info
+
+    def compile_decoder(self, enabled: bool = True) -> None:
+        """Compile the static-cache decode step (``torch.compile``, CUDA graphs on a GPU)."""
+        self._static_decoder = StaticGreedyDecoder(self.bart, compile_step=enabled)
+
+    @property
+    def _decoder(self) -> StaticGreedyDecoder:
+        if self._static_decoder is None or self._static_decoder.bart is not self.bart:
+            self._static_decoder = StaticGreedyDecoder(self.bart)
+        return self._static_decoder
+
+    def _decoder_start_id(self) -> int:
+        """BART's ``decoder_start_token_id`` (``</s>``; set by :func:`build_bart`)."""
+        value = self.bart.config.decoder_start_token_id
+        if value is None:
+            raise ValueError("the BART config has no decoder_start_token_id")
+        return int(value)
+
+    def _append(
+        self,
+        b: int,
+        new: torch.Tensor,
+        cross: torch.Tensor,
+        br,
+        texts: list,
+        tokens: list,
+        cross_list: list,
+        token_att: list,
+    ) -> None:
+        tok = self.tokenizer
+        texts.append(tok.decode(new.tolist(), skip_special_tokens=True).strip())
+        tokens.append([tok.decode([i]) for i in new.tolist()])
+        cross_list.append(cross.float().cpu())
+        token_att.append((cross.float() @ br.gen_attention[b].float()).cpu())

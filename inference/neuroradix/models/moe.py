@@ -1,4 +1,5 @@
 """Mixture-of-experts classifier over the cls tokens (18 CT-RATE findings + abnormal)."""
+
 from __future__ import annotations
 
 import torch

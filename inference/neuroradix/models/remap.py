@@ -12,9 +12,11 @@ Loading checks that every source class is mapped exactly once, that no unknown s
 named, and that every target is a class of the target scheme (a name, or a label 0..N).
 Applying a table to a label array refuses values that are not source labels.
 """
+
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -50,10 +52,7 @@ class LabelRemap:
         ValueError
             If ``labels`` holds a value that is not a source label (nor 0).
         """
-        try:
-            import torch  # noqa: PLC0415 - optional dependency, absent is handled below
-        except ImportError:  # pragma: no cover - torch is a worker dependency
-            torch = None
+        torch = sys.modules.get("torch")  # a torch tensor means torch is imported already
         is_torch = torch is not None and isinstance(labels, torch.Tensor)
         arr = labels.detach().cpu().numpy() if is_torch else np.asarray(labels)
         if arr.size and (not np.issubdtype(arr.dtype, np.integer)):
@@ -63,9 +62,11 @@ class LabelRemap:
         values = np.unique(arr)
         bad = [int(v) for v in values if v < 0 or v >= len(self.lut) or self.lut[int(v)] < 0]
         if bad:
-            raise ValueError(f"{self.name}: label value(s) {bad[:10]} are not labels of source scheme {self.source_name!r}")
+            raise ValueError(
+                f"{self.name}: label value(s) {bad[:10]} are not labels of source scheme {self.source_name!r}"
+            )
         out = self.lut[arr.astype(np.int64)].astype(np.uint8)
-        if is_torch:
+        if is_torch and torch is not None:
             return torch.from_numpy(out).to(labels.device)
         return out
 

@@ -11,6 +11,7 @@ the same slice), so the blending buffer only spans one window height,
 weights is skipped: it is the same positive factor for every class of a voxel, so the argmax
 does not change.
 """
+
 from __future__ import annotations
 
 import logging
@@ -88,13 +89,18 @@ class PatchGrid:
         return c @ self.affine[:3, :3].T + self.affine[:3, 3]
 
     def to_dict(self) -> dict:
-        return {"starts": [list(map(int, s)) for s in self.starts], "roi": int(self.roi),
-                "shape": list(map(int, self.shape)), "affine": np.asarray(self.affine).tolist()}
+        return {
+            "starts": [list(map(int, s)) for s in self.starts],
+            "roi": int(self.roi),
+            "shape": list(map(int, self.shape)),
+            "affine": np.asarray(self.affine).tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> PatchGrid:
-        return cls(tuple(tuple(int(v) for v in s) for s in d["starts"]), int(d["roi"]),
-                   tuple(int(v) for v in d["shape"]), np.asarray(d["affine"], dtype=np.float64))
+        sz, sy, sx = (tuple(int(v) for v in s) for s in d["starts"])
+        nz, ny, nx = (int(v) for v in d["shape"])
+        return cls((sz, sy, sx), int(d["roi"]), (nz, ny, nx), np.asarray(d["affine"], dtype=np.float64))
 
     def stitch(self, weights: np.ndarray, target_shape, target_affine: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
         """Spread per-patch weights over a target grid (any geometry in the same patient frame).
@@ -109,15 +115,15 @@ class PatchGrid:
         out = np.empty(idx.shape[0], dtype=np.float32)
         starts = [np.asarray(s, dtype=np.float64) for s in self.starts]
         for lo in range(0, idx.shape[0], chunk):
-            pts = idx[lo:lo + chunk] @ to_net[:3, :3].T + to_net[:3, 3]
+            pts = idx[lo : lo + chunk] @ to_net[:3, :3].T + to_net[:3, 3]
             m = []
             for a in range(3):
-                x = pts[:, a:a + 1]
+                x = pts[:, a : a + 1]
                 end = np.minimum(starts[a] + self.roi, self.shape[a])
                 m.append(((x >= starts[a] - 0.5) & (x < end - 0.5)).astype(np.float64))
             num = np.einsum("na,nb,nc,abc->n", m[0], m[1], m[2], w, optimize=True)
             den = np.einsum("na,nb,nc->n", m[0], m[1], m[2], optimize=True)
-            out[lo:lo + chunk] = np.where(den > 0, num / np.maximum(den, 1), 0.0)
+            out[lo : lo + chunk] = np.where(den > 0, num / np.maximum(den, 1), 0.0)
         return out.reshape(target_shape)
 
 
@@ -178,8 +184,14 @@ def sliding_segment(
     img = img.to(in_dtype)
     glob = glob.to(in_dtype)
     padded = tuple(int(s) for s in img.shape)
-    starts = tuple(tuple(int(v) for v in window_starts(n, roi, overlap)) for n in padded)
-    grid = PatchGrid(starts, roi, shape, np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64))
+    sz, sy, sx = (tuple(int(v) for v in window_starts(n, roi, overlap)) for n in padded)
+    starts = (sz, sy, sx)
+    grid = PatchGrid(
+        starts,
+        roi,
+        (shape[0], shape[1], shape[2]),
+        np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64),
+    )
     acc_dtype = options.accumulate_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
     weight = gaussian_window(roi, sigma_scale, device=device)
     labels = torch.zeros(padded, dtype=torch.uint8, device=device)
@@ -190,8 +202,8 @@ def sliding_segment(
     z_list = list(starts[0])
     for k, z0 in enumerate(z_list):
         for b0 in range(0, len(plane), options.sw_batch_size):
-            batch = plane[b0:b0 + options.sw_batch_size]
-            x = torch.stack([img[z0:z0 + roi, s1:s1 + roi, s2:s2 + roi] for s1, s2 in batch])[:, None]
+            batch = plane[b0 : b0 + options.sw_batch_size]
+            x = torch.stack([img[z0 : z0 + roi, s1 : s1 + roi, s2 : s2 + roi] for s1, s2 in batch])[:, None]
             x = torch.cat([x, glob.expand(len(batch), -1, -1, -1, -1)], dim=1)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                 logits, f = forward(x if use_amp or device.type != "cuda" else x.float())
@@ -200,14 +212,15 @@ def sliding_segment(
                 acc = torch.zeros((logits.shape[1], roi, padded[1], padded[2]), dtype=acc_dtype, device=device)
             w = weight.to(logits.dtype)
             for i, (s1, s2) in enumerate(batch):
-                acc[:, :, s1:s1 + roi, s2:s2 + roi] += (logits[i] * w).to(acc_dtype)
+                acc[:, :, s1 : s1 + roi, s2 : s2 + roi] += (logits[i] * w).to(acc_dtype)
             del logits, x
+        assert acc is not None, "every row of windows holds at least one patch"
         z1 = z_list[k + 1] if k + 1 < len(z_list) else z0 + roi
         delta = z1 - z0
         labels[z0:z1] = acc[:, :delta].argmax(dim=0).to(torch.uint8)
         if k + 1 < len(z_list):
             acc[:, : roi - delta] = acc[:, delta:].clone()
-            acc[:, roi - delta:] = 0
+            acc[:, roi - delta :] = 0
     out = labels[: shape[0], : shape[1], : shape[2]].cpu().numpy()
     emb = torch.cat(feats, dim=0).cpu() if feats else torch.zeros(0)
     logger.debug("sliding window: %d windows on grid %s", len(grid), shape)

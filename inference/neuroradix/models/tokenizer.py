@@ -3,6 +3,7 @@
 Special tokens follow BART: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3, ``<mask>`` 4.
 Nothing is fetched from a hub: :func:`load_tokenizer` reads a local folder only.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,23 +20,36 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
 def _wrap(tok):
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
 
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
-                                   unk_token="<unk>", mask_token="<mask>")
 
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, out_dir: Union[str, Path, None] = None,
-                    min_frequency: int = 2):
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 8000, out_dir: Union[str, Path, None] = None, min_frequency: int = 2
+):
     """Train a byte-level BPE on ``texts``; save it to ``out_dir`` (if given) and return it.
 
     Returns a ``transformers`` fast tokenizer (``PreTrainedTokenizerFast``).
     """
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (the byte alphabet), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (the byte alphabet), got {vocab_size}"
+        )
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(list(texts), vocab_size=vocab_size, min_frequency=min_frequency,
-                            special_tokens=SPECIAL_TOKENS, show_progress=False)
+    bpe.train_from_iterator(
+        list(texts),
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+    )
     tok = _wrap(bpe._tokenizer)
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ Array transforms work on channel-first tensors ``[C, D, H, W]``; each dictionary
 (MONAI's ``...d`` naming, also exported as ``...D`` and ``...Dict``) holds one array transform
 and loops over its keys.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,12 +32,33 @@ from neuroradix.types import Volume
 
 logger = logging.getLogger(__name__)
 
+
+def _key_list(keys: Union[Hashable, Sequence[Hashable]]) -> list[Hashable]:
+    """``keys`` as a list: one ``str``/``int`` key becomes a list of one (MONAI's convention)."""
+    if isinstance(keys, str | int) or not isinstance(keys, Sequence):
+        return [keys]
+    return list(keys)
+
+
 __all__ = [
-    "NetworkGrid", "preprocess_volume", "normalise_hu",
-    "AddGlobalResized", "AddGlobalResizedd", "AddGlobalResizedD", "AddGlobalResizedDict",
-    "AppendGlobalChannel", "AppendGlobalChanneld", "AppendGlobalChannelD", "AppendGlobalChannelDict",
-    "RemapLabels", "RemapLabelsd", "RemapLabelsD", "RemapLabelsDict",
-    "LoadEmbeddingd", "LoadEmbeddingD", "LoadEmbeddingDict",
+    "NetworkGrid",
+    "preprocess_volume",
+    "normalise_hu",
+    "AddGlobalResized",
+    "AddGlobalResizedd",
+    "AddGlobalResizedD",
+    "AddGlobalResizedDict",
+    "AppendGlobalChannel",
+    "AppendGlobalChanneld",
+    "AppendGlobalChannelD",
+    "AppendGlobalChannelDict",
+    "RemapLabels",
+    "RemapLabelsd",
+    "RemapLabelsD",
+    "RemapLabelsDict",
+    "LoadEmbeddingd",
+    "LoadEmbeddingD",
+    "LoadEmbeddingDict",
 ]
 
 _LETTER = {"L": (0, 1), "R": (0, -1), "P": (1, 1), "A": (1, -1), "S": (2, 1), "I": (2, -1)}
@@ -133,7 +155,8 @@ def preprocess_volume(volume: Volume, cfg: PreprocessConfig, device: str = "cpu"
         new_shape = tuple(max(1, int(round(n * s / t))) for n, s, t in zip(reo_shape, spacing, cfg.target_spacing))
     else:
         new_shape = tuple(cfg.target_shape)  # type: ignore[arg-type]
-    scale = tuple(float(n) / float(m) for n, m in zip(reo_shape, new_shape))
+    sz, sy, sx = (float(n) / float(m) for n, m in zip(reo_shape, new_shape))
+    scale = (sz, sy, sx)
     if new_shape != tuple(reo_shape):
         t = torch.from_numpy(np.ascontiguousarray(arr))[None, None].to(device)
         arr = F.interpolate(t, size=new_shape, mode="trilinear", align_corners=False)[0, 0].cpu().numpy()
@@ -170,9 +193,14 @@ class AddGlobalResized:
 class AddGlobalResizedd:
     """Dictionary variant: ``data[global_key] = AddGlobalResized(size)(data[key])``."""
 
-    def __init__(self, keys: Union[Hashable, Sequence[Hashable]] = "image", global_key: str = "global",
-                 size: int = 96, mode: str = "trilinear") -> None:
-        self.keys = [keys] if isinstance(keys, str | int) else list(keys)
+    def __init__(
+        self,
+        keys: Union[Hashable, Sequence[Hashable]] = "image",
+        global_key: str = "global",
+        size: int = 96,
+        mode: str = "trilinear",
+    ) -> None:
+        self.keys = _key_list(keys)
         if len(self.keys) != 1:
             raise ValueError("AddGlobalResizedd takes exactly one key (the whole image)")
         self.global_key = global_key
@@ -198,9 +226,10 @@ class AppendGlobalChannel:
 class AppendGlobalChanneld:
     """Dictionary variant: for every key, ``data[key] = cat(data[key], data[global_key])``."""
 
-    def __init__(self, keys: Union[Hashable, Sequence[Hashable]] = "image", global_key: str = "global",
-                 drop_global: bool = True) -> None:
-        self.keys = [keys] if isinstance(keys, str | int) else list(keys)
+    def __init__(
+        self, keys: Union[Hashable, Sequence[Hashable]] = "image", global_key: str = "global", drop_global: bool = True
+    ) -> None:
+        self.keys = _key_list(keys)
         self.global_key = global_key
         self.drop_global = drop_global
         self.op = AppendGlobalChannel()
@@ -228,9 +257,12 @@ class RemapLabels:
 class RemapLabelsd:
     """Dictionary variant of :class:`RemapLabels`."""
 
-    def __init__(self, keys: Union[Hashable, Sequence[Hashable]] = "label",
-                 table: Union[str, Path, LabelRemap] = "totalseg117-to-chest-ct-43") -> None:
-        self.keys = [keys] if isinstance(keys, str | int) else list(keys)
+    def __init__(
+        self,
+        keys: Union[Hashable, Sequence[Hashable]] = "label",
+        table: Union[str, Path, LabelRemap] = "totalseg117-to-chest-ct-43",
+    ) -> None:
+        self.keys = _key_list(keys)
         self.op = RemapLabels(table)
 
     def __call__(self, data: Mapping) -> dict:
@@ -247,8 +279,10 @@ class LoadEmbeddingd:
     ``data[f"{key}_positions"]`` the ``[num_patches, 3]`` patch positions.
     """
 
-    def __init__(self, keys: Union[Hashable, Sequence[Hashable]] = "embedding", positions_suffix: str = "_positions") -> None:
-        self.keys = [keys] if isinstance(keys, str | int) else list(keys)
+    def __init__(
+        self, keys: Union[Hashable, Sequence[Hashable]] = "embedding", positions_suffix: str = "_positions"
+    ) -> None:
+        self.keys = _key_list(keys)
         self.positions_suffix = positions_suffix
 
     def __call__(self, data: Mapping) -> dict:

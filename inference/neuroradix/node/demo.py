@@ -1,4 +1,5 @@
 """``make demo``: start the node, send a real chest CT over DICOM, wait, and show what was stored."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional, TextIO
+from typing import Any, Optional, TextIO
 
 import pydicom
 
@@ -42,7 +43,16 @@ def send(files: list[Path], config: NodeConfig) -> str:
     """C-STORE with dcmtk's storescu when present (as a modality would), else STOW-RS."""
     if shutil.which("storescu"):
         subprocess.run(
-            ["storescu", "-aet", "DEMO", "-aec", config.aet, "127.0.0.1", str(config.dicom_port), *map(str, files)],
+            [
+                "storescu",
+                "-aet",
+                config.calling_aet,
+                "-aec",
+                config.aet,
+                "127.0.0.1",
+                str(config.dicom_port),
+                *map(str, files),
+            ],
             check=True,
             capture_output=True,
         )
@@ -54,8 +64,10 @@ def send(files: list[Path], config: NodeConfig) -> str:
     return "STOW-RS"
 
 
-def api_get(config: NodeConfig, path: str) -> object:
-    request = urllib.request.Request(config.sidecar_url + path, headers={"Authorization": f"Bearer {config.sidecar_token}"})
+def api_get(config: NodeConfig, path: str) -> Any:
+    request = urllib.request.Request(
+        config.sidecar_url + path, headers={"Authorization": f"Bearer {config.sidecar_token}"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -79,7 +91,10 @@ def wait_for_job(config: NodeConfig, study_uid: str, timeout: float, out: TextIO
 def run_demo(var_dir: Path, out: TextIO = sys.stdout, timeout: float = 900.0) -> int:
     print("Starting the node (Orthanc + sidecar) ...", file=out, flush=True)
     config = up(var_dir)
-    print(f"  Orthanc {config.orthanc_url}  DICOM {config.aet}@127.0.0.1:{config.dicom_port}  sidecar {config.sidecar_url}", file=out)
+    print(
+        f"  Orthanc {config.orthanc_url}  DICOM {config.aet}@127.0.0.1:{config.dicom_port}  sidecar {config.sidecar_url}",
+        file=out,
+    )
     files, study_uid, source = write_sample_series(var_dir / "demo" / "ct")
     print(f"Sample CT: {source}; {len(files)} slices written to {files[0].parent}", file=out)
     how = send(files, config)
@@ -100,15 +115,20 @@ def run_demo(var_dir: Path, out: TextIO = sys.stdout, timeout: float = 900.0) ->
 def print_results(config: NodeConfig, study_uid: str, job: dict, out: TextIO) -> None:
     pacs = PacsClient(config.orthanc_url + "/dicom-web", config.orthanc_user, config.orthanc_password)
     print("\nSeries in the study now (QIDO-RS):", file=out)
-    for s in sorted(pacs.search_series(study_uid), key=lambda s: int(s.get("SeriesNumber", 0) or 0)):
-        print(f"  #{s.get('SeriesNumber', '')!s:>5}  {s.get('Modality', ''):4}  {s.get('SeriesDescription', '')}", file=out)
+    for s in sorted(pacs.search_series(study_uid), key=lambda s: s.series_number or 0):
+        print(
+            f"  #{s.series_number if s.series_number is not None else ''!s:>5}  {s.modality:4}  {s.description}",
+            file=out,
+        )
     for name, result in job["details"].get("results", {}).items():
         print(f"\n{result['analyzer']['title']} ({name} {result['analyzer']['version']}):", file=out)
         for m in result["measurements"]:
-            unit = {"[hnsf'U]": "HU"}.get(m["unit"], m["unit"])
+            unit = {"[hnsf'U]": "HU", "1": ""}.get(m["unit"], m["unit"])
             print(f"  {m['name']:<40} {m['value']:>10.1f} {unit}", file=out)
         for f in result["findings"]:
             print(f"  {f['name']:<40} p={f['probability']:.2f} {'PRESENT' if f['present'] else ''}", file=out)
+        for warning in result.get("warnings", []):
+            print(f"  Quality warning: {warning}", file=out)
         print("  Report:", file=out)
         for line in result["report_text"].splitlines():
             print(f"    {line}", file=out)
@@ -120,8 +140,8 @@ def print_results(config: NodeConfig, study_uid: str, job: dict, out: TextIO) ->
     print(
         "\nWhere to look:\n"
         f"  set -a; . {config.var_dir}/node.env; set +a      # credentials and URLs\n"
-        f"  curl -u \"$ORTHANC_USER:$ORTHANC_PASSWORD\" \"$ORTHANC_URL/dicom-web/studies/{study_uid}/series\"\n"
-        f"  curl -H \"Authorization: Bearer $SIDECAR_TOKEN\" -o results.zip \"$SIDECAR_URL/v1/studies/{study_uid}/results.zip\"\n"
+        f'  curl -u "$ORTHANC_USER:$ORTHANC_PASSWORD" "$ORTHANC_URL/dicom-web/studies/{study_uid}/series"\n'
+        f'  curl -H "Authorization: Bearer $SIDECAR_TOKEN" -o results.zip "$SIDECAR_URL/v1/studies/{study_uid}/results.zip"\n'
         "  make viewer                                        # OHIF on this study\n"
         "  make down                                          # stop the node",
         file=out,

@@ -1,4 +1,5 @@
 """A throw-away node in a temporary directory (Orthanc + sidecar on free ports) for tests and benchmarks."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,11 @@ from typing import Optional, Sequence
 
 import pydicom
 
-from neuroradix.node.launcher import NodeConfig, sidecar_environment
+from neuroradix.node.launcher import NodeConfig, sidecar_environment, tighten_permissions
 from neuroradix.node.orthanc import OrthancProcess, free_port
+from neuroradix.node.senders import Sender, add_sender, ensure_local_sender, load_senders, senders_path
 from neuroradix.pacs.dicomweb import PacsClient
+from neuroradix.pacs.summaries import SeriesSummary
 
 TERMINAL = ("succeeded", "failed", "skipped")
 
@@ -35,8 +38,13 @@ class EphemeralNode:
         reconcile_seconds: float = 3.0,
         plugin_reaches_sidecar: bool = True,
         extra_env: Optional[dict] = None,
+        senders: Sequence[Sender] = (),
     ) -> None:
         self.root = root
+        tighten_permissions(root)
+        for sender in senders:  # besides the local one, e.g. a known AE title on another host
+            add_sender(senders_path(root), sender)
+        local = ensure_local_sender(senders_path(root))
         self.config = NodeConfig(
             var_dir=root,
             orthanc_port=free_port(),
@@ -46,6 +54,11 @@ class EphemeralNode:
             orthanc_password="test-password-" + os.urandom(6).hex(),
             sidecar_token="test-token-" + os.urandom(12).hex(),
             stable_age=stable_age,
+            sidecar_orthanc_password="sidecar-" + os.urandom(9).hex(),
+            viewer_orthanc_password="viewer-" + os.urandom(9).hex(),
+            uid_key=os.urandom(32).hex(),
+            senders=tuple(load_senders(senders_path(root))),
+            calling_aet=local.aet,
         )
         self.env = sidecar_environment(self.config)
         self.env.update(
@@ -63,22 +76,42 @@ class EphemeralNode:
             spec = dataclasses.replace(spec, sidecar_url=f"http://127.0.0.1:{free_port()}")
         self.orthanc = OrthancProcess(spec)
         self.sidecar: Optional[subprocess.Popen] = None
-        self.pacs = PacsClient(self.config.orthanc_url + "/dicom-web", self.config.orthanc_user, self.config.orthanc_password)
+        self.pacs = PacsClient(
+            self.config.orthanc_url + "/dicom-web", self.config.orthanc_user, self.config.orthanc_password
+        )
 
     # --- processes ---------------------------------------------------------------------------
     def start(self) -> EphemeralNode:
-        self.orthanc.start(timeout=60)
-        self.start_sidecar()
+        """Start Orthanc and the sidecar; on failure stop whatever did start, then raise."""
+        try:
+            self.orthanc.start(timeout=60)
+            self.start_sidecar()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def start_sidecar(self) -> None:
-        log = open(self.root / "sidecar.log", "ab")
+        log = os.fdopen(os.open(self.root / "sidecar.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         self.sidecar = subprocess.Popen(
-            [sys.executable, "-m", "neuroradix.cli", "serve", "--host", "127.0.0.1", "--port", str(self.config.sidecar_port)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "neuroradix.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.config.sidecar_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+            umask=0o077,
         )
         log.close()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded 2-core machine imports torch slowly
         while time.monotonic() < deadline:
             if self.sidecar.poll() is not None:
                 raise RuntimeError("sidecar exited at start:\n" + self.log_tail())
@@ -113,7 +146,9 @@ class EphemeralNode:
     def api(self, method: str, path: str, body: Optional[dict] = None, raw: bool = False):
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
-            self.config.sidecar_url + path, data=data, method=method,
+            self.config.sidecar_url + path,
+            data=data,
+            method=method,
             headers={"Authorization": f"Bearer {self.config.sidecar_token}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=120) as response:
@@ -128,13 +163,32 @@ class EphemeralNode:
             ds.save_as(buffer, enforce_file_format=True)
             self.orthanc.request("POST", "/instances", buffer.getvalue())
 
-    def storescu(self, files: Sequence[Path]) -> None:
+    def storescu(
+        self, files: Sequence[Path], aet: Optional[str] = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        """C-STORE ``files`` as the node's local sender (``DICOM_CALLING_AET``) or as ``aet``."""
         if shutil.which("storescu") is None:
             raise RuntimeError("dcmtk's storescu is not installed")
-        subprocess.run(
-            ["storescu", "-aet", "TESTSCU", "-aec", self.config.aet, "127.0.0.1", str(self.config.dicom_port), *map(str, files)],
-            check=True, capture_output=True,
+        return subprocess.run(
+            [
+                "storescu",
+                "-aet",
+                aet or self.config.calling_aet,
+                "-aec",
+                self.config.aet,
+                "127.0.0.1",
+                str(self.config.dicom_port),
+                *map(str, files),
+            ],
+            check=check,
+            capture_output=True,
+            text=True,
         )
+
+    def accounts(self) -> dict[str, tuple[str, str]]:
+        """Orthanc's accounts by role: ``people``, ``sidecar``, ``viewer`` -> (user, password)."""
+        spec = self.orthanc.spec
+        return {"people": (spec.user, spec.password), "sidecar": spec.sidecar_account, "viewer": spec.viewer_account}
 
     def jobs(self, study_uid: str) -> list[dict]:
         return self.api("GET", f"/v1/jobs?study_uid={study_uid}")
@@ -148,5 +202,5 @@ class EphemeralNode:
             time.sleep(0.2)
         raise TimeoutError(f"no job reached {states} in {timeout} s; jobs={self.jobs(study_uid)}\n{self.log_tail()}")
 
-    def series(self, study_uid: str) -> list[pydicom.Dataset]:
+    def series(self, study_uid: str) -> list[SeriesSummary]:
         return self.pacs.search_series(study_uid)

@@ -1,12 +1,16 @@
 """``make up`` / ``make down``: run the whole node (Orthanc + sidecar) in the background.
 
-State lives under ``var/``: ``secrets.env`` (generated once, mode 0600), ``node.env`` (what
-scripts source to reach the node), ``orthanc/`` (storage, runtime config, log), ``ledger.sqlite``,
+State lives under ``var/`` (mode 0700, every file 0600): ``secrets.env`` (generated once: the
+three Orthanc accounts, the sidecar token and the key of the output UIDs), ``node.env`` (what
+scripts source to reach the node), ``senders.json`` (the known DICOM senders, see
+:mod:`neuroradix.node.senders`), ``orthanc/`` (storage, runtime config, log), ``ledger.sqlite``,
 ``logs/`` and ``run/*.pid``. ``up`` returns once both answer and succeeds when the node is
 already up; ``down`` stops what ``up`` started.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from neuroradix.node.orthanc import OrthancProcess, OrthancSpec, free_port
+from neuroradix.node.envfile import read_env_file, write_env_file
+from neuroradix.node.orthanc import SIDECAR_ACCOUNT, VIEWER_ACCOUNT, OrthancProcess, OrthancSpec, free_port
+from neuroradix.node.senders import Sender, ensure_local_sender, load_senders, senders_path
 
 LOG = logging.getLogger(__name__)
 
@@ -38,24 +44,34 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def read_env_file(path: Path) -> dict[str, str]:
-    values = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, value = line.split("=", 1)
-                values[key.strip()] = value.strip().strip("'\"")
-    return values
+def _truthy(value: Optional[str]) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def write_env_file(path: Path, values: dict[str, str], header: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def tighten_permissions(var_dir: Path) -> None:
+    """``var_dir`` and every folder in it 0700, every file 0600 (identifiers and secrets live there)."""
+    var_dir = Path(var_dir)
+    var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(var_dir, 0o700)
+    for folder, dirs, files in os.walk(var_dir):
+        for name in dirs:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o700)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
+
+
+def _private_file(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"# {header}\n")
-        for key, value in values.items():
-            fh.write(f"{key}='{value}'\n")
+        fh.write(text)
+
+
+def _private_log(path: Path):
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,12 @@ class NodeConfig:
     sidecar_token: str
     aet: str = "NEURORADIX"
     stable_age: int = 5
+    sidecar_orthanc_password: str = ""  # the sidecar's Orthanc account (DICOMweb read + STOW)
+    viewer_orthanc_password: str = ""  # the viewer proxy's Orthanc account (DICOMweb GET)
+    uid_key: str = ""  # per-node secret of the output UIDs (neuroradix.uids.derive_uid)
+    senders: tuple[Sender, ...] = ()
+    calling_aet: str = ""  # the local sender's AE title (DICOM_CALLING_AET)
+    orthanc_verbose: bool = False
 
     @property
     def orthanc_url(self) -> str:
@@ -88,8 +110,11 @@ class NodeConfig:
             "DICOM_HOST": "127.0.0.1",
             "DICOM_PORT": str(self.dicom_port),
             "DICOM_AET": self.aet,
+            "DICOM_CALLING_AET": self.calling_aet,
             "SIDECAR_URL": self.sidecar_url,
             "SIDECAR_TOKEN": self.sidecar_token,
+            "VIEWER_ORTHANC_USER": VIEWER_ACCOUNT if self.viewer_orthanc_password else "",
+            "VIEWER_ORTHANC_PASSWORD": self.viewer_orthanc_password,
         }
 
     def orthanc_spec(self) -> OrthancSpec:
@@ -103,23 +128,38 @@ class NodeConfig:
             sidecar_token=self.sidecar_token,
             stable_age=self.stable_age,
             aet=self.aet,
+            sidecar_account=(SIDECAR_ACCOUNT, self.sidecar_orthanc_password),
+            viewer_account=(VIEWER_ACCOUNT, self.viewer_orthanc_password),
+            senders=self.senders,
+            verbose=self.orthanc_verbose,
         )
 
 
 def load_or_create_config(var_dir: Path) -> NodeConfig:
-    """Credentials are generated on first start and kept; ports default to 8042/4242/8000 when free."""
+    """Credentials are generated on first start and kept; ports default to 8042/4242/8000 when free.
+
+    A ``secrets.env`` from an older version gets the secrets it lacks (the sidecar's and the
+    viewer's Orthanc accounts, the UID key) added; nothing it holds is changed.
+    """
     secrets_path = var_dir / "secrets.env"
     stored = read_env_file(secrets_path)
-    if not stored:
-        stored = {
-            "ORTHANC_USER": "neuroradix",
-            "ORTHANC_PASSWORD": secrets.token_urlsafe(24),
-            "SIDECAR_TOKEN": secrets.token_urlsafe(32),
-        }
-        for key, default in DEFAULT_PORTS.items():
-            port = int(os.environ.get(f"NEURORADIX_{key}", default))
+    generated = {
+        "ORTHANC_USER": lambda: "neuroradix",
+        "ORTHANC_PASSWORD": lambda: secrets.token_urlsafe(24),
+        "SIDECAR_TOKEN": lambda: secrets.token_urlsafe(32),
+        "ORTHANC_SIDECAR_PASSWORD": lambda: secrets.token_urlsafe(24),
+        "ORTHANC_VIEWER_PASSWORD": lambda: secrets.token_urlsafe(24),
+        "UID_KEY": lambda: secrets.token_hex(32),
+    }
+    missing = [key for key in (*generated, *DEFAULT_PORTS) if key not in stored]
+    for key in missing:
+        if key in generated:
+            stored[key] = generated[key]()
+        else:
+            port = int(os.environ.get(f"NEURORADIX_{key}", DEFAULT_PORTS[key]))
             stored[key] = str(port if _port_free(port) else free_port())
-        write_env_file(secrets_path, stored, "generated by 'make up' on first start; keep private")
+    if missing:
+        write_env_file(secrets_path, stored, "generated by 'make up'; keep private (docs/security.md: rotation)")
     return NodeConfig(
         var_dir=var_dir,
         orthanc_port=int(stored["ORTHANC_HTTP_PORT"]),
@@ -129,6 +169,11 @@ def load_or_create_config(var_dir: Path) -> NodeConfig:
         orthanc_password=stored["ORTHANC_PASSWORD"],
         sidecar_token=stored["SIDECAR_TOKEN"],
         stable_age=int(os.environ.get("NEURORADIX_STABLE_AGE", "5")),
+        sidecar_orthanc_password=stored["ORTHANC_SIDECAR_PASSWORD"],
+        viewer_orthanc_password=stored["ORTHANC_VIEWER_PASSWORD"],
+        uid_key=stored["UID_KEY"],
+        senders=tuple(load_senders(senders_path(var_dir))),
+        orthanc_verbose=_truthy(os.environ.get("NEURORADIX_ORTHANC_VERBOSE")),
     )
 
 
@@ -161,8 +206,21 @@ def wait_ready(url: str, timeout: float, what: str, log: Path) -> None:
 
 
 def sidecar_environment(config: NodeConfig) -> dict[str, str]:
+    """The sidecar's (and its workers') environment: it logs in to Orthanc with its own account
+    (when the node has one) and derives output UIDs with the node's key."""
     env = {**os.environ}
-    env.update({f"NEURORADIX_{k}": v for k, v in config.node_env().items()})
+    env.update(
+        {
+            f"NEURORADIX_{k}": v
+            for k, v in config.node_env().items()
+            if not k.startswith("VIEWER_") and k != "DICOM_CALLING_AET"
+        }
+    )
+    if config.sidecar_orthanc_password:
+        env["NEURORADIX_ORTHANC_USER"] = SIDECAR_ACCOUNT
+        env["NEURORADIX_ORTHANC_PASSWORD"] = config.sidecar_orthanc_password
+    if config.uid_key:
+        env["NEURORADIX_UID_KEY"] = config.uid_key
     env["NEURORADIX_VAR_DIR"] = str(config.var_dir.resolve())
     return env
 
@@ -170,31 +228,44 @@ def sidecar_environment(config: NodeConfig) -> dict[str, str]:
 def up(var_dir: Path, timeout: float = 120.0) -> NodeConfig:
     """Start Orthanc and the sidecar in the background (no-op if they already run)."""
     var_dir = var_dir.resolve()
-    config = load_or_create_config(var_dir)
+    tighten_permissions(var_dir)
+    local = ensure_local_sender(senders_path(var_dir))
+    config = dataclasses.replace(load_or_create_config(var_dir), calling_aet=local.aet)
     run, logs = var_dir / "run", var_dir / "logs"
-    run.mkdir(parents=True, exist_ok=True)
-    logs.mkdir(parents=True, exist_ok=True)
+    run.mkdir(mode=0o700, parents=True, exist_ok=True)
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     orthanc = OrthancProcess(config.orthanc_spec())
     if _pid_alive(run / "orthanc.pid") is None:
         orthanc.start(timeout=60, detach=True)
         assert orthanc.process is not None
-        (run / "orthanc.pid").write_text(str(orthanc.process.pid))
+        _private_file(run / "orthanc.pid", str(orthanc.process.pid))
         LOG.info("Orthanc started on %s (DICOM port %d)", config.orthanc_url, config.dicom_port)
     else:
         orthanc.wait_ready(30)
     if _pid_alive(run / "sidecar.pid") is None:
-        log = open(logs / "sidecar.log", "ab")
+        log = _private_log(logs / "sidecar.log")
         process = subprocess.Popen(
-            [sys.executable, "-m", "neuroradix.cli", "serve", "--host", "127.0.0.1", "--port", str(config.sidecar_port)],
+            [
+                sys.executable,
+                "-m",
+                "neuroradix.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(config.sidecar_port),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=sidecar_environment(config),
             start_new_session=True,
+            umask=0o077,  # ledger, logs, pid files: the owner's only
         )
         log.close()
-        (run / "sidecar.pid").write_text(str(process.pid))
+        _private_file(run / "sidecar.pid", str(process.pid))
     wait_ready(config.sidecar_url + "/readyz", timeout, "the sidecar", logs / "sidecar.log")
     write_env_file(var_dir / "node.env", config.node_env(), "written by 'make up': source it to reach the node")
+    tighten_permissions(var_dir)
     return config
 
 

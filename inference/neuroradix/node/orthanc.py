@@ -1,13 +1,18 @@
-"""Run Debian's Orthanc in the foreground with the project's ``orthanc.json``.
+"""Run Debian's Orthanc in the foreground with the package's ``orthanc.json``.
 
-The committed ``orthanc.json`` holds no secrets and paths for the Docker image; this module writes
-a runtime copy (mode 0600) with the local data directory, ports, the generated user and the
-absolute path of the plugin, and starts ``Orthanc`` with it. Used by ``make up`` and by the
-integration-test fixtures alike.
+The packaged ``orthanc.json`` (``neuroradix/node/orthanc_files/``, found through
+``importlib.resources``) holds no secrets and paths for the Docker image; this module writes a
+runtime copy (mode 0600) with the local data directory, ports, the three accounts (people,
+sidecar, viewer), the known senders and the absolute path of the packaged plugin, and starts
+``Orthanc`` with it (umask 077, so its storage, index and log are the owner's only; no
+``--verbose`` unless asked, because a verbose Orthanc logs every study UID). Used by ``make up``
+and by the integration-test fixtures alike.
 """
+
 from __future__ import annotations
 
 import base64
+import importlib.resources
 import json
 import logging
 import os
@@ -22,11 +27,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from neuroradix.errors import ConfigError
+from neuroradix.node.senders import Sender, orthanc_modalities
+
 LOG = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 ORTHANC_BINARY = "Orthanc"
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
+SIDECAR_ACCOUNT = "neuroradix-sidecar"
+VIEWER_ACCOUNT = "neuroradix-viewer"
+
+
+def packaged_file(*parts: str) -> Path:
+    """A file shipped in ``neuroradix/node/orthanc_files`` (``orthanc.json``, ``plugin/...``).
+
+    Orthanc loads them by path, so the package must be installed as files (not zipped).
+    """
+    resource = importlib.resources.files("neuroradix.node").joinpath("orthanc_files", *parts)
+    if not isinstance(resource, Path) or not resource.is_file():
+        raise ConfigError(f"packaged file orthanc_files/{'/'.join(parts)} is missing or not on disk")
+    return resource
 
 
 def free_port() -> int:
@@ -49,8 +69,12 @@ class OrthancSpec:
     sidecar_token: str
     stable_age: int = 5
     aet: str = "NEURORADIX"
-    base_config: Path = REPO_ROOT / "orthanc.json"
-    plugin_script: Path = REPO_ROOT / "plugin" / "neuroradix_plugin.py"
+    sidecar_account: tuple[str, str] = (SIDECAR_ACCOUNT, "")  # (user, password); no password: not registered
+    viewer_account: tuple[str, str] = (VIEWER_ACCOUNT, "")
+    senders: tuple[Sender, ...] = ()
+    verbose: bool = False
+    base_config: Optional[Path] = None  # default: the packaged orthanc.json
+    plugin_script: Optional[Path] = None  # default: the packaged plugin
     extra: dict = field(default_factory=dict)
 
     @property
@@ -58,8 +82,12 @@ class OrthancSpec:
         return f"http://127.0.0.1:{self.http_port}"
 
     def runtime_config(self) -> dict:
-        config = json.loads(self.base_config.read_text(encoding="utf-8"))
+        base = self.base_config or packaged_file("orthanc.json")
+        plugin = self.plugin_script or packaged_file("plugin", "neuroradix_plugin.py")
+        config = json.loads(Path(base).read_text(encoding="utf-8"))
         storage = str((self.data_dir / "db").resolve())
+        users = {self.user: self.password}
+        users.update({name: password for name, password in (self.sidecar_account, self.viewer_account) if password})
         config.update(
             {
                 "StorageDirectory": storage,
@@ -67,14 +95,20 @@ class OrthancSpec:
                 "HttpPort": self.http_port,
                 "DicomPort": self.dicom_port,
                 "DicomAet": self.aet,
-                "RegisteredUsers": {self.user: self.password},
+                "RegisteredUsers": users,
+                "DicomModalities": orthanc_modalities(self.senders),
                 "StableAge": int(self.stable_age),
-                "PythonScript": str(self.plugin_script.resolve()),
+                "PythonScript": str(Path(plugin).resolve()),
                 "Plugins": [str(PLUGIN_DIR)],
             }
         )
         config["DicomWeb"] = {**config.get("DicomWeb", {}), "Host": f"127.0.0.1:{self.http_port}"}
-        config["NeuroRadix"] = {**config.get("NeuroRadix", {}), "SidecarUrl": self.sidecar_url}
+        config["NeuroRadix"] = {
+            **config.get("NeuroRadix", {}),
+            "SidecarUrl": self.sidecar_url,
+            "SidecarUser": self.sidecar_account[0],
+            "ViewerUser": self.viewer_account[0],
+        }
         config.update(self.extra)
         return config
 
@@ -93,7 +127,8 @@ class OrthancProcess:
         self.log_path = spec.data_dir / "orthanc.log"
 
     def write_config(self) -> Path:
-        self.spec.data_dir.mkdir(parents=True, exist_ok=True)
+        self.spec.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.spec.data_dir, 0o700)
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(self.spec.runtime_config(), fh, indent=2)
@@ -106,14 +141,16 @@ class OrthancProcess:
             "NEURORADIX_SIDECAR_URL": self.spec.sidecar_url,
             "NEURORADIX_SIDECAR_TOKEN": self.spec.sidecar_token,
         }
-        log = open(self.log_path, "ab")
+        log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        command = [ORTHANC_BINARY, *(["--verbose"] if self.spec.verbose else []), str(self.config_path)]
         self.process = subprocess.Popen(
-            [ORTHANC_BINARY, "--verbose", str(self.config_path)],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             cwd=self.spec.data_dir,
             start_new_session=detach,
+            umask=0o077,  # storage, index and log: the owner's only
         )
         log.close()
         self.wait_ready(timeout)

@@ -4,6 +4,7 @@ Workers are separate processes (``neuroradix worker``), so a worker that crashes
 takes nothing else down: the supervisor starts a new one, the dead one's lease expires, and its
 job is claimed again. Each worker's pid is written to ``<var>/run/worker-<n>.pid``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,7 +50,9 @@ class WorkerSupervisor:
         while not self._stop.wait(0.5):
             for i, process in enumerate(self.processes):
                 if process is not None and process.poll() is not None and not self._stop.is_set():
-                    LOG.warning("worker %d (pid %d) exited with %s; starting a new one", i, process.pid, process.returncode)
+                    LOG.warning(
+                        "worker %d (pid %d) exited with %s; starting a new one", i, process.pid, process.returncode
+                    )
                     self.restarts += 1
                     time.sleep(self.restart_delay)
                     self._spawn(i)
@@ -71,10 +74,12 @@ class WorkerSupervisor:
 
 
 def serve(settings: Settings, host: str, port: int) -> None:
-    """Run the API in this process and the workers beside it, until SIGTERM/SIGINT."""
+    """Run the API in this process and the workers beside it, until SIGTERM/SIGINT.
 
-
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    Everything it and its workers write (ledger, logs, pid files) is the owner's only (umask 077).
+    """
+    os.umask(0o077)
+    settings.var_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     supervisor = WorkerSupervisor(settings.workers, settings.var_dir / "run")
     app = create_app(settings)
     supervisor.start()

@@ -15,14 +15,30 @@ origin as the DICOMweb API it reads. This module is that origin, a small Starlet
   ``viewer/node_modules`` by ``npm ci --prefix viewer``), with ``index.html`` for the
   single-page app's routes (``/viewer``, ``/segmentation`` ...).
 
-It binds 127.0.0.1 only. ``neuroradix viewer`` (see :func:`register`) reads ``var/node.env``
-(written by ``make up``) for ``ORTHANC_URL``, ``ORTHANC_USER`` and ``ORTHANC_PASSWORD``.
+Before any route, every request passes :class:`_Guard`: a path with dot segments, encoded
+dots, slashes or backslashes, or a double-encoded ``%`` is refused with 400 (httpx would collapse
+``/dicom-web/../patients`` to Orthanc's ``/patients``), a ``Host`` header that is not this
+server's own address is refused with 421 (DNS rebinding), and when a login is configured
+(``NEURORADIX_VIEWER_LOGIN=user:password``, required when bound beyond loopback) a request
+without it gets 401.
+
+It binds 127.0.0.1 by default. ``neuroradix viewer`` (see :func:`register`) reads
+``var/node.env`` (written by ``make up``) for ``ORTHANC_URL`` and the viewer's own Orthanc
+account (``VIEWER_ORTHANC_USER``/``VIEWER_ORTHANC_PASSWORD``: DICOMweb GET only; the people
+account ``ORTHANC_USER``/``ORTHANC_PASSWORD`` when there is none). OHIF's files are found under
+the setting ``NEURORADIX_VIEWER_DIR`` (default ``viewer`` in the working directory; the Makefile
+passes the checkout's).
 """
+
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import dataclasses
+import hmac
+import ipaddress
 import logging
 import os
 import re
@@ -42,27 +58,38 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from neuroradix.errors import ConfigError
+from neuroradix.node.envfile import read_env_file
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-VIEWER_DIR = REPO_ROOT / "viewer"
+# Setting NEURORADIX_VIEWER_DIR: the folder with app-config.js and OHIF's node_modules.
+VIEWER_DIR = Path(os.environ.get("NEURORADIX_VIEWER_DIR") or "viewer")
 DEFAULT_DIST = VIEWER_DIR / "node_modules" / "@ohif" / "app" / "dist"
 DEFAULT_CONFIG = VIEWER_DIR / "app-config.js"
-DEFAULT_ENV_FILE = REPO_ROOT / "var" / "node.env"
+DEFAULT_ENV_FILE = Path("var") / "node.env"
 DICOMWEB_PREFIX = "/dicom-web"
 LOOPBACK = "127.0.0.1"
+# In a raw (undecoded) path: encoded dot, slash, backslash or percent (double encoding).
+_ENCODED_TRICKS = re.compile(rb"%(2e|2f|5c|25)", re.IGNORECASE)
 
 # Request headers passed on to Orthanc; everything else (cookies, the browser's own
 # Authorization, Accept-Encoding) stays here.
 _FORWARDED_REQUEST_HEADERS = ("accept", "range", "if-none-match", "if-modified-since", "cache-control")
 # Response headers passed back to the browser (hop-by-hop headers and Orthanc's own
 # WWW-Authenticate are dropped).
-_FORWARDED_RESPONSE_HEADERS = ("content-type", "content-length", "content-encoding", "etag", "last-modified",
-                               "cache-control", "content-range", "accept-ranges")
+_FORWARDED_RESPONSE_HEADERS = (
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "etag",
+    "last-modified",
+    "cache-control",
+    "content-range",
+    "accept-ranges",
+)
 # An absolute URL to any host's /dicom-web/ root inside a JSON string value.
 _ABSOLUTE_DICOMWEB_URL = re.compile(rb'"https?://[^/"\s]+/dicom-web/')
 
@@ -91,6 +118,8 @@ class ViewerSettings:
     dist_dir: Path = DEFAULT_DIST
     config_file: Path = DEFAULT_CONFIG
     timeout: float = 120.0
+    login: Optional[tuple[str, str]] = None  # (user, password) a browser must give; None: no login
+    allowed_hosts: tuple[str, ...] = ()  # extra Host names (e.g. the DNS name of a reverse proxy)
 
     def __post_init__(self) -> None:
         if not isinstance(self.orthanc_url, str) or not re.match(r"^https?://[^/\s]+", self.orthanc_url):
@@ -103,6 +132,8 @@ class ViewerSettings:
         object.__setattr__(self, "config_file", Path(self.config_file))
         if not self.timeout > 0:
             raise ConfigError(f"timeout must be positive, got {self.timeout!r}")
+        if self.login is not None and (len(self.login) != 2 or not all(self.login)):
+            raise ConfigError("the viewer login needs a user and a password (NEURORADIX_VIEWER_LOGIN=user:password)")
 
     def check_files(self) -> None:
         """Raise :class:`~neuroradix.errors.ConfigError` when the OHIF build or config is missing."""
@@ -116,8 +147,15 @@ class ViewerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], **overrides: object) -> ViewerSettings:
-        """Build from ``ORTHANC_URL``, ``ORTHANC_USER``, ``ORTHANC_PASSWORD`` (and optionally
-        ``NEURORADIX_OHIF_DIST``) in ``env``; keyword arguments override."""
+        """Build from ``ORTHANC_URL`` and the viewer account (``VIEWER_ORTHANC_USER``/``_PASSWORD``,
+        else ``ORTHANC_USER``/``ORTHANC_PASSWORD``), optionally ``NEURORADIX_OHIF_DIST`` and
+        ``NEURORADIX_VIEWER_LOGIN`` (``user:password``), in ``env``; keyword arguments override."""
+        if env.get("VIEWER_ORTHANC_USER") and env.get("VIEWER_ORTHANC_PASSWORD"):
+            env = {
+                **env,
+                "ORTHANC_USER": env["VIEWER_ORTHANC_USER"],
+                "ORTHANC_PASSWORD": env["VIEWER_ORTHANC_PASSWORD"],
+            }
         missing = [k for k in ("ORTHANC_URL", "ORTHANC_USER", "ORTHANC_PASSWORD") if not env.get(k)]
         if missing:
             raise ConfigError(f"missing setting(s) {', '.join(missing)}: run `make up` (it writes var/node.env)")
@@ -128,31 +166,11 @@ class ViewerSettings:
         }
         if env.get("NEURORADIX_OHIF_DIST"):
             values["dist_dir"] = Path(env["NEURORADIX_OHIF_DIST"])
+        if env.get("NEURORADIX_VIEWER_LOGIN"):
+            user, _, password = env["NEURORADIX_VIEWER_LOGIN"].partition(":")
+            values["login"] = (user, password)
         values.update(overrides)
         return cls(**values)
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a ``KEY=VALUE`` file such as ``var/node.env`` (``#`` comments, optional ``export``
-    and quotes). A missing file gives an empty dict."""
-    values: dict[str, str] = {}
-    path = Path(path)
-    if not path.is_file():
-        return values
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
-        key, sep, value = line.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
-            raise ConfigError(f"{path}:{number}: expected KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key.strip()] = value
-    return values
 
 
 def rewrite_dicomweb_urls(body: bytes) -> bytes:
@@ -224,6 +242,70 @@ class _SinglePageApp(StaticFiles):
             if exc.status_code != 404 or scope["method"] not in ("GET", "HEAD"):
                 raise
             return FileResponse(Path(str(self.directory)) / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+def unsafe_path(raw_path: bytes, path: str) -> bool:
+    """Whether a request path could name something else once normalised: a ``.``/``..`` segment,
+    an encoded dot, slash, backslash or ``%`` (double encoding), a backslash or a NUL."""
+    if _ENCODED_TRICKS.search(raw_path) or "\\" in path or "\x00" in path:
+        return True
+    return any(segment in (".", "..") for segment in path.split("/"))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class _Guard:
+    """ASGI middleware in front of every route: path normalisation, Host check, optional login."""
+
+    def __init__(self, app: ASGIApp, settings: ViewerSettings) -> None:
+        self.app, self.settings = app, settings
+        self._expected_auth = None
+        if settings.login is not None:
+            token = base64.b64encode(f"{settings.login[0]}:{settings.login[1]}".encode()).decode()
+            self._expected_auth = f"Basic {token}".encode()
+
+    def _host_ok(self, scope: Scope, host_header: str) -> bool:
+        name, _, port = host_header.rpartition(":") if not host_header.endswith("]") else (host_header, "", "")
+        if not name or not port.isdigit():
+            name, port = host_header, "80"
+        server = scope.get("server") or ("", None)
+        if server[1] is not None and int(port) != int(server[1]):
+            return False
+        name = name.lower()
+        return (
+            name in self.settings.allowed_hosts
+            or name == str(server[0]).lower()
+            or (_is_loopback(str(server[0])) and _is_loopback(name))
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        problem = None
+        if unsafe_path(scope.get("raw_path") or scope["path"].encode(), scope["path"]):
+            problem = (400, "path refused: dot segments and encoded dots, slashes or percents are not allowed")
+        elif not self._host_ok(scope, headers.get(b"host", b"").decode("latin-1")):
+            problem = (421, "Host header does not name this viewer")
+        elif self._expected_auth is not None and not hmac.compare_digest(
+            headers.get(b"authorization", b""), self._expected_auth
+        ):
+            response = PlainTextResponse(
+                "login required", status_code=401, headers={"WWW-Authenticate": 'Basic realm="Neuro Radix viewer"'}
+            )
+            await response(scope, receive, send)
+            return
+        if problem is not None:
+            logger.warning("viewer refused a request: %s", problem[1])
+            await PlainTextResponse(problem[1], status_code=problem[0])(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def create_app(settings: ViewerSettings, transport: Optional[httpx.AsyncBaseTransport] = None) -> Starlette:
@@ -307,7 +389,9 @@ def create_app(settings: ViewerSettings, transport: Optional[httpx.AsyncBaseTran
         Route("/app-config.js", app_config, methods=["GET", "HEAD"]),
         Mount("/", app=_SinglePageApp(directory=settings.dist_dir, html=True), name="ohif"),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(_Guard, settings=settings)
+    return app
 
 
 def study_list_url(base_url: str) -> str:
@@ -322,24 +406,44 @@ def study_url(base_url: str, study_uid: str) -> str:
     return f"{base_url.rstrip('/')}/viewer?StudyInstanceUIDs={study_uid}"
 
 
-def settings_from_files(env_file: Path = DEFAULT_ENV_FILE, environ: Optional[Mapping[str, str]] = None) -> ViewerSettings:
+def settings_from_files(
+    env_file: Path = DEFAULT_ENV_FILE, environ: Optional[Mapping[str, str]] = None
+) -> ViewerSettings:
     """Settings from ``env_file`` (``var/node.env``), with the process environment taking precedence."""
     env = read_env_file(env_file)
-    env.update({k: v for k, v in (os.environ if environ is None else environ).items()
-                if k in ("ORTHANC_URL", "ORTHANC_USER", "ORTHANC_PASSWORD", "NEURORADIX_OHIF_DIST") and v})
+    env.update(
+        {
+            k: v
+            for k, v in (os.environ if environ is None else environ).items()
+            if k
+            in (
+                "ORTHANC_URL",
+                "ORTHANC_USER",
+                "ORTHANC_PASSWORD",
+                "VIEWER_ORTHANC_USER",
+                "VIEWER_ORTHANC_PASSWORD",
+                "NEURORADIX_OHIF_DIST",
+                "NEURORADIX_VIEWER_LOGIN",
+            )
+            and v
+        }
+    )
     return ViewerSettings.from_env(env)
 
 
 def run(args: argparse.Namespace) -> int:
-    """``neuroradix viewer``: serve OHIF and the DICOMweb proxy on 127.0.0.1 until Ctrl-C."""
-
+    """``neuroradix viewer``: serve OHIF and the DICOMweb proxy (127.0.0.1 by default) until Ctrl-C."""
     try:
         settings = settings_from_files(Path(args.env_file))
+        if not _is_loopback(args.host):
+            if settings.login is None:
+                raise ConfigError(f"--host {args.host} is beyond loopback: set NEURORADIX_VIEWER_LOGIN=user:password")
+            settings = dataclasses.replace(settings, allowed_hosts=(*settings.allowed_hosts, *args.allow_host))
         app = create_app(settings)
     except ConfigError as exc:
         print(f"neuroradix viewer: {exc}", file=sys.stderr)
         return 2
-    base = f"http://{LOOPBACK}:{args.port}"
+    base = f"http://{args.host}:{args.port}"
     print(f"OHIF study list:  {study_list_url(base)}")
     if args.open:
         url = study_url(base, args.open)
@@ -347,7 +451,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_browser:
             webbrowser.open(url)
     print("Press Ctrl-C to stop.", flush=True)
-    uvicorn.run(app, host=LOOPBACK, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -358,12 +462,31 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="open the node's studies and results in OHIF (local web viewer)",
         description="Serve OHIF and a same-origin DICOMweb proxy to the node's Orthanc on 127.0.0.1.",
     )
-    parser.add_argument("--port", type=int, default=int(os.environ.get("NEURORADIX_VIEWER_PORT", "3000")),
-                        help="port on 127.0.0.1 (default 3000, or $NEURORADIX_VIEWER_PORT)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("NEURORADIX_VIEWER_PORT", "3000")),
+        help="port on 127.0.0.1 (default 3000, or $NEURORADIX_VIEWER_PORT)",
+    )
+    parser.add_argument(
+        "--host",
+        default=LOOPBACK,
+        help="address to bind (default 127.0.0.1; beyond loopback needs NEURORADIX_VIEWER_LOGIN)",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another Host name browsers use to reach it (e.g. a reverse proxy's), repeatable",
+    )
     parser.add_argument("--open", metavar="STUDY_UID", help="open this study in a web browser")
     parser.add_argument("--no-browser", action="store_true", help="print the study URL, do not open a browser")
-    parser.add_argument("--env-file", default=str(DEFAULT_ENV_FILE),
-                        help="file with ORTHANC_URL/ORTHANC_USER/ORTHANC_PASSWORD (default var/node.env)")
+    parser.add_argument(
+        "--env-file",
+        default=str(DEFAULT_ENV_FILE),
+        help="file with ORTHANC_URL/ORTHANC_USER/ORTHANC_PASSWORD (default var/node.env)",
+    )
     parser.set_defaults(func=run)
     return parser
 

@@ -11,6 +11,7 @@ Accept fails, so instances are requested as ``application/dicom`` with ``transfe
 (stored as received, JPEG 2000 decoded locally by pylibjpeg-openjpeg), with a fallback to
 Orthanc transcoding to Explicit VR Little Endian where the local decoder fails.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,8 +21,13 @@ from typing import Iterator, Optional, Sequence
 import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
+from pydicom.dataset import validate_file_meta
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian
 
 from neuroradix.errors import BadInputError, NotEligibleError, TransientError
+from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary, StudySummary
 
 LOG = logging.getLogger(__name__)
 
@@ -44,56 +50,158 @@ def _mapped_errors(what: str) -> Iterator[None]:
         raise TransientError(f"{what}: PACS not reachable ({exc.__class__.__name__})") from exc
 
 
+def complete_file_meta(ds: pydicom.Dataset) -> None:
+    """Give ``ds`` the File Meta Information a stored DICOM file must have.
+
+    Orthanc stores a STOW-RS part as sent: without FileMetaInformationVersion and
+    ImplementationClassUID the copy in the PACS fails ``dciodvfy`` although the local file passes.
+    """
+    ds.ensure_file_meta()
+    meta = ds.file_meta
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    validate_file_meta(meta, enforce_standard=True)
+    write_file_meta_info(DicomBytesIO(), meta, enforce_standard=True)  # sets FileMetaInformationGroupLength
+
+
 class PacsClient:
-    """DICOMweb access to one PACS (Orthanc's ``/dicom-web``)."""
+    """DICOMweb access to one PACS (Orthanc's ``/dicom-web``).
+
+    Searches return typed summaries (:mod:`neuroradix.pacs.summaries`); retrievals return datasets.
+
+    Parameters
+    ----------
+    dicomweb_url:
+        Root of the DICOMweb service, e.g. ``http://127.0.0.1:8042/dicom-web``.
+    user, password:
+        HTTP basic-auth credentials.
+    timeout:
+        Seconds per HTTP request.
+    """
 
     def __init__(self, dicomweb_url: str, user: str, password: str, timeout: float = 120.0) -> None:
         session = requests.Session()
         session.auth = (user, password)
         self.url = dicomweb_url
+        self._session = session
+        self._timeout = timeout
         self._client = DICOMwebClient(url=dicomweb_url, session=session, timeout=timeout)
 
     # --- QIDO -----------------------------------------------------------------------------
-    def search_studies(self, *, modality: Optional[str] = None, limit: int = 100, offset: int = 0) -> list[dict]:
+    def search_studies(
+        self, *, modality: Optional[str] = None, limit: int = 100, offset: int = 0
+    ) -> list[StudySummary]:
+        """QIDO-RS study search, one page.
+
+        Parameters
+        ----------
+        modality:
+            Only studies with this modality (``ModalitiesInStudy``); all studies when ``None``.
+        limit, offset:
+            The page.
+
+        Returns
+        -------
+        list[StudySummary]
+            The studies of the page (fewer than ``limit`` on the last page).
+        """
         filters = {"ModalitiesInStudy": modality} if modality else None
         with _mapped_errors("QIDO studies"):
-            return self._client.search_for_studies(
+            found = self._client.search_for_studies(
                 limit=limit, offset=offset, search_filters=filters, fields=["StudyInstanceUID", "ModalitiesInStudy"]
             )
+        return [StudySummary.from_json(item) for item in found]
 
-    def search_series(self, study_uid: str) -> list[pydicom.Dataset]:
+    def search_series(self, study_uid: str) -> list[SeriesSummary]:
+        """QIDO-RS series search within one study.
+
+        Returns
+        -------
+        list[SeriesSummary]
+            Every series of the study, the node's own result series included.
+        """
         with _mapped_errors("QIDO series"):
             found = self._client.search_for_series(
                 study_instance_uid=study_uid,
                 fields=["Manufacturer", "SeriesDescription", "NumberOfSeriesRelatedInstances", "SOPClassUID"],
             )
-        return [pydicom.Dataset.from_json(item) for item in found]
+        return [SeriesSummary.from_json(item) for item in found]
+
+    def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceSummary]:
+        """WADO-RS metadata of a series' instances (no pixel data), for series selection."""
+        with _mapped_errors("WADO-RS metadata"):
+            found = self._client.retrieve_series_metadata(study_uid, series_uid)
+        return [InstanceSummary.from_json(item) for item in found]
 
     # --- WADO-RS ---------------------------------------------------------------------------
     def retrieve_series(self, study_uid: str, series_uid: str, *, transcode: bool = False) -> list[pydicom.Dataset]:
-        """All instances of a series as stored (or transcoded to Explicit VR Little Endian)."""
+        """All instances of a series.
+
+        Parameters
+        ----------
+        transcode:
+            False: as stored (``transfer-syntax=*``); True: transcoded by the PACS to Explicit VR
+            Little Endian, for pixel data this process cannot decode.
+        """
         with _mapped_errors("WADO-RS series"):
             return self._client.retrieve_series(
                 study_uid, series_uid, media_types=EXPLICIT_LITTLE if transcode else AS_STORED
             )
 
     def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> pydicom.Dataset:
+        """One instance, as stored."""
         with _mapped_errors("WADO-RS instance"):
             return self._client.retrieve_instance(study_uid, series_uid, sop_uid, media_types=AS_STORED)
 
     # --- STOW-RS ---------------------------------------------------------------------------
     def store(self, datasets: Sequence[pydicom.Dataset], study_uid: str) -> None:
+        """STOW-RS the datasets into ``study_uid``.
+
+        Raises
+        ------
+        BadInputError
+            When the PACS refuses any of them (its failure reasons are named).
+        TransientError
+            When the PACS is unreachable or answers 5xx.
+        """
         if not datasets:
             return
-        for ds in datasets:  # STOW-RS parts are DICOM files: preamble + "DICM" + meta header
+        for ds in datasets:  # STOW-RS parts are DICOM files: preamble + "DICM" + a complete meta header
             if getattr(ds, "preamble", None) is None:
                 ds.preamble = b"\x00" * 128
+            complete_file_meta(ds)
         with _mapped_errors("STOW-RS"):
             response = self._client.store_instances(list(datasets), study_instance_uid=study_uid)
         failed = getattr(response, "FailedSOPSequence", None)
         if failed:
             reasons = sorted({str(getattr(item, "FailureReason", "?")) for item in failed})
             raise BadInputError(f"STOW-RS: the PACS refused {len(failed)} object(s), failure reasons {reasons}")
+
+    def delete_series(self, series_uid: str) -> bool:
+        """Delete one series of the node's own output before it is stored again (a rerun).
+
+        The PACS keeps the first copy of a SOP Instance UID (``OverwriteInstances`` is off, so no
+        one can replace the node's results); a rerun therefore removes its own earlier series
+        first, through Orthanc's REST API with the sidecar's account, which the plugin allows only
+        for series the node made. If the node dies between the delete and the store, the job's
+        lease expires and the job runs again, storing the series anew.
+
+        Returns
+        -------
+        bool
+            True when a series was found and deleted.
+        """
+        root = self.url.rsplit("/dicom-web", 1)[0]
+        with _mapped_errors("series lookup"):
+            found = self._session.post(f"{root}/tools/lookup", data=series_uid, timeout=self._timeout)
+            found.raise_for_status()
+        ids = [item["ID"] for item in found.json() if item.get("Type") == "Series"]
+        for orthanc_id in ids:
+            with _mapped_errors("series delete"):
+                self._session.delete(f"{root}/series/{orthanc_id}", timeout=self._timeout).raise_for_status()
+        return bool(ids)
 
     def ping(self) -> None:
         """Raise :class:`TransientError` if the PACS does not answer."""

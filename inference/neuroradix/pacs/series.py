@@ -1,9 +1,12 @@
 """Choose the CT series of a study to analyze, by rules kept as data (``data/series_rules.json``).
 
-Cheap checks on the QIDO results come first; the remaining series are then checked on their
-instances, largest first, so the worker normally fetches only the series it analyzes. A study with no usable series raises :class:`NotEligibleError` whose
+Pure functions, no I/O: :func:`prefilter` makes the cheap checks on the series summaries (a QIDO
+search, or a folder's files) and names the candidates; the caller fetches the candidates' instance
+metadata (:class:`~neuroradix.pacs.summaries.InstanceSummary`, no pixels) and :func:`select_series`
+checks them and picks one. A study with no usable series raises :class:`NotEligibleError` whose
 message lists why each series was rejected, which becomes the job's "skipped" reason.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,18 +14,20 @@ import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
-import pydicom
 
 from neuroradix.errors import ConfigError, NotEligibleError
+from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary
 
 LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SeriesRules:
+    """The selection rules of ``data/series_rules.json``, validated on construction (:class:`ConfigError`)."""
+
     modalities: tuple[str, ...]
     sop_classes: tuple[str, ...]
     image_type_required: tuple[str, ...]
@@ -62,6 +67,8 @@ def load_rules(text: Optional[str] = None) -> SeriesRules:
 
 @dataclass(frozen=True)
 class Candidate:
+    """A usable series and what ranks it."""
+
     series_uid: str
     n_slices: int
     slice_spacing: float
@@ -69,54 +76,55 @@ class Candidate:
     description: str
 
 
-def _tags(ds: pydicom.Dataset, name: str, default=None):
-    value = ds.get(name, default)
-    return default if value is None or value == "" else value
+def check_series(instances: Sequence[InstanceSummary], rules: SeriesRules) -> Candidate:
+    """Check one series' instance metadata against the rules.
 
-
-def check_series(instances: Sequence[pydicom.Dataset], rules: SeriesRules) -> Candidate:
-    """Check one series' instance metadata against the rules; raise NotEligibleError with the reason."""
+    Raises
+    ------
+    NotEligibleError
+        With the reason the series cannot be used.
+    """
     if not instances:
         raise NotEligibleError("series has no instances")
     first = instances[0]
-    modality = str(_tags(first, "Modality", ""))
-    if modality not in rules.modalities:
-        raise NotEligibleError(f"modality {modality or 'missing'} is not {'/'.join(rules.modalities)}")
-    sop_classes = {str(_tags(ds, "SOPClassUID", "")) for ds in instances}
+    if first.modality not in rules.modalities:
+        raise NotEligibleError(f"modality {first.modality or 'missing'} is not {'/'.join(rules.modalities)}")
+    sop_classes = {i.sop_class_uid for i in instances}
     if not sop_classes <= set(rules.sop_classes):
         raise NotEligibleError(f"SOP class {sorted(sop_classes)} is not CT Image Storage")
-    description = str(_tags(first, "SeriesDescription", ""))
+    description = first.series_description
     if any(word in description.lower() for word in rules.series_description_excluded):
         raise NotEligibleError(f"series description {description!r} marks a localizer/report")
-    for ds in instances:
-        image_type = [str(v).upper() for v in (_tags(ds, "ImageType", []) or [])]
-        if image_type and image_type[0] not in rules.image_type_required:
-            raise NotEligibleError(f"image type {'/'.join(image_type)} is not ORIGINAL")
-        excluded = set(image_type) & set(rules.image_type_excluded)
+    for item in instances:
+        if item.image_type and item.image_type[0] not in rules.image_type_required:
+            raise NotEligibleError(f"image type {'/'.join(item.image_type)} is not ORIGINAL")
+        excluded = set(item.image_type) & set(rules.image_type_excluded)
         if excluded:
             raise NotEligibleError(f"image type contains {sorted(excluded)}")
     if len(instances) < rules.min_slices:
         raise NotEligibleError(f"{len(instances)} slices, fewer than {rules.min_slices}")
     if len(instances) > rules.max_slices:
         raise NotEligibleError(f"{len(instances)} slices, more than {rules.max_slices}")
-    orientations = []
-    for ds in instances:
-        iop = _tags(ds, "ImageOrientationPatient")
-        ipp = _tags(ds, "ImagePositionPatient")
-        if iop is None or ipp is None or _tags(ds, "PixelSpacing") is None:
+    for item in instances:
+        if (
+            item.image_orientation is None
+            or len(item.image_orientation) != 6
+            or item.image_position is None
+            or len(item.image_position) != 3
+            or item.pixel_spacing is None
+        ):
             raise NotEligibleError("instances lack ImageOrientationPatient/ImagePositionPatient/PixelSpacing")
-        orientations.append(np.asarray(iop, dtype=float))
-    orientations = np.stack(orientations)
+    orientations = np.array([i.image_orientation for i in instances], dtype=float)
     if np.abs(orientations - orientations[0]).max() > rules.orientation_tolerance:
         raise NotEligibleError("mixed orientations within the series")
     normal = np.cross(orientations[0][:3], orientations[0][3:])
     angle = float(np.degrees(np.arccos(min(1.0, abs(normal[2]) / max(np.linalg.norm(normal), 1e-9)))))
     if angle > rules.max_normal_angle_from_axial_deg:
         raise NotEligibleError(f"not axial: slice normal is {angle:.0f} degrees from the body axis")
-    sizes = {(int(_tags(ds, "Rows", 0)), int(_tags(ds, "Columns", 0))) for ds in instances}
+    sizes = {(i.rows or 0, i.columns or 0) for i in instances}
     if len(sizes) != 1:
         raise NotEligibleError(f"mixed image sizes {sorted(sizes)}")
-    positions = np.sort(np.array([np.dot(np.asarray(ds.ImagePositionPatient, float), normal) for ds in instances]))
+    positions = np.sort(np.array([np.dot(np.asarray(i.image_position, float), normal) for i in instances]))
     steps = np.diff(positions)
     spacing = float(np.median(steps)) if steps.size else 0.0
     if spacing <= 0:
@@ -124,10 +132,10 @@ def check_series(instances: Sequence[pydicom.Dataset], rules: SeriesRules) -> Ca
     if spacing > rules.max_slice_spacing_mm:
         raise NotEligibleError(f"slice spacing {spacing:.1f} mm is above {rules.max_slice_spacing_mm} mm")
     return Candidate(
-        series_uid=str(first.SeriesInstanceUID),
+        series_uid=first.series_uid,
         n_slices=len(instances),
         slice_spacing=spacing,
-        series_number=int(_tags(first, "SeriesNumber", 0) or 0),
+        series_number=first.series_number or 0,
         description=description,
     )
 
@@ -142,62 +150,83 @@ def _rank_key(candidate: Candidate, ranking: Sequence[str]) -> tuple:
 
 
 def prefilter(
-    series: Sequence[pydicom.Dataset], rules: SeriesRules, own_manufacturer: str
+    series: Sequence[SeriesSummary], rules: SeriesRules, own_manufacturer: str
 ) -> tuple[list[list[str]], list[str]]:
-    """Cheap checks on QIDO series results, before anything is fetched.
+    """Cheap checks on the series summaries, before anything is fetched.
 
-    Returns the remaining series UIDs in groups of equal instance count, largest first (the
-    fetch order), and the reasons the others were dropped.
+    Returns
+    -------
+    groups:
+        The remaining series UIDs in groups of equal instance count, largest first (the order in
+        which :func:`select_series` considers them).
+    reasons:
+        Why the others were dropped (our own result series are dropped silently).
     """
     reasons: list[str] = []
     kept: dict[int, list[str]] = {}
     for s in series:
-        label = f"series {s.get('SeriesNumber', '?')} ({s.get('Modality', '?')})"
-        if str(s.get("Manufacturer", "")) == own_manufacturer:
+        if s.manufacturer == own_manufacturer:
             continue  # our own results
-        if str(s.get("Modality", "")) not in rules.modalities:
-            reasons.append(f"{label}: modality is not {'/'.join(rules.modalities)}")
+        if s.modality not in rules.modalities:
+            reasons.append(f"{s.label}: modality is not {'/'.join(rules.modalities)}")
             continue
-        description = str(s.get("SeriesDescription", "") or "")
-        if any(word in description.lower() for word in rules.series_description_excluded):
-            reasons.append(f"{label}: series description {description!r} marks a localizer/report")
+        if any(word in s.description.lower() for word in rules.series_description_excluded):
+            reasons.append(f"{s.label}: series description {s.description!r} marks a localizer/report")
             continue
-        count = int(s.get("NumberOfSeriesRelatedInstances", 0) or 0)
+        count = s.n_instances or 0
         if 0 < count < rules.min_slices:
-            reasons.append(f"{label}: {count} slices, fewer than {rules.min_slices}")
+            reasons.append(f"{s.label}: {count} slices, fewer than {rules.min_slices}")
             continue
-        kept.setdefault(count, []).append(str(s.get("SeriesInstanceUID", "")))
+        kept.setdefault(count, []).append(s.series_uid)
     return [kept[c] for c in sorted(kept, reverse=True)], reasons
 
 
+def candidate_uids(series: Sequence[SeriesSummary], rules: SeriesRules, own_manufacturer: str) -> list[str]:
+    """The series whose instance metadata :func:`select_series` needs, in the order it considers them."""
+    groups, _ = prefilter(series, rules, own_manufacturer)
+    return [uid for group in groups for uid in group]
+
+
 def select_series(
-    series: Sequence[pydicom.Dataset],
-    instances: Callable[[str], Sequence[pydicom.Dataset]],
+    series: Sequence[SeriesSummary],
+    instances: Mapping[str, Sequence[InstanceSummary]],
     rules: SeriesRules,
     own_manufacturer: str,
 ) -> Candidate:
-    """Pick the best series of a study.
+    """Pick the best series of a study (a pure function: the caller has fetched what it needs).
 
     Parameters
     ----------
     series:
-        QIDO series results of the study (Modality, SeriesInstanceUID, Manufacturer,
-        NumberOfSeriesRelatedInstances ...).
+        The study's series summaries (QIDO-RS, or a folder's files).
     instances:
-        ``instances(series_uid)`` returns that series' instances (or their metadata). It is
-        called for the largest series first and only until a group of equal size yields a
-        usable series, so the worker fetches the series it will analyze and rarely more.
+        Instance metadata by series UID, for the series :func:`candidate_uids` names. The groups of
+        equal size are considered largest first; the first group with a usable series wins, ranked
+        by ``rules.ranking``. A candidate missing from the mapping counts as having no instances.
+    rules:
+        The selection rules (:func:`load_rules`).
+    own_manufacturer:
+        Manufacturer of the node's own result series, which are never candidates.
+
+    Returns
+    -------
+    Candidate
+        The chosen series.
+
+    Raises
+    ------
+    NotEligibleError
+        When no series is usable; the message gives each series' reason.
     """
     groups, reasons = prefilter(series, rules, own_manufacturer)
+    labels = {s.series_uid: s.label for s in series}
     for group in groups:
         candidates = []
         for uid in group:
-            label = next((f"series {s.get('SeriesNumber', '?')} ({s.get('Modality', '?')})"
-                          for s in series if str(s.get("SeriesInstanceUID", "")) == uid), uid)
             try:
-                candidates.append(check_series(instances(uid), rules))
+                candidates.append(check_series(instances.get(uid, ()), rules))
             except NotEligibleError as exc:
-                reasons.append(f"{label}: {exc}")
+                reasons.append(f"{labels.get(uid, 'a series')}: {exc}")
         if candidates:
             best = min(candidates, key=lambda c: _rank_key(c, rules.ranking))
             LOG.info("selected a series of %d slices at %.2f mm", best.n_slices, best.slice_spacing)
@@ -206,18 +235,13 @@ def select_series(
     raise NotEligibleError(f"no usable CT series: {detail}")
 
 
-def source_fingerprint(series: Sequence[pydicom.Dataset], own_manufacturer: str) -> str:
-    """A short hash of the study's source series and their instance counts (QIDO results).
+def source_fingerprint(series: Sequence[SeriesSummary], own_manufacturer: str) -> str:
+    """A short hash of the study's source series and their instance counts.
 
     Must give the same value as ``source_fingerprint`` in ``plugin/handoff.py`` for the same
     study (a test checks both): the plugin sends it with each hand-off, the worker records what it
     processed, and a difference means the study changed since (late slices, a new series).
     """
-    items = tuple(
-        sorted(
-            (str(s.get("SeriesInstanceUID", "")), int(s.get("NumberOfSeriesRelatedInstances", 0) or 0))
-            for s in series
-            if str(s.get("Manufacturer", "")) != own_manufacturer
-        )
-    )
+    summaries = [s if isinstance(s, SeriesSummary) else SeriesSummary.from_dataset(s) for s in series]
+    items = tuple(sorted((s.series_uid, s.n_instances or 0) for s in summaries if s.manufacturer != own_manufacturer))
     return hashlib.sha256(repr(items).encode()).hexdigest()[:16]

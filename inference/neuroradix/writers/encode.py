@@ -1,4 +1,5 @@
 """All DICOM objects of one result, in the order their references need."""
+
 from __future__ import annotations
 
 import logging

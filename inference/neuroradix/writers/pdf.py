@@ -10,6 +10,7 @@ the model name and version, "Not for diagnostic use" on every page, and an
 the source study, built with pydicom because highdicom has no encapsulated-document
 class.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -54,11 +55,26 @@ logger = logging.getLogger(__name__)
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 
 # Patient and study attributes copied from the source (Type 2 ones written empty if absent).
-_COPIED_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_COPIED_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 _UNIT_TEXT = {"[hnsf'U]": "HU", "1": "", "%": "%", "mL": "mL", "mm": "mm"}
-_COPIED_OPTIONAL = ("SpecificCharacterSet", "IssuerOfPatientID", "PatientAge", "StudyDescription",
-                    "IssuerOfAccessionNumberSequence", "OtherPatientIDsSequence")
+_COPIED_OPTIONAL = (
+    "SpecificCharacterSet",
+    "IssuerOfPatientID",
+    "PatientAge",
+    "StudyDescription",
+    "IssuerOfAccessionNumberSequence",
+    "OtherPatientIDsSequence",
+)
 
 
 # --------------------------------------------------------------------------- key images
@@ -117,8 +133,11 @@ def _plane_indices(volume: Volume, view: str, position: int) -> np.ndarray:
 def _pixel_mm(volume: Volume, view: str) -> tuple[float, float]:
     order, _ = _canonical(volume)
     spacing = volume.spacing
-    return (float(spacing[order[1]]), float(spacing[order[2]])) if view == "axial" else (
-        float(spacing[order[0]]), float(spacing[order[2]]))
+    return (
+        (float(spacing[order[1]]), float(spacing[order[2]]))
+        if view == "axial"
+        else (float(spacing[order[0]]), float(spacing[order[2]]))
+    )
 
 
 def _grey(hu: np.ndarray) -> np.ndarray:
@@ -207,6 +226,7 @@ def key_images(result: StudyResult, volume: Volume, max_images: int = 4) -> list
 
 # --------------------------------------------------------------------------- layout
 
+
 def _text(value: object) -> str:
     """ASCII, XML-escaped text for a reportlab Paragraph."""
     return escape(ascii_text(str(value)))
@@ -238,6 +258,27 @@ def _image_flowable(key: KeyImage, width: float) -> Image:
     return Image(buffer, width=width, height=height)
 
 
+_DENSITY_HEADER = ("Region", "Volume (mL)", "LAA-950 (%)", "LAA-910 (%)", "Perc15 (HU)", "MLD (HU)")
+_DENSITY_COLUMNS = {"118565006": 0, "LAA950": 1, "LAA910": 2, "PERC15": 3, "112031": 4}
+
+
+def _density_rows(measurements) -> tuple[list[list[str]], list]:
+    """Densitometry as a region x measure grid (sites with at least three of the five measures);
+    the other measurements are returned for the plain table."""
+    by_site: dict[str, dict[int, object]] = {}
+    for m in measurements:
+        column = _DENSITY_COLUMNS.get(m.concept.value)
+        if m.site is not None and column is not None:
+            by_site.setdefault(m.site.meaning, {})[column] = m
+    sites = [site for site, cells in by_site.items() if len(cells) >= 3]
+    used = {id(m) for site in sites for m in by_site[site].values()}
+    rows = []
+    for site in sites:
+        cells = by_site[site]
+        rows.append([ascii_text(site)] + [f"{float(cells[c].value):.1f}" if c in cells else "" for c in range(5)])
+    return rows, [m for m in measurements if id(m) not in used]
+
+
 def render_pdf_bytes(result: StudyResult, ctx: OutputContext) -> bytes:
     """Render the report as PDF bytes (A4, one or two pages)."""
     check_result(result, ctx)
@@ -265,54 +306,118 @@ def render_pdf_bytes(result: StudyResult, ctx: OutputContext) -> bytes:
         canvas.drawRightString(width - 15 * mm, 9 * mm, f"page {doc.page}")
         canvas.restoreState()
 
-    story = [Paragraph("AI chest CT report", h1),
-             Paragraph(f"<b>{_text(NOT_FOR_DIAGNOSIS)}.</b> Machine output of {_text(analyzer.title)} "
-                       f"{_text(analyzer.version)}; it has not been reviewed by a physician.", body)]
+    story = [
+        Paragraph("AI chest CT report", h1),
+        Paragraph(
+            f"<b>{_text(NOT_FOR_DIAGNOSIS)}.</b> Machine output of {_text(analyzer.title)} "
+            f"{_text(analyzer.version)}; it has not been reviewed by a physician.",
+            body,
+        ),
+    ]
     if analyzer.untrained:
-        story.append(Paragraph(f"<font color='#c0392b'><b>{UNTRAINED_MARK}</b>: the model ran without trained "
-                               "weights. The numbers below are meaningless.</font>", body))
+        story.append(
+            Paragraph(
+                f"<font color='#c0392b'><b>{UNTRAINED_MARK}</b>: the model ran without trained "
+                "weights. The numbers below are meaningless.</font>",
+                body,
+            )
+        )
     ident = [
         ["Patient", _text(_person(src.get("PatientName", ""))), "Patient ID", _text(src.get("PatientID", ""))],
         ["Birth date", _text(_date(src.get("PatientBirthDate", ""))), "Sex", _text(src.get("PatientSex", ""))],
         ["Study date", _text(_date(src.get("StudyDate", ""))), "Accession", _text(src.get("AccessionNumber", ""))],
-        ["Study", _text(src.get("StudyDescription", "")), "Series",
-         _text(f"{src.get('SeriesNumber', '')} {src.get('SeriesDescription', '')}".strip())],
+        [
+            "Study",
+            _text(src.get("StudyDescription", "")),
+            "Series",
+            _text(f"{src.get('SeriesNumber', '')} {src.get('SeriesDescription', '')}".strip()),
+        ],
     ]
     table = Table(ident, colWidths=[24 * mm, 62 * mm, 24 * mm, 62 * mm])
-    table.setStyle(TableStyle([("FONT", (0, 0), (-1, -1), "Helvetica", 9),
-                               ("FONT", (0, 0), (0, -1), "Helvetica-Bold", 9),
-                               ("FONT", (2, 0), (2, -1), "Helvetica-Bold", 9),
-                               ("BOX", (0, 0), (-1, -1), 0.5, colors.grey),
-                               ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#f4f6f8"))]))
+    table.setStyle(
+        TableStyle(
+            [
+                ("FONT", (0, 0), (-1, -1), "Helvetica", 9),
+                ("FONT", (0, 0), (0, -1), "Helvetica-Bold", 9),
+                ("FONT", (2, 0), (2, -1), "Helvetica-Bold", 9),
+                ("BOX", (0, 0), (-1, -1), 0.5, colors.grey),
+                ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#f4f6f8")),
+            ]
+        )
+    )
     story += [Spacer(1, 4 * mm), table]
+
+    if result.warnings:
+        story.append(Paragraph("Scan-quality warnings", h2))
+        for warning in result.warnings:
+            story.append(Paragraph(f"<font color='#c0392b'>- {_text(warning)}</font>", body))
 
     if result.findings:
         story.append(Paragraph("Findings", h2))
         rows = [["Finding", "Probability", "Threshold", "Result"]]
-        style = [("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 9), ("FONT", (0, 1), (-1, -1), "Helvetica", 9),
-                 ("ALIGN", (1, 0), (2, -1), "RIGHT"), ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
-                 ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f4f6f8")])]
+        style = [
+            ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 9),
+            ("FONT", (0, 1), (-1, -1), "Helvetica", 9),
+            ("ALIGN", (1, 0), (2, -1), "RIGHT"),
+            ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
+            ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f4f6f8")]),
+        ]
         for i, f in enumerate(sorted(result.findings, key=lambda f: -float(f.probability)), start=1):
-            rows.append([ascii_text(f.name), f"{100 * float(f.probability):.1f} %", f"{100 * float(f.threshold):.0f} %",
-                         "present" if f.present else "absent"])
+            rows.append(
+                [
+                    ascii_text(f.name),
+                    f"{100 * float(f.probability):.1f} %",
+                    f"{100 * float(f.threshold):.0f} %",
+                    "present" if f.present else "absent",
+                ]
+            )
             if f.present:
-                style += [("FONT", (0, i), (-1, i), "Helvetica-Bold", 9),
-                          ("TEXTCOLOR", (3, i), (3, i), colors.HexColor("#c0392b"))]
+                style += [
+                    ("FONT", (0, i), (-1, i), "Helvetica-Bold", 9),
+                    ("TEXTCOLOR", (3, i), (3, i), colors.HexColor("#c0392b")),
+                ]
         table = Table(rows, colWidths=[80 * mm, 30 * mm, 30 * mm, 32 * mm])
         table.setStyle(TableStyle(style))
         story.append(table)
 
-    if result.measurements:
+    density_rows, others = _density_rows(result.measurements)
+    if density_rows:
+        story.append(Paragraph("Lung densitometry (parenchyma, airways removed)", h2))
+        table = Table(
+            [list(_DENSITY_HEADER)] + density_rows, colWidths=[52 * mm, 24 * mm, 24 * mm, 24 * mm, 24 * mm, 24 * mm]
+        )
+        table.setStyle(
+            TableStyle(
+                [
+                    ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 8.5),
+                    ("FONT", (0, 1), (-1, -1), "Helvetica", 8.5),
+                    ("ALIGN", (1, 0), (-1, -1), "RIGHT"),
+                    ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
+                    ("ROWBACKGROUNDS", (0, 1), (-1, -1), [colors.white, colors.HexColor("#f4f6f8")]),
+                ]
+            )
+        )
+        story.append(table)
+
+    if others:
         story.append(Paragraph("Measurements", h2))
         rows = [["Measurement", "Value", "Unit", "Site"]]
-        for m in result.measurements:
+        for m in others:
             unit = _UNIT_TEXT.get(m.unit.value, ascii_text(m.unit.value))
-            rows.append([ascii_text(m.name), f"{float(m.value):.1f}", unit,
-                         ascii_text(m.site.meaning) if m.site else ""])
+            rows.append(
+                [ascii_text(m.name), f"{float(m.value):.1f}", unit, ascii_text(m.site.meaning) if m.site else ""]
+            )
         table = Table(rows, colWidths=[70 * mm, 30 * mm, 25 * mm, 47 * mm])
-        table.setStyle(TableStyle([("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 9),
-                                   ("FONT", (0, 1), (-1, -1), "Helvetica", 9), ("ALIGN", (1, 0), (1, -1), "RIGHT"),
-                                   ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black)]))
+        table.setStyle(
+            TableStyle(
+                [
+                    ("FONT", (0, 0), (-1, 0), "Helvetica-Bold", 9),
+                    ("FONT", (0, 1), (-1, -1), "Helvetica", 9),
+                    ("ALIGN", (1, 0), (1, -1), "RIGHT"),
+                    ("LINEBELOW", (0, 0), (-1, 0), 0.6, colors.black),
+                ]
+            )
+        )
         story.append(table)
 
     if result.report_text.strip():
@@ -328,29 +433,50 @@ def render_pdf_bytes(result: StudyResult, ctx: OutputContext) -> bytes:
         cells = [[_image_flowable(k, cell), Paragraph(_text(k.caption), small)] for k in images]
         grid = []
         for i in range(0, len(cells), 2):
-            pair = cells[i:i + 2] + ([["", ""]] if len(cells[i:i + 2]) == 1 else [])
+            pair = cells[i : i + 2] + ([["", ""]] if len(cells[i : i + 2]) == 1 else [])
             grid += [[pair[0][0], pair[1][0]], [pair[0][1], pair[1][1]]]
         table = Table(grid, colWidths=[cell + 4 * mm] * 2)
         table.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]))
-        section += [table, Paragraph("Lung window (L -600, W 1500 HU); patient's right on the image left. "
-                                     "Segments in their recommended colours; attention from dark red (low) to "
-                                     "yellow (high).", small)]
+        section += [
+            table,
+            Paragraph(
+                "Lung window (L -600, W 1500 HU); patient's right on the image left. "
+                "Segments in their recommended colours; attention from dark red (low) to "
+                "yellow (high).",
+                small,
+            ),
+        ]
         story.append(KeepTogether(section))  # all images on one page
 
-    story += [Spacer(1, 4 * mm), Paragraph(
-        _text(f"Model: {analyzer.title} ({analyzer.name}) version {analyzer.version}; "
-              f"node software {ctx.software_version}; pipeline {ctx.pipeline_version}."), small)]
+    story += [
+        Spacer(1, 4 * mm),
+        Paragraph(
+            _text(
+                f"Model: {analyzer.title} ({analyzer.name}) version {analyzer.version}; "
+                f"node software {ctx.software_version}; pipeline {ctx.pipeline_version}."
+            ),
+            small,
+        ),
+    ]
     buffer = io.BytesIO()
-    doc = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm,
-                            topMargin=(20 if analyzer.untrained else 14) * mm, bottomMargin=16 * mm,
-                            title=ascii_text(f"AI chest CT report - {analyzer.title}"),
-                            author=MANUFACTURER, creator=MANUFACTURER,
-                            invariant=1)  # no timestamps or random IDs: same input, same bytes
+    doc = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=15 * mm,
+        rightMargin=15 * mm,
+        topMargin=(20 if analyzer.untrained else 14) * mm,
+        bottomMargin=16 * mm,
+        title=ascii_text(f"AI chest CT report - {analyzer.title}"),
+        author=MANUFACTURER,
+        creator=MANUFACTURER,
+        invariant=1,
+    )  # no timestamps or random IDs: same input, same bytes
     doc.build(story, onFirstPage=decorate, onLaterPages=decorate)
     return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- DICOM
+
 
 def build_pdf(
     result: StudyResult, ctx: OutputContext, seg: Optional[Dataset] = None, sr: Optional[Dataset] = None

@@ -18,6 +18,7 @@ Two grids (``ctx.pmap_grid``):
     parallel to the CT's (an analyzer's coarser grid) is resampled separably, one axis
     at a time, which takes well under a second for a 300 x 512 x 512 CT.
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,12 +71,12 @@ def quantize(array: np.ndarray) -> tuple[np.ndarray, float, float]:
     stored = np.empty(array.shape, dtype=np.uint16)
     values, out = array.reshape(-1), stored.reshape(-1)
     for start in range(0, values.size, _BLOCK_VALUES):
-        block = values[start:start + _BLOCK_VALUES].astype(np.float64)
+        block = values[start : start + _BLOCK_VALUES].astype(np.float64)
         block -= low
         block /= slope
         np.rint(block, out=block)
         np.clip(block, 0, STORED_MAX, out=block)
-        out[start:start + _BLOCK_VALUES] = block
+        out[start : start + _BLOCK_VALUES] = block
     return stored, slope, low
 
 
@@ -138,8 +139,14 @@ def resample_onto(amap: AttentionMap, affine: np.ndarray, shape: tuple[int, int,
     if axes is None:
         logger.debug("attention map %s is oblique to the target grid: general resampling", amap.name)
         return ndimage.affine_transform(
-            source, to_map[:3, :3], to_map[:3, 3], output_shape=shape,
-            output=np.float32, order=1, mode="constant", cval=0.0,
+            source,
+            to_map[:3, :3],
+            to_map[:3, 3],
+            output_shape=shape,
+            output=np.float32,
+            order=1,
+            mode="constant",
+            cval=0.0,
         )
     return resample_separable(source, to_map, axes, shape)
 

@@ -10,6 +10,7 @@ numbered 1..n in label order (DICOM requires segment numbers without gaps), and
 When every segment is empty there is nothing to store and :func:`build_seg` returns
 ``None``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,14 +20,14 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+from pydicom.uid import UID, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, SegmentationStorage
 
+from neuroradix.config import SegType
 from neuroradix.types import SegmentDescription, StudyResult
 from neuroradix.uids import derive_uid
 from neuroradix.writers.common import (
     ObjectKind,
     OutputContext,
-    SegType,
     check_result,
     coded,
     content_note,
@@ -41,8 +42,18 @@ from neuroradix.writers.common import (
 logger = logging.getLogger(__name__)
 
 _BLOCK_VALUES = 1 << 20  # label values counted at a time
-LABELMAP_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+SEGMENTATION_STORAGE = SegmentationStorage
+"""SOP Class UID of a BINARY segmentation (Segmentation Storage)."""
+LABELMAP_SEG_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.7")
+"""SOP Class UID of a LABELMAP segmentation (Label Map Segmentation Storage; pydicom 3.0 has no name for it)."""
+SEG_SOP_CLASS_BY_TYPE: dict[SegType, UID] = {
+    SegType.BINARY: SEGMENTATION_STORAGE,
+    SegType.LABELMAP: LABELMAP_SEG_STORAGE,
+}
+"""The SOP class :func:`build_seg` writes for each :class:`~neuroradix.config.SegType`."""
+SEG_SOP_CLASS_UIDS: frozenset[str] = frozenset(SEG_SOP_CLASS_BY_TYPE.values())
+"""Every SOP class a SEG written here may have (what a reader filters a study's instances by)."""
 
 
 def segment_label_text(desc: SegmentDescription) -> str:
@@ -62,7 +73,7 @@ def label_values(labels: np.ndarray) -> list[int]:
     flat = labels.reshape(-1)
     counts = np.zeros(int(flat.max()) + 1, dtype=np.int64)
     for start in range(0, flat.size, _BLOCK_VALUES):
-        counts += np.bincount(flat[start:start + _BLOCK_VALUES], minlength=counts.size)
+        counts += np.bincount(flat[start : start + _BLOCK_VALUES], minlength=counts.size)
     return [int(v) for v in np.flatnonzero(counts)]
 
 

@@ -13,12 +13,14 @@ Content tree (``highdicom.sr.MeasurementReport``):
   probability's "Source of Measurement" is the finding's attention map (Parametric Map);
 * one group per SEG segment that has measurements (TID 1411, referencing the segment),
   and one TID 1501 group per finding site for measurements without a segment;
-* a "Qualitative Evaluations" container (TID 1500 rows 10-12) with the report text
-  and a comment that carries "Not for diagnostic use" and, for untrained analyzers,
+* a "Qualitative Evaluations" container (TID 1500 rows 10-12) with the report text,
+  one TEXT item per ``StudyResult.warnings`` entry (private concept 99NRX QCWARN "Scan quality
+  warning", e.g. "LAA-950 not comparable: sharp kernel B70f") and a comment that carries "Not for diagnostic use" and, for untrained analyzers,
   "UNTRAINED - TEST OUTPUT".
 
 The document is UNVERIFIED and PARTIAL (machine output, never signed off).
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,6 +60,9 @@ THRESHOLD = Code("122411", "DCM", "Threshold Value")
 UNITY = Code("1", "UCUM", "no units")
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 WHOLE_STUDY = Code("whole-study", "99NRX", "Whole study")
+#: A stated caveat of the result (``StudyResult.warnings``), e.g. a sharp kernel: private, as no
+#: DICOM concept says "scan-quality warning".
+QUALITY_WARNING = Code("QCWARN", "99NRX", "Scan quality warning")
 
 
 def _algorithm(result: StudyResult) -> hd.sr.AlgorithmIdentification:
@@ -99,8 +104,13 @@ def _finding_group(finding: Finding, result: StudyResult, ctx: OutputContext, se
         pmap = pmaps[finding.attention_index]
         images = [hd.sr.SourceImageForMeasurement(pmap.SOPClassUID, pmap.SOPInstanceUID)]
     measurements = [
-        hd.sr.Measurement(name=coded(PROBABILITY), value=float(finding.probability), unit=coded(UNITY),
-                          referenced_images=images, algorithm_id=_algorithm(result)),
+        hd.sr.Measurement(
+            name=coded(PROBABILITY),
+            value=float(finding.probability),
+            unit=coded(UNITY),
+            referenced_images=images,
+            algorithm_id=_algorithm(result),
+        ),
         hd.sr.Measurement(name=coded(THRESHOLD), value=float(finding.threshold), unit=coded(UNITY)),
     ]
     presence = codes.DCM.Present if finding.present else codes.DCM.Absent
@@ -132,8 +142,10 @@ def _measurement_groups(result: StudyResult, ctx: OutputContext, seg: Optional[D
     by_segment: dict[int, list[Measurement]] = defaultdict(list)
     by_site: dict[Optional[Code], list[Measurement]] = defaultdict(list)
     for m in result.measurements:
-        has_segment = m.segment_label is not None and seg is not None and (
-            segment_number_for_label(seg, result, m.segment_label) is not None
+        has_segment = (
+            m.segment_label is not None
+            and seg is not None
+            and (segment_number_for_label(seg, result, m.segment_label) is not None)
         )
         if has_segment:
             by_segment[m.segment_label].append(m)
@@ -143,22 +155,26 @@ def _measurement_groups(result: StudyResult, ctx: OutputContext, seg: Optional[D
     groups = []
     for label, items in sorted(by_segment.items()):
         desc = descriptions[label]
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(ctx, result, f"segment {desc.name}"),
-            referenced_segment=_referenced_segment(seg, result, ctx, [label]),
-            finding_type=coded(desc.type),
-            finding_category=coded(desc.category),
-            algorithm_id=_algorithm(result),
-            measurements=[_measurement(m) for m in items],
-        ))
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking(ctx, result, f"segment {desc.name}"),
+                referenced_segment=_referenced_segment(seg, result, ctx, [label]),
+                finding_type=coded(desc.type),
+                finding_category=coded(desc.category),
+                algorithm_id=_algorithm(result),
+                measurements=[_measurement(m) for m in items],
+            )
+        )
     for site, items in by_site.items():
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=_tracking(ctx, result, f"measurements {site.meaning if site else 'study'}"),
-            finding_type=coded(site if site is not None else WHOLE_STUDY),
-            finding_sites=[hd.sr.FindingSite(coded(site))] if site is not None else None,
-            algorithm_id=_algorithm(result),
-            measurements=[_measurement(m) for m in items],
-        ))
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking(ctx, result, f"measurements {site.meaning if site else 'study'}"),
+                finding_type=coded(site if site is not None else WHOLE_STUDY),
+                finding_sites=[hd.sr.FindingSite(coded(site))] if site is not None else None,
+                algorithm_id=_algorithm(result),
+                measurements=[_measurement(m) for m in items],
+            )
+        )
     return groups
 
 
@@ -168,17 +184,31 @@ def _text_container(result: StudyResult) -> hd.sr.ContainerContentItem:
     )
     items = []
     if result.report_text.strip():
-        items.append(hd.sr.TextContentItem(name=codes.DCM.Finding, value=ascii_text(result.report_text.strip()),
-                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
-    items.append(hd.sr.TextContentItem(name=codes.DCM.Comment, value=content_note(result),
-                                       relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+        items.append(
+            hd.sr.TextContentItem(
+                name=codes.DCM.Finding,
+                value=ascii_text(result.report_text.strip()),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    for warning in result.warnings:
+        items.append(
+            hd.sr.TextContentItem(
+                name=coded(QUALITY_WARNING),
+                value=ascii_text(warning),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+    items.append(
+        hd.sr.TextContentItem(
+            name=codes.DCM.Comment, value=content_note(result), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+    )
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
 
 
-def build_sr(
-    result: StudyResult, ctx: OutputContext, seg: Optional[Dataset], pmaps: Sequence[Dataset]
-) -> Dataset:
+def build_sr(result: StudyResult, ctx: OutputContext, seg: Optional[Dataset], pmaps: Sequence[Dataset]) -> Dataset:
     """Build the TID 1500 Comprehensive 3D SR.
 
     Parameters

@@ -3,6 +3,7 @@
 Findings are named by their CT-RATE names and carry the same numbers as the SR (both are made
 from the same :class:`~neuroradix.types.StudyResult`).
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -17,7 +18,9 @@ SCHEMA_VERSION = "1"
 
 def result_summary(result: StudyResult) -> dict[str, Any]:
     """JSON-able summary of one analyzer's result."""
-    counts = np.bincount(result.labels.ravel().astype(np.int64), minlength=max([0] + [s.label for s in result.segments]) + 1)
+    counts = np.bincount(
+        result.labels.ravel().astype(np.int64), minlength=max([0] + [s.label for s in result.segments]) + 1
+    )
     return {
         "analyzer": {
             "name": result.analyzer.name,
@@ -41,6 +44,7 @@ def result_summary(result: StudyResult) -> dict[str, Any]:
                 "value": round(float(m.value), 4),
                 "unit": m.unit.value,
                 "concept": m.concept.to_dict(),
+                "site": m.site.to_dict() if m.site else None,
                 "segment_label": m.segment_label,
             }
             for m in result.measurements
@@ -55,6 +59,7 @@ def result_summary(result: StudyResult) -> dict[str, Any]:
             for s in result.segments
         ],
         "report_text": result.report_text,
+        "warnings": list(result.warnings),
     }
 
 

@@ -15,6 +15,7 @@ The layout (``ibrahimhamamci/CT-RATE`` on Hugging Face, see ``docs/training.md``
 CT-RATE; they come from any source scheme (e.g. TotalSegmentator's 117 classes) under
 ``<root>/dataset/segmentations/<split>/<VolumeName>`` and go through the remap tables.
 """
+
 from __future__ import annotations
 
 import ast
@@ -28,6 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from neuroradix.errors import BadInputError, ConfigError
+from neuroradix.imaging.nifti import array_to_volume
 from neuroradix.types import Volume
 from neuroradix_train.data.findings import FINDINGS
 
@@ -40,8 +42,14 @@ LABEL_COLUMNS = ("VolumeName",) + FINDINGS
 METADATA_COLUMNS = ("VolumeName", "RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing")
 
 _CSV_NAMES = {
-    "reports": {"train": "radiology_text_reports/train_reports.csv", "valid": "radiology_text_reports/validation_reports.csv"},
-    "labels": {"train": "multi_abnormality_labels/train_predicted_labels.csv", "valid": "multi_abnormality_labels/valid_predicted_labels.csv"},
+    "reports": {
+        "train": "radiology_text_reports/train_reports.csv",
+        "valid": "radiology_text_reports/validation_reports.csv",
+    },
+    "labels": {
+        "train": "multi_abnormality_labels/train_predicted_labels.csv",
+        "valid": "multi_abnormality_labels/valid_predicted_labels.csv",
+    },
     "metadata": {"train": "metadata/train_metadata.csv", "valid": "metadata/validation_metadata.csv"},
 }
 
@@ -161,7 +169,9 @@ def volume_path(root: Path | str, name: str) -> Path:
     return base / split / rel
 
 
-def load_records(root: Path | str, split: str, *, require_volumes: bool = True, require_labels: bool = True) -> list[ScanRecord]:
+def load_records(
+    root: Path | str, split: str, *, require_volumes: bool = True, require_labels: bool = True
+) -> list[ScanRecord]:
     """All scans of a split with their report, labels, metadata and (optional) segmentation.
 
     Reports define the scans; labels and metadata are joined by VolumeName.
@@ -221,7 +231,11 @@ def load_records(root: Path | str, split: str, *, require_volumes: bool = True, 
 
 
 def load_volume(record: ScanRecord, *, intensity: str = "auto") -> Volume:
-    """Read a record's NIfTI into a :class:`~neuroradix.types.Volume` in HU and LPS.
+    """Read a record's NIfTI into a :class:`~neuroradix.types.Volume` in HU, LPS and axial order.
+
+    The geometry goes through the node's conversion (:func:`neuroradix.imaging.nifti.array_to_volume`),
+    so training sees scans oriented as the node's analyzers see them; the metadata CSV's spacing
+    replaces the header's.
 
     Parameters
     ----------
@@ -242,31 +256,18 @@ def load_volume(record: ScanRecord, *, intensity: str = "auto") -> Volume:
         data = data * record.rescale_slope + record.rescale_intercept
     elif mode != "hu":
         raise ValueError(f"intensity must be raw, hu or auto, got {intensity!r}")
-    return nifti_to_volume(data, img.affine, record.spacing_zyx)
-
-
-def nifti_to_volume(data_xyz: np.ndarray, affine_ras: np.ndarray, spacing_zyx: Optional[tuple[float, float, float]] = None) -> Volume:
-    """NIfTI array ``[i, j, k]`` with a RAS affine -> Volume ``[slice, row, col]`` with an LPS affine.
-
-    When ``spacing_zyx`` is given (CT-RATE's metadata) it replaces the spacing of the header,
-    keeping the header's directions.
-    """
-    ras_to_lps = np.diag([-1.0, -1.0, 1.0, 1.0])
-    aff = ras_to_lps @ np.asarray(affine_ras, dtype=np.float64)  # maps (i, j, k) to LPS
-    perm = [2, 1, 0]  # array [k, j, i] = [slice, row, col]
-    array = np.ascontiguousarray(np.transpose(data_xyz, perm))
-    out = np.eye(4)
-    out[:3, :3] = aff[:3, :3][:, perm]
-    out[:3, 3] = aff[:3, 3]
-    if spacing_zyx is not None:
-        norms = np.linalg.norm(out[:3, :3], axis=0)
-        norms[norms == 0] = 1.0
-        out[:3, :3] = out[:3, :3] / norms * np.asarray(spacing_zyx, dtype=np.float64)
-    return Volume(array=array, affine=out)
+    return array_to_volume(data, img.affine, record.spacing_zyx)
 
 
 def load_label_map(path: Path) -> np.ndarray:
-    """A segmentation NIfTI as an int array in ``[slice, row, col]`` order (same grid as its volume)."""
+    """A segmentation NIfTI as an int16 array ``[slice, row, col]`` on the grid of its volume.
 
-    data = np.asarray(nib.load(str(path)).dataobj)
-    return np.ascontiguousarray(np.transpose(np.rint(data).astype(np.int16), [2, 1, 0]))
+    It goes through the same conversion as :func:`load_volume`
+    (:func:`neuroradix.imaging.nifti.array_to_volume`), so a scan and its segmentation, stored
+    with one affine, come out voxel for voxel on one grid.
+    """
+    img = nib.load(str(path))
+    data = np.rint(np.asarray(img.dataobj)).astype(np.int16)
+    if data.ndim != 3:
+        raise BadInputError(f"{path}: expected a 3-D segmentation, got shape {data.shape}")
+    return array_to_volume(data, img.affine).array

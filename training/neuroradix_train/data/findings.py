@@ -4,6 +4,7 @@ The order is the column order of ``dataset/multi_abnormality_labels/{train,valid
 (checked against the published header, see ``docs/training.md``); the head's classifier outputs
 these 18 logits followed by normal/abnormal.
 """
+
 from __future__ import annotations
 
 FINDINGS: tuple[str, ...] = (

@@ -7,6 +7,7 @@ HU window -> output range), applied identically to the image (trilinear) and to 
 source file, its size and mtime, the preprocessing config and the remap table, so changing
 any of them re-preprocesses; results are ``.npz`` files (float16 image, uint8 labels).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,6 +27,7 @@ from neuroradix_train.data.dataset import load_label_map, load_volume
 
 log = logging.getLogger(__name__)
 
+
 def labels_to_grid(labels: np.ndarray, grid) -> np.ndarray:
     """Put a label map of the source grid onto a :class:`~neuroradix.models.transforms.NetworkGrid`.
 
@@ -42,7 +44,9 @@ def labels_to_grid(labels: np.ndarray, grid) -> np.ndarray:
     return np.ascontiguousarray(lab).astype(np.uint8)
 
 
-def preprocess(volume: Volume, pcfg, labels: Optional[np.ndarray] = None) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
+def preprocess(
+    volume: Volume, pcfg, labels: Optional[np.ndarray] = None
+) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
     """Volume (HU) [+ label map on its grid] -> normalised image [+ labels] on the network grid.
 
     The image goes through :func:`neuroradix.models.transforms.preprocess_volume`, the very
@@ -55,11 +59,15 @@ def preprocess(volume: Volume, pcfg, labels: Optional[np.ndarray] = None) -> tup
 
 def cache_key(source: Path, pcfg_dict: dict, remap_name: Optional[str], intensity: str) -> str:
     st = Path(source).stat()
-    blob = json.dumps([str(Path(source).resolve()), st.st_size, int(st.st_mtime), pcfg_dict, remap_name, intensity], sort_keys=True)
+    blob = json.dumps(
+        [str(Path(source).resolve()), st.st_size, int(st.st_mtime), pcfg_dict, remap_name, intensity], sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def cached_preprocess(record, pcfg, cache_dir: Path, *, remap=None, intensity: str = "auto", with_labels: bool = True) -> dict:
+def cached_preprocess(
+    record, pcfg, cache_dir: Path, *, remap=None, intensity: str = "auto", with_labels: bool = True
+) -> dict:
     """Preprocess one :class:`~neuroradix_train.data.dataset.ScanRecord` once and keep it in ``cache_dir``.
 
     Returns ``{"image": (1, D, H, W) float32, "label": (1, D, H, W) uint8 or absent, "affine": 4x4}``.

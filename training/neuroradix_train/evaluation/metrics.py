@@ -1,25 +1,41 @@
-"""Metrics of the three stages, in plain numpy (no scikit-learn, no downloads).
+"""Metrics of the three stages; the standard ones come from the standard libraries.
 
 * segmentation: Dice per class;
-* classification (CT-RATE protocol): per-finding AUROC, and F1 / precision / recall at a
-  threshold chosen per finding on the validation set, macro-averaged;
-* report generation: corpus BLEU-1..4 (Papineni et al. 2002, the ``pycocoevalcap`` way:
-  n-gram counts pooled over the corpus, one brevity penalty), METEOR (see :func:`meteor`),
-  ROUGE-L (Lin 2004, LCS F-measure with beta 1.2 as in ``pycocoevalcap``) and clinical-efficacy
-  precision / recall / F1 from :mod:`neuroradix_train.evaluation.labeler`.
+* classification: AUROC and ROC curves from scikit-learn (``roc_auc_score``, ``roc_curve``);
+  F1 / precision / recall at per-finding thresholds (:func:`classification_report`, the
+  ``held-out-threshold`` protocol; the ``ct-clip`` protocol is in
+  :mod:`neuroradix_train.evaluation.protocols`); :func:`~neuroradix_train.evaluation.scores.binary_scores`
+  is tested equal to scikit-learn's ``precision_recall_fscore_support(zero_division=0)``;
+* report generation: corpus BLEU-1..4 from nltk (``corpus_bleu``: n-gram counts pooled over the
+  corpus, one brevity penalty, as ``pycocoevalcap``), ROUGE-L from ``rouge-score`` (the LCS
+  precision and recall; :func:`rouge_l` combines them with beta 1.2 as ``pycocoevalcap`` does,
+  ``rouge_l_f1`` is rouge-score's own F1), METEOR (exact + stem, offline:
+  :mod:`neuroradix_train.evaluation.meteor`) and clinical-efficacy precision / recall / F1 from a
+  report labeler (:mod:`neuroradix_train.evaluation.labeler`).
+
+All report metrics read the same tokens (:func:`~neuroradix_train.evaluation.scores.tokenize`:
+lower-case alphanumeric words, which is also rouge-score's default tokenizer).
 """
+
 from __future__ import annotations
 
 import math
-from collections import Counter
+import warnings
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
+from nltk.translate.bleu_score import corpus_bleu
+from rouge_score.rouge_scorer import RougeScorer
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as _sk_roc_curve
 
 from neuroradix_train.data.findings import FINDINGS
-from neuroradix_train.evaluation.labeler import ReportLabeler
+from neuroradix_train.evaluation.labeler import Labeler, ReportLabeler
 from neuroradix_train.evaluation.meteor import meteor_corpus
 from neuroradix_train.evaluation.scores import binary_scores, tokenize
+
+HELD_OUT_THRESHOLD = "held-out-threshold"
+"""Name of this project's classification protocol (thresholds from validation, positive-class F1)."""
 
 # --------------------------------------------------------------------------- segmentation
 
@@ -46,41 +62,40 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, labels: Iterable[int]) 
 
 
 def auroc(y_true: Sequence[int], y_score: Sequence[float]) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN for one class."""
-    y = np.asarray(y_true).astype(bool)
-    s = np.asarray(y_score, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    """Area under the ROC curve (scikit-learn's ``roc_auc_score``); NaN when only one class is present."""
+    y = np.asarray(y_true).astype(int)
+    if y.size == 0 or y.min() == y.max():
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i: j + 1]] = 0.5 * (i + j) + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(y_score, dtype=np.float64)))
 
 
 def roc_curve(y_true: Sequence[int], y_score: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False-positive rate, true-positive rate and the thresholds (descending) of a ROC curve."""
-    y = np.asarray(y_true).astype(bool)
-    s = np.asarray(y_score, dtype=np.float64)
-    thresholds = np.concatenate([[np.inf], np.unique(s)[::-1]])
-    n_pos, n_neg = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    tpr = np.array([(s[y] >= t).sum() / n_pos for t in thresholds])
-    fpr = np.array([(s[~y] >= t).sum() / n_neg for t in thresholds])
-    return fpr, tpr, thresholds
+    """False-positive rate, true-positive rate and the thresholds (descending, ``inf`` first) of a ROC curve.
+
+    scikit-learn's ``roc_curve`` with every distinct score kept (``drop_intermediate=False``).
+    """
+    y = np.asarray(y_true).astype(int)
+    with warnings.catch_warnings():  # one class only: sklearn warns and returns NaN rates
+        warnings.simplefilter("ignore")
+        fpr, tpr, thr = _sk_roc_curve(y, np.asarray(y_score, dtype=np.float64), drop_intermediate=False)
+    return np.nan_to_num(fpr), np.nan_to_num(tpr), thr
 
 
 def choose_threshold(y_true: Sequence[int], y_score: Sequence[float], rule: str = "youden") -> float:
     """A decision threshold chosen on validation data.
 
-    ``rule="youden"`` maximises sensitivity + specificity - 1 (Youden's J, the rule of the CT-CLIP
-    evaluation); ``rule="f1"`` maximises F1. With one class only, 0.5 is returned.
+    Parameters
+    ----------
+    y_true, y_score:
+        Binary labels and scores of one finding.
+    rule:
+        ``"youden"`` maximises sensitivity + specificity - 1 (Youden's J); ``"f1"`` maximises the
+        positive-class F1. With one class only, 0.5 is returned.
+
+    Returns
+    -------
+    float
+        The threshold; a case is positive when its score is ``>=`` it.
     """
     y = np.asarray(y_true).astype(bool)
     s = np.asarray(y_score, dtype=np.float64)
@@ -104,7 +119,11 @@ def classification_report(
     thresholds: Optional[Sequence[float]] = None,
     rule: str = "youden",
 ) -> dict:
-    """Per-finding AUROC / F1 / precision / recall and their macro means.
+    """The ``held-out-threshold`` protocol: per-finding AUROC / F1 / precision / recall, macro and micro.
+
+    F1, precision and recall are those of the positive class at each finding's threshold. Macro
+    means run over the findings with both classes present; the micro row pools every
+    (scan, finding) decision (and its AUROC pools every (scan, finding) score).
 
     Parameters
     ----------
@@ -113,15 +132,20 @@ def classification_report(
     names:
         The ``k`` finding names.
     thresholds:
-        Thresholds chosen on validation data; when None they are chosen on these data
-        (which is what "validation" means for the run that picks them).
+        Thresholds chosen on the validation split; when None they are chosen on these data
+        (which is what "validation" means for the run that picks them; ``thresholds_from`` says so).
+    rule:
+        Threshold rule when they are chosen here (:func:`choose_threshold`).
     """
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=np.float64)
     if y_true.shape != y_score.shape or y_true.ndim != 2 or y_true.shape[1] != len(names):
         raise ValueError(f"y_true {y_true.shape}, y_score {y_score.shape} and {len(names)} names do not fit")
+    chosen_here = thresholds is None
     if thresholds is None:
         thresholds = [choose_threshold(y_true[:, j], y_score[:, j], rule) for j in range(len(names))]
+    if len(thresholds) != len(names):
+        raise ValueError(f"thresholds: {len(thresholds)} values for {len(names)} findings")
     per = {}
     for j, name in enumerate(names):
         s = binary_scores(y_true[:, j], y_score[:, j] >= thresholds[j])
@@ -133,7 +157,17 @@ def classification_report(
         vals = [per[n][key] for n in names if not math.isnan(per[n]["auroc"])]
         macro[key] = float(np.mean(vals)) if vals else float("nan")
     macro["n_findings"] = sum(1 for n in names if not math.isnan(per[n]["auroc"]))
-    return {"per_finding": per, "macro": macro, "thresholds": [float(t) for t in thresholds]}
+    decisions = y_score >= np.asarray(thresholds, dtype=np.float64)[None, :]
+    micro = binary_scores(y_true.ravel(), decisions.ravel())
+    micro["auroc"] = auroc(y_true.ravel(), y_score.ravel())
+    return {
+        "protocol": HELD_OUT_THRESHOLD,
+        "thresholds_from": f"these data ({rule})" if chosen_here else "the validation split",
+        "per_finding": per,
+        "macro": macro,
+        "micro": micro,
+        "thresholds": [float(t) for t in thresholds],
+    }
 
 
 def calibration_bins(y_true: np.ndarray, y_score: np.ndarray, n_bins: int = 10) -> dict:
@@ -154,91 +188,116 @@ def calibration_bins(y_true: np.ndarray, y_score: np.ndarray, n_bins: int = 10) 
         else:
             mean_pred.append(float("nan"))
             frac_pos.append(float("nan"))
-    return {"edges": edges.tolist(), "mean_predicted": mean_pred, "fraction_positive": frac_pos, "counts": counts, "ece": float(ece)}
+    return {
+        "edges": edges.tolist(),
+        "mean_predicted": mean_pred,
+        "fraction_positive": frac_pos,
+        "counts": counts,
+        "ece": float(ece),
+    }
 
 
 # --------------------------------------------------------------------------- report text
 
 
-def _ngrams(tokens: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1))
-
-
 def bleu(hypotheses: Sequence[str], references: Sequence[str], max_n: int = 4) -> dict[str, float]:
-    """Corpus BLEU-1..``max_n`` with one reference per hypothesis."""
+    """Corpus BLEU-1..``max_n`` with one reference per hypothesis (nltk's ``corpus_bleu``, no smoothing).
+
+    A corpus with no matching n-gram of some order scores 0 for that BLEU-n (nltk returns a
+    value below 1e-70 there and warns; it is reported as 0).
+    """
     if len(hypotheses) != len(references):
         raise ValueError("hypotheses and references differ in length")
-    matches = [0] * max_n
-    totals = [0] * max_n
-    hyp_len = ref_len = 0
-    for h, r in zip(hypotheses, references):
-        ht, rt = tokenize(h), tokenize(r)
-        hyp_len += len(ht)
-        ref_len += len(rt)
-        for n in range(1, max_n + 1):
-            hc, rc = _ngrams(ht, n), _ngrams(rt, n)
-            matches[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
-            totals[n - 1] += max(len(ht) - n + 1, 0)
-    bp = 1.0 if hyp_len > ref_len else (math.exp(1 - ref_len / hyp_len) if hyp_len else 0.0)
+    hyps = [tokenize(h) for h in hypotheses]
+    refs = [[tokenize(r)] for r in references]
     out = {}
     for n in range(1, max_n + 1):
-        precisions = [matches[k] / totals[k] if totals[k] else 0.0 for k in range(n)]
-        if min(precisions) <= 0:
-            out[f"bleu{n}"] = 0.0
-        else:
-            out[f"bleu{n}"] = bp * math.exp(sum(math.log(p) for p in precisions) / n)
+        with warnings.catch_warnings():  # nltk warns about zero n-gram overlaps
+            warnings.simplefilter("ignore")
+            value = float(corpus_bleu(refs, hyps, weights=tuple([1.0 / n] * n))) if hyps else 0.0
+        out[f"bleu{n}"] = value if value > 1e-12 else 0.0
     return out
 
 
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
+_ROUGE = RougeScorer(["rougeL"], use_stemmer=False, tokenizer=None)
+
+
+def rouge_l_scores(hypotheses: Sequence[str], references: Sequence[str], beta: float = 1.2) -> dict[str, float]:
+    """Mean sentence ROUGE-L from ``rouge-score``: F-beta (``pycocoevalcap``'s beta 1.2) and rouge-score's F1.
+
+    Returns
+    -------
+    dict
+        ``rouge_l`` (LCS F-measure with ``beta``, the number report-generation papers quote
+        from pycocoevalcap), ``rouge_l_f1`` (rouge-score's ``fmeasure``), ``rouge_l_precision``
+        and ``rouge_l_recall``. An empty hypothesis or reference scores 0.
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError("hypotheses and references differ in length")
+    if not hypotheses:
+        nan = float("nan")
+        return {"rouge_l": nan, "rouge_l_f1": nan, "rouge_l_precision": nan, "rouge_l_recall": nan}
+    fb, f1, ps, rs = [], [], [], []
+    for h, r in zip(hypotheses, references):
+        s = _ROUGE.score(" ".join(tokenize(r)), " ".join(tokenize(h)))["rougeL"]  # score(target, prediction)
+        p, rec = s.precision, s.recall
+        fb.append(((1 + beta**2) * p * rec) / (rec + beta**2 * p) if p and rec else 0.0)
+        f1.append(s.fmeasure)
+        ps.append(p)
+        rs.append(rec)
+    return {
+        "rouge_l": float(np.mean(fb)),
+        "rouge_l_f1": float(np.mean(f1)),
+        "rouge_l_precision": float(np.mean(ps)),
+        "rouge_l_recall": float(np.mean(rs)),
+    }
 
 
 def rouge_l(hypotheses: Sequence[str], references: Sequence[str], beta: float = 1.2) -> float:
-    """Mean sentence-level ROUGE-L F-measure (LCS based)."""
-    scores = []
-    for h, r in zip(hypotheses, references):
-        ht, rt = tokenize(h), tokenize(r)
-        lcs = _lcs(ht, rt)
-        if lcs == 0:
-            scores.append(0.0)
-            continue
-        p, rec = lcs / len(ht), lcs / len(rt)
-        scores.append(((1 + beta**2) * p * rec) / (rec + beta**2 * p))
-    return float(np.mean(scores)) if scores else float("nan")
+    """Mean sentence-level ROUGE-L F-measure with ``beta`` (see :func:`rouge_l_scores`)."""
+    return rouge_l_scores(hypotheses, references, beta)["rouge_l"]
 
 
-def clinical_efficacy(generated: Sequence[str], reference: Sequence[str], labeler=None) -> dict:
-    """CE precision / recall / F1: the labeler applied to both texts, micro- and macro-averaged.
+def clinical_efficacy(generated: Sequence[str], reference: Sequence[str], labeler: Optional[Labeler] = None) -> dict:
+    """CE precision / recall / F1: one labeler applied to both texts, micro- and macro-averaged.
 
-    Macro means run over the findings positive in at least one reference report.
+    Parameters
+    ----------
+    generated, reference:
+        Generated reports and their reference reports, one each per scan.
+    labeler:
+        Any :class:`~neuroradix_train.evaluation.labeler.Labeler`; the rule labeler by default.
+
+    Returns
+    -------
+    dict
+        ``labeler`` (its name), ``micro`` and ``macro`` precision / recall / F1 and
+        ``per_finding``. Macro means run over the findings positive in at least one reference report.
     """
+    if len(generated) != len(reference):
+        raise ValueError("generated and reference reports differ in length")
     labeler = labeler or ReportLabeler()
     g = labeler.label_many(generated)
     r = labeler.label_many(reference)
     micro = binary_scores(r.ravel(), g.ravel())
     per = {name: binary_scores(r[:, j], g[:, j]) for j, name in enumerate(FINDINGS)}
     present = [n for n in FINDINGS if per[n]["support"] > 0]
-    macro = {k: float(np.mean([per[n][k] for n in present])) if present else float("nan") for k in ("precision", "recall", "f1")}
-    return {"micro": micro, "macro": macro, "per_finding": per}
+    macro = {
+        k: float(np.mean([per[n][k] for n in present])) if present else float("nan")
+        for k in ("precision", "recall", "f1")
+    }
+    macro["n_findings"] = len(present)
+    return {"labeler": labeler.name, "micro": micro, "macro": macro, "per_finding": per}
 
 
-def report_metrics(generated: Sequence[str], reference: Sequence[str]) -> dict:
-    """BLEU-1..4, METEOR, ROUGE-L and CE metrics of generated against reference reports."""
-    out = bleu(generated, reference)
+def report_metrics(generated: Sequence[str], reference: Sequence[str], labeler: Optional[Labeler] = None) -> dict:
+    """BLEU-1..4, METEOR, ROUGE-L and CE metrics (micro and macro, with the labeler's name)."""
+    out: dict = dict(bleu(generated, reference))
     out["meteor"] = meteor_corpus(generated, reference)
-    out["rouge_l"] = rouge_l(generated, reference)
-    ce = clinical_efficacy(generated, reference)
-    out["ce_micro_f1"] = ce["micro"]["f1"]
-    out["ce_macro_f1"] = ce["macro"]["f1"]
-    out["ce_micro_precision"] = ce["micro"]["precision"]
-    out["ce_micro_recall"] = ce["micro"]["recall"]
+    out.update(rouge_l_scores(generated, reference))
+    ce = clinical_efficacy(generated, reference, labeler)
+    out["ce_labeler"] = ce["labeler"]
+    for avg in ("micro", "macro"):
+        for key in ("f1", "precision", "recall"):
+            out[f"ce_{avg}_{key}"] = ce[avg][key]
     return out

@@ -1,4 +1,5 @@
 """PNG plots of a run: loss curves, per-finding ROC curves, calibration (matplotlib, Agg backend)."""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,6 @@ log = logging.getLogger(__name__)
 
 
 def _plt():
-
     matplotlib.use("Agg")
 
     return plt
@@ -29,7 +29,9 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot_loss_curves(steps_jsonl: Path, out_png: Path, keys: Sequence[str] = ("loss",), title: str = "training loss") -> Path:
+def plot_loss_curves(
+    steps_jsonl: Path, out_png: Path, keys: Sequence[str] = ("loss",), title: str = "training loss"
+) -> Path:
     """Loss per step (thin) and its running mean (thick) for each key found in the JSONL log."""
     rows = read_jsonl(steps_jsonl)
     plt = _plt()
@@ -42,7 +44,7 @@ def plot_loss_curves(steps_jsonl: Path, out_png: Path, keys: Sequence[str] = ("l
         ax.plot(s, v, lw=0.6, alpha=0.4)
         k = max(1, len(v) // 20)
         smooth = np.convolve(v, np.ones(k) / k, mode="valid")
-        ax.plot(s[k - 1:], smooth, lw=2, label=key)
+        ax.plot(s[k - 1 :], smooth, lw=2, label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)

@@ -1,6 +1,7 @@
 """Counting scores shared by the metrics and the report labeler: binary precision / recall / F1
 and the report tokenizer. Kept apart from :mod:`metrics` so the labeler and METEOR can use them
 without importing the metrics that use the labeler."""
+
 from __future__ import annotations
 
 import re
@@ -22,9 +23,13 @@ def binary_scores(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, flo
     return {"precision": precision, "recall": recall, "f1": f1, "support": int(y.sum())}
 
 
-_TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+_TOKEN = re.compile(r"[a-z0-9]+")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-case word and punctuation tokens (``pycocoevalcap``'s PTB tokenizer drops punctuation; so do we)."""
-    return [t for t in _TOKEN.findall((text or "").lower()) if t.isalnum()]
+    """Lower-case ASCII alphanumeric words; punctuation is dropped.
+
+    The same tokens as ``rouge-score``'s default tokenizer (``pycocoevalcap``'s PTB tokenizer
+    drops punctuation too), so BLEU, METEOR and ROUGE-L read one token stream.
+    """
+    return _TOKEN.findall((text or "").lower())

@@ -3,6 +3,7 @@
 A checkpoint is written to a temporary file and renamed, so a process killed while saving
 leaves the previous checkpoint intact. ``last.pt`` is the one ``--resume`` reads.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """Pieces shared by the stage runners: model config from a stage config, a resumable sampler,
 the progress bar and the run-directory layout."""
+
 from __future__ import annotations
 
 import logging
@@ -50,19 +51,25 @@ class ResumableSampler(torch.utils.data.Sampler):
         self.epoch, self.start = int(epoch), int(start)
 
     def _indices(self) -> list[int]:
-        order = np.random.default_rng(self.seed + 7919 * self.epoch).permutation(self.n) if self.shuffle else np.arange(self.n)
+        order = (
+            np.random.default_rng(self.seed + 7919 * self.epoch).permutation(self.n)
+            if self.shuffle
+            else np.arange(self.n)
+        )
         padded = np.concatenate([order, order[: self.per_rank * self.world - self.n]])
-        return padded[self.rank:: self.world].tolist()
+        return padded[self.rank :: self.world].tolist()
 
     def __iter__(self) -> Iterator[int]:
-        for i in self._indices()[self.start:]:
+        for i in self._indices()[self.start :]:
             yield self.epoch * self.n + int(i)
 
     def __len__(self) -> int:
         return max(0, self.per_rank - self.start)
 
 
-def optimizer_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, scheduler, grad_clip: Optional[float]) -> None:
+def optimizer_step(
+    loss: torch.Tensor, model: torch.nn.Module, optimizer, scheduler, grad_clip: Optional[float]
+) -> None:
     """One update: zero the gradients, backpropagate, clip if asked, step optimiser and schedule."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -103,16 +110,32 @@ class RunCheckpoints:
     of each epoch or interruption, with the position in the epoch a resume starts from.
     """
 
-    def __init__(self, run_dir: Path, *, model, optimizer, scheduler, config: dict, is_main: bool,
-                 every: Optional[int], stop_at: Optional[int]) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        model,
+        optimizer,
+        scheduler,
+        config: dict,
+        is_main: bool,
+        every: Optional[int],
+        stop_at: Optional[int],
+    ) -> None:
         self.run_dir, self.config, self.is_main = run_dir, config, is_main
         self.parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
         self.every, self.stop_at = every, stop_at
 
     def save(self, step: int, epoch: int, batch_in_epoch: int) -> None:
         if self.is_main:
-            ckpt.save_checkpoint(self.run_dir, **self.parts, step=step, epoch=epoch, config=self.config,
-                                 extra={"batch_in_epoch": batch_in_epoch})
+            ckpt.save_checkpoint(
+                self.run_dir,
+                **self.parts,
+                step=step,
+                epoch=epoch,
+                config=self.config,
+                extra={"batch_in_epoch": batch_in_epoch},
+            )
 
     def after_step(self, step: int, epoch: int, batch_in_epoch: int) -> bool:
         """Checkpoint when due; ``True`` when the run must stop after this step."""
@@ -123,4 +146,3 @@ class RunCheckpoints:
     def epoch_end(self, step: int, epoch: int, interrupted_at: Optional[int]) -> None:
         """``interrupted_at``: the batch the epoch stopped after, ``None`` when it finished."""
         self.save(step, epoch, interrupted_at or 0)
-

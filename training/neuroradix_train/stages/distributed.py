@@ -3,6 +3,7 @@
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
 without them everything runs as a single process. The backend is NCCL on CUDA and gloo on CPU.
 """
+
 from __future__ import annotations
 
 import logging
@@ -92,7 +93,7 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo, find_unused_parameters: boo
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DDP wrapper."""
-    return model.module if hasattr(model, "module") else model
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def autocast(device: torch.device, enabled: bool = True):

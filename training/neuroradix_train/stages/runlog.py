@@ -4,6 +4,7 @@ Optionally the same numbers go to TensorBoard (``train.tensorboard: true``; need
 ``tensorboard`` package, which the project does not install): scalars ``step/<name>`` and
 ``epoch/<name>`` against the optimiser step, in ``<out_dir>/tensorboard``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,9 @@ class RunLog:
     between a log write and its next checkpoint leaves no duplicate steps.
     """
 
-    def __init__(self, out_dir: Path, enabled: bool = True, resume_step: Optional[int] = None,
-                 tensorboard: bool = False) -> None:
+    def __init__(
+        self, out_dir: Path, enabled: bool = True, resume_step: Optional[int] = None, tensorboard: bool = False
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.enabled = enabled
         self.writer = None
@@ -37,8 +39,10 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - optional, absence handled below
             except ImportError as exc:
-                raise ConfigError("train.tensorboard is on but the tensorboard package is missing "
-                                  "(pip install tensorboard, or set train.tensorboard=false)") from exc
+                raise ConfigError(
+                    "train.tensorboard is on but the tensorboard package is missing "
+                    "(pip install tensorboard, or set train.tensorboard=false)"
+                ) from exc
             self.writer = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=resume_step)
         self.steps_path = self.out_dir / "steps.jsonl"
         self.epochs_path = self.out_dir / "epochs.jsonl"
@@ -50,7 +54,11 @@ class RunLog:
             for p in (self.steps_path, self.epochs_path, self.csv_path):
                 p.unlink(missing_ok=True)
         elif self.steps_path.exists():
-            keep = [ln for ln in self.steps_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            keep = [
+                ln
+                for ln in self.steps_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= resume_step
+            ]
             self.steps_path.write_text("".join(ln + "\n" for ln in keep))
 
     def step(self, **values) -> None:
@@ -63,7 +71,12 @@ class RunLog:
         if self.writer is None:
             return
         for key, value in values.items():
-            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool) and _clean(value) is not None:
+            if (
+                key != "step"
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and _clean(value) is not None
+            ):
                 self.writer.add_scalar(f"{prefix}/{key}", value, values["step"])
         self.writer.flush()
 

@@ -7,6 +7,7 @@ Pipeline per scan (MONAI dictionary transforms, the original design's defaults i
 noise, contrast, coarse dropout. Loss ``DiceCELoss`` (one-hot + softmax), AdamW, bf16
 autocast on GPU, gradient checkpointing from the backbone config, DDP under torchrun.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,25 +56,42 @@ def train_transforms(cfg: dict, patch: int):
     t = cfg["train"]
     roi = (patch,) * 3
     keys = ["image", "label"]
-    return T.Compose([
-        AddGlobalResizedD(keys="image", global_key="global", size=patch),
-        # pad at the far end, as the node's sliding window does: a scan smaller than the patch must
-        # sit at the same place in training and at inference
-        T.SpatialPadd(keys=keys, spatial_size=roi, method="end"),
-        T.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=roi, pos=t["pos"], neg=t["neg"],
-                                 num_samples=t["num_samples"], allow_smaller=False),
-        AppendGlobalChannelD(keys="image", global_key="global"),
-        T.RandFlipd(keys=keys, prob=a["flip_prob"], spatial_axis=0),
-        T.RandFlipd(keys=keys, prob=a["flip_prob"], spatial_axis=1),
-        T.RandFlipd(keys=keys, prob=a["flip_prob"], spatial_axis=2),
-        T.RandRotate90d(keys=keys, prob=a["rot90_prob"], max_k=a["rot90_max_k"]),
-        T.RandAffined(keys=keys, prob=a["affine_prob"], rotate_range=[a["affine_rotate"]] * 3,
-                      scale_range=[a["affine_scale"]] * 3, mode=("bilinear", "nearest"), padding_mode="border"),
-        T.RandGaussianNoised(keys="image", prob=a["noise_prob"], std=a["noise_std"]),
-        T.RandAdjustContrastd(keys="image", prob=a["contrast_prob"], gamma=tuple(a["contrast_gamma"])),
-        T.RandCoarseDropoutd(keys="image", holes=a["dropout_holes"], spatial_size=a["dropout_size"], prob=a["dropout_prob"]),
-        T.EnsureTyped(keys=keys, track_meta=False),
-    ])
+    return T.Compose(
+        [
+            AddGlobalResizedD(keys="image", global_key="global", size=patch),
+            # pad at the far end, as the node's sliding window does: a scan smaller than the patch must
+            # sit at the same place in training and at inference
+            T.SpatialPadd(keys=keys, spatial_size=roi, method="end"),
+            T.RandCropByPosNegLabeld(
+                keys=keys,
+                label_key="label",
+                spatial_size=roi,
+                pos=t["pos"],
+                neg=t["neg"],
+                num_samples=t["num_samples"],
+                allow_smaller=False,
+            ),
+            AppendGlobalChannelD(keys="image", global_key="global"),
+            T.RandFlipd(keys=keys, prob=a["flip_prob"], spatial_axis=0),
+            T.RandFlipd(keys=keys, prob=a["flip_prob"], spatial_axis=1),
+            T.RandFlipd(keys=keys, prob=a["flip_prob"], spatial_axis=2),
+            T.RandRotate90d(keys=keys, prob=a["rot90_prob"], max_k=a["rot90_max_k"]),
+            T.RandAffined(
+                keys=keys,
+                prob=a["affine_prob"],
+                rotate_range=[a["affine_rotate"]] * 3,
+                scale_range=[a["affine_scale"]] * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            ),
+            T.RandGaussianNoised(keys="image", prob=a["noise_prob"], std=a["noise_std"]),
+            T.RandAdjustContrastd(keys="image", prob=a["contrast_prob"], gamma=tuple(a["contrast_gamma"])),
+            T.RandCoarseDropoutd(
+                keys="image", holes=a["dropout_holes"], spatial_size=a["dropout_size"], prob=a["dropout_prob"]
+            ),
+            T.EnsureTyped(keys=keys, track_meta=False),
+        ]
+    )
 
 
 class SegDataset(torch.utils.data.Dataset):
@@ -87,8 +105,10 @@ class SegDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int):
         with np.load(self.files[key % len(self.files)]) as z:
-            item = {"image": torch.from_numpy(z["image"].astype(np.float32))[None],
-                    "label": torch.from_numpy(z["label"].astype(np.int64))[None]}
+            item = {
+                "image": torch.from_numpy(z["image"].astype(np.float32))[None],
+                "label": torch.from_numpy(z["label"].astype(np.int64))[None],
+            }
         self.transform.set_random_state(seed=(self.seed * 1_000_003 + int(key)) % (2**32))
         return self.transform(item)
 
@@ -109,8 +129,11 @@ class SegLoss(torch.nn.Module):
         if dice_classes not in ("all", "present"):
             raise ConfigError(f"train.dice_classes must be 'all' or 'present', got {dice_classes!r}")
         self.present = dice_classes == "present"
-        self.loss = (DiceLoss(to_onehot_y=True, softmax=True, reduction="none") if self.present
-                     else DiceCELoss(to_onehot_y=True, softmax=True))
+        self.loss = (
+            DiceLoss(to_onehot_y=True, softmax=True, reduction="none")
+            if self.present
+            else DiceCELoss(to_onehot_y=True, softmax=True)
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not self.present:
@@ -125,7 +148,6 @@ class SegLoss(torch.nn.Module):
 
 
 def _collate(batch):
-
     return list_data_collate(batch)
 
 
@@ -145,15 +167,24 @@ def prepare_cache(cfg: dict, split: str, pcfg, *, need_labels: bool) -> list:
     out = []
     for r in progress(records, True, desc=f"preprocess {split}"):
         cached_preprocess(r, pcfg, cache_dir, remap=remap, intensity=d["intensity"], with_labels=need_labels)
-        key = cache_key(r.path, pcfg.to_dict(), remap.name if (need_labels and r.segmentation is not None) else None, d["intensity"])
+        key = cache_key(
+            r.path, pcfg.to_dict(), remap.name if (need_labels and r.segmentation is not None) else None, d["intensity"]
+        )
         out.append((r, cache_dir / f"{r.stem}-{key}.npz"))
     return out
 
 
 def sliding_window_segment(model, image: torch.Tensor, pcfg, device, amp: bool) -> np.ndarray:
     """Segment one preprocessed ``[1, D, H, W]`` image exactly as the node does; returns ``[D, H, W]`` labels."""
-    res = sliding_segment(image[0], lambda x: forward_with_features(model, x), pcfg.patch_size, pcfg.overlap,
-                          pcfg.sigma_scale, options=SlidingOptions(sw_batch_size=2, amp=amp), device=device)
+    res = sliding_segment(
+        image[0],
+        lambda x: forward_with_features(model, x),
+        pcfg.patch_size,
+        pcfg.overlap,
+        pcfg.sigma_scale,
+        options=SlidingOptions(sw_batch_size=2, amp=amp),
+        device=device,
+    )
     return res.labels
 
 
@@ -171,7 +202,10 @@ def validate(model, items: list, pcfg, device, amp: bool, num_classes: int) -> d
                 per.setdefault(c, []).append(v)
     model.train()
     per_class = {c: float(np.mean(v)) for c, v in sorted(per.items())}
-    return {"dice_mean": float(np.mean(list(per_class.values()))) if per_class else float("nan"), "dice_per_class": per_class}
+    return {
+        "dice_mean": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+        "dice_per_class": per_class,
+    }
 
 
 def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = None) -> dict:
@@ -211,22 +245,41 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
     per_epoch = math.ceil(len(train_items) / info.world_size / t["batch_size"])
     planned = int(t.get("max_steps") or t["epochs"] * per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, t["warmup_steps"])) * (0.5 * (1 + math.cos(math.pi * min(s, planned) / planned)) if t["cosine"] else 1.0))
+        optimizer,
+        lambda s: min(1.0, (s + 1) / max(1, t["warmup_steps"]))
+        * (0.5 * (1 + math.cos(math.pi * min(s, planned) / planned)) if t["cosine"] else 1.0),
+    )
     step = epoch = start_in_epoch = 0
     if resume and (run_dir / ckpt.LAST).is_file():
         payload = ckpt.load_checkpoint(run_dir / ckpt.LAST, model=model, optimizer=optimizer, scheduler=scheduler)
         step, epoch, start_in_epoch = payload["step"], payload["epoch"], payload["extra"].get("batch_in_epoch", 0)
-    runlog = RunLog(run_dir, enabled=info.is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard")))
+    runlog = RunLog(
+        run_dir, enabled=info.is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard"))
+    )
     ddp = D.wrap_ddp(model, info)
     loss_fn = SegLoss(t.get("dice_classes", "all"))
     sampler = ResumableSampler(len(train_items), seed=t["seed"], rank=info.rank, world_size=info.world_size)
     dataset = SegDataset([p for _, p in train_items], train_transforms(cfg, pcfg.patch_size), seed=t["seed"])
-    loader_kw = dict(batch_size=t["batch_size"], sampler=sampler, num_workers=t["num_workers"], collate_fn=_collate,
-                     pin_memory=info.device.type == "cuda", persistent_workers=False)
+    loader_kw = dict(
+        batch_size=t["batch_size"],
+        sampler=sampler,
+        num_workers=t["num_workers"],
+        collate_fn=_collate,
+        pin_memory=info.device.type == "cuda",
+        persistent_workers=False,
+    )
     amp = bool(t["amp"])
     stop_at = total if total else None
-    checkpoints = RunCheckpoints(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, config=cfg,
-                                 is_main=info.is_main, every=t["ckpt_every_steps"], stop_at=stop_at)
+    checkpoints = RunCheckpoints(
+        run_dir,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config=cfg,
+        is_main=info.is_main,
+        every=t["ckpt_every_steps"],
+        stop_at=stop_at,
+    )
     last_val: dict = {}
     model.train()
     t0 = time.time()
@@ -235,7 +288,9 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
         batch_in_epoch = start_in_epoch
         losses = []
         broke = False
-        bar = progress(torch.utils.data.DataLoader(dataset, **loader_kw), info.is_main, desc=f"epoch {epoch}", leave=False)
+        bar = progress(
+            torch.utils.data.DataLoader(dataset, **loader_kw), info.is_main, desc=f"epoch {epoch}", leave=False
+        )
         for batch in bar:
             x = batch["image"].to(info.device, non_blocking=True)
             y = batch["label"].to(info.device, non_blocking=True)
@@ -246,8 +301,15 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
             batch_in_epoch += 1
             value = D.all_reduce_mean(loss.item(), info.device if info.device.type == "cuda" else None)
             losses.append(value)
-            runlog.step(step=step, epoch=epoch, loss=value, lr=scheduler.get_last_lr()[0], crops=int(x.shape[0]) * info.world_size,
-                        seconds=round(time.time() - t0, 2), gpu_peak_gb=D.peak_memory_gb(info.device))
+            runlog.step(
+                step=step,
+                epoch=epoch,
+                loss=value,
+                lr=scheduler.get_last_lr()[0],
+                crops=int(x.shape[0]) * info.world_size,
+                seconds=round(time.time() - t0, 2),
+                gpu_peak_gb=D.peak_memory_gb(info.device),
+            )
             if checkpoints.after_step(step, epoch, batch_in_epoch):
                 broke = batch_in_epoch < start_in_epoch + len(sampler)
                 break
@@ -257,9 +319,20 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
             epoch += 1
             if info.is_main and (epoch % t["val_every_epochs"] == 0 or epoch == t["epochs"]):
                 last_val = validate(model, val_items, pcfg, info.device, amp, bcfg.out_channels)
-                runlog.epoch(epoch=epoch, step=step, train_loss=float(np.mean(losses)) if losses else None,
-                             val_dice_mean=last_val["dice_mean"], **{f"dice_{c}": v for c, v in last_val["dice_per_class"].items()})
-                log.info("epoch %d step %d loss %.4f val dice %.3f", epoch, step, np.mean(losses) if losses else float("nan"), last_val["dice_mean"])
+                runlog.epoch(
+                    epoch=epoch,
+                    step=step,
+                    train_loss=float(np.mean(losses)) if losses else None,
+                    val_dice_mean=last_val["dice_mean"],
+                    **{f"dice_{c}": v for c, v in last_val["dice_per_class"].items()},
+                )
+                log.info(
+                    "epoch %d step %d loss %.4f val dice %.3f",
+                    epoch,
+                    step,
+                    np.mean(losses) if losses else float("nan"),
+                    last_val["dice_mean"],
+                )
         checkpoints.epoch_end(step, epoch, None if finished_epoch else batch_in_epoch)
     result = {"step": step, "epoch": epoch, "out_dir": str(run_dir)}
     if info.is_main:

@@ -9,6 +9,7 @@ line per scan (split, VolumeName, embedding file, labels, report) that the head'
 Scans are sharded over torchrun ranks; files already written are skipped, so an interrupted
 export resumes where it stopped.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,10 +54,14 @@ def _claim_export_dir(out: Path, backbone: Path) -> None:
     has_files = any(out.glob("*/*.pt"))
     if marker.is_file():
         if marker.read_text(encoding="utf-8").strip() != digest:
-            raise ConfigError(f"{out} holds embeddings of another backbone (sha256 {marker.read_text().strip()[:12]}, "
-                              f"this one {digest[:12]}): choose a new export.out_dir or delete the folder")
+            raise ConfigError(
+                f"{out} holds embeddings of another backbone (sha256 {marker.read_text().strip()[:12]}, "
+                f"this one {digest[:12]}): choose a new export.out_dir or delete the folder"
+            )
     elif has_files:
-        raise ConfigError(f"{out} holds embeddings of an unknown backbone: choose a new export.out_dir or delete the folder")
+        raise ConfigError(
+            f"{out} holds embeddings of an unknown backbone: choose a new export.out_dir or delete the folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     marker.write_text(digest + "\n", encoding="utf-8")
 
@@ -108,14 +113,31 @@ def export_embeddings(cfg: dict) -> Path:
         for i, r in enumerate(progress(records, info.is_main, desc=f"embed {split}")):
             rel = Path(split) / f"{r.stem}.pt"
             if i % info.world_size == info.rank and not (out / rel).is_file():
-                item = cached_preprocess(r, pcfg, cache_dir, remap=remap, intensity=cfg["data"]["intensity"], with_labels=False)
-                res = sliding_segment(item["image"][0], lambda x: forward_with_features(model, x), pcfg.patch_size,
-                                      pcfg.overlap, pcfg.sigma_scale, affine=item["affine"], options=options, device=info.device)
+                item = cached_preprocess(
+                    r, pcfg, cache_dir, remap=remap, intensity=cfg["data"]["intensity"], with_labels=False
+                )
+                res = sliding_segment(
+                    item["image"][0],
+                    lambda x: forward_with_features(model, x),
+                    pcfg.patch_size,
+                    pcfg.overlap,
+                    pcfg.sigma_scale,
+                    affine=item["affine"],
+                    options=options,
+                    device=info.device,
+                )
                 tmp = out / rel.with_suffix(".tmp")
                 save_embeddings(tmp, res.embeddings, res.grid, meta={"VolumeName": r.name, "split": split})
                 tmp.replace(out / rel)
-            lines.append({"split": split, "VolumeName": r.name, "embedding": rel.as_posix(),
-                          "labels": r.labels.tolist() if r.labels is not None else None, "report": r.report})
+            lines.append(
+                {
+                    "split": split,
+                    "VolumeName": r.name,
+                    "embedding": rel.as_posix(),
+                    "labels": r.labels.tolist() if r.labels is not None else None,
+                    "report": r.report,
+                }
+            )
     D.barrier()
     manifest = out / MANIFEST
     if info.is_main:

@@ -3,8 +3,11 @@
 Loss ``cls + lambda * (bart + coverage)`` with lambda 0.2, or uncertainty weighting; soft prompt
 on or off (``model.head`` section). A byte-level BPE tokenizer is trained on the training
 reports and saved with the run. Thresholds per finding are chosen on the validation split
-(CT-RATE protocol) and written to ``thresholds.json``.
+(Youden's J, the ``held-out-threshold`` protocol) and written to ``thresholds.json``; the final
+validation metrics report both named protocols (``held-out-threshold`` and ``ct-clip``, see
+:mod:`neuroradix_train.evaluation.protocols`).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,7 +54,13 @@ def head_model_config(cfg: dict, embeddings_dir: Path):
     head = dict(cfg["model"].get("head") or {})
     head.setdefault("embed_dim", 24 * int(base["backbone"]["feature_size"]))
     try:
-        return ModelConfig.from_dict({"preprocess": base["preprocess"], "backbone": base["backbone"], "head": HeadConfig.from_dict(head).to_dict()})
+        return ModelConfig.from_dict(
+            {
+                "preprocess": base["preprocess"],
+                "backbone": base["backbone"],
+                "head": HeadConfig.from_dict(head).to_dict(),
+            }
+        )
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"model.head: {exc}") from exc
 
@@ -65,7 +74,9 @@ class EmbeddingDataset(torch.utils.data.Dataset):
         for r in rows:  # embeddings are small ([P, 24*fs]); keep them in memory
             emb = load_embeddings(r["embedding_path"])
             y = np.asarray(r["labels"], dtype=np.float32)
-            self.items.append((emb.embeddings, emb.positions, torch.from_numpy(np.append(y, float(y.max() > 0))), r["report"]))
+            self.items.append(
+                (emb.embeddings, emb.positions, torch.from_numpy(np.append(y, float(y.max() > 0))), r["report"])
+            )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -90,8 +101,13 @@ def collate(batch):
         emb[i, : len(x)] = x
         pos[i, : len(x)] = p
         mask[i, : len(x)] = True
-    return {"embeddings": emb, "positions": pos, "patch_mask": mask,
-            "labels": torch.stack([b[2] for b in batch]), "reports": [b[3] for b in batch]}
+    return {
+        "embeddings": emb,
+        "positions": pos,
+        "patch_mask": mask,
+        "labels": torch.stack([b[2] for b in batch]),
+        "reports": [b[3] for b in batch],
+    }
 
 
 def usable_rows(directory: Path, split: str) -> list[dict]:
@@ -99,15 +115,25 @@ def usable_rows(directory: Path, split: str) -> list[dict]:
     rows = read_manifest(directory, split)
     keep = [r for r in rows if r["labels"] is not None and r["report"].strip()]
     if len(keep) < len(rows):
-        log.info("%s: %d of %d scans have no labels or report and are left out", split, len(rows) - len(keep), len(rows))
+        log.info(
+            "%s: %d of %d scans have no labels or report and are left out", split, len(rows) - len(keep), len(rows)
+        )
     if not keep:
         raise ConfigError(f"no scan of split {split!r} in {directory} has labels and a report")
     return keep
 
 
 @torch.no_grad()
-def predict(head, dataset: EmbeddingDataset, device, *, generate: bool, batch_size: int = 8, amp: bool = True,
-            max_new_tokens: Optional[int] = None) -> dict:
+def predict(
+    head,
+    dataset: EmbeddingDataset,
+    device,
+    *,
+    generate: bool,
+    batch_size: int = 8,
+    amp: bool = True,
+    max_new_tokens: Optional[int] = None,
+) -> dict:
     """Probabilities ``[n, 19]`` and (with ``generate``) greedy reports for a dataset."""
     head.eval()
     probs, texts, refs, labels = [], [], [], []
@@ -123,7 +149,12 @@ def predict(head, dataset: EmbeddingDataset, device, *, generate: bool, batch_si
             t, _ = head.generate(emb, pos, max_new_tokens=max_new_tokens, patch_mask=m)
             texts += t
     head.train()
-    return {"probabilities": torch.cat(probs).numpy(), "labels": torch.cat(labels).numpy(), "generated": texts, "references": refs}
+    return {
+        "probabilities": torch.cat(probs).numpy(),
+        "labels": torch.cat(labels).numpy(),
+        "generated": texts,
+        "references": refs,
+    }
 
 
 def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = None) -> dict:
@@ -143,7 +174,10 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
     mcfg = head_model_config(cfg, emb_dir)
     run_dir = out_dir(cfg)
     ckpt.seed_everything(t["seed"])
-    train_rows, val_rows = usable_rows(emb_dir, cfg["data"]["train_split"]), usable_rows(emb_dir, cfg["data"]["val_split"])
+    train_rows, val_rows = (
+        usable_rows(emb_dir, cfg["data"]["train_split"]),
+        usable_rows(emb_dir, cfg["data"]["val_split"]),
+    )
     tok_dir = run_dir / "tokenizer"
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -163,37 +197,68 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
     per_epoch = math.ceil(len(train_ds) / info.world_size / t["batch_size"])
     planned = int(t.get("max_steps") or t["epochs"] * per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / max(1, t["warmup_steps"])) * 0.5 * (1 + math.cos(math.pi * min(s, planned) / planned)))
+        optimizer,
+        lambda s: min(1.0, (s + 1) / max(1, t["warmup_steps"]))
+        * 0.5
+        * (1 + math.cos(math.pi * min(s, planned) / planned)),
+    )
     step = epoch = start_in_epoch = 0
     if resume and (run_dir / ckpt.LAST).is_file():
         payload = ckpt.load_checkpoint(run_dir / ckpt.LAST, model=head, optimizer=optimizer, scheduler=scheduler)
         step, epoch, start_in_epoch = payload["step"], payload["epoch"], payload["extra"].get("batch_in_epoch", 0)
-    runlog = RunLog(run_dir, enabled=info.is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard")))
+    runlog = RunLog(
+        run_dir, enabled=info.is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard"))
+    )
     ddp = D.wrap_ddp(head, info, find_unused_parameters=True)
     sampler = ResumableSampler(len(train_ds), seed=t["seed"], rank=info.rank, world_size=info.world_size)
     stop_at = int(max_steps or 0) or None
-    checkpoints = RunCheckpoints(run_dir, model=head, optimizer=optimizer, scheduler=scheduler, config=cfg,
-                                 is_main=info.is_main, every=t["ckpt_every_steps"], stop_at=stop_at)
+    checkpoints = RunCheckpoints(
+        run_dir,
+        model=head,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        config=cfg,
+        is_main=info.is_main,
+        every=t["ckpt_every_steps"],
+        stop_at=stop_at,
+    )
     amp = bool(t["amp"])
     t0 = time.time()
     head.train()
     while epoch < t["epochs"] and (stop_at is None or step < stop_at):
         sampler.set_epoch(epoch, start_in_epoch * t["batch_size"])
         batch_in_epoch, broke, losses = start_in_epoch, False, []
-        loader = torch.utils.data.DataLoader(train_ds, batch_size=t["batch_size"], sampler=sampler, collate_fn=collate,
-                                             num_workers=t["num_workers"])
+        loader = torch.utils.data.DataLoader(
+            train_ds, batch_size=t["batch_size"], sampler=sampler, collate_fn=collate, num_workers=t["num_workers"]
+        )
         for b in progress(loader, info.is_main, desc=f"epoch {epoch}", leave=False):
             ids, att = head.tokenize_reports(b["reports"])
             with D.autocast(info.device, amp):
-                out = ddp(b["embeddings"].to(info.device), b["positions"].to(info.device), labels=b["labels"].to(info.device),
-                          input_ids=ids.to(info.device), attention_mask=att.to(info.device), patch_mask=b["patch_mask"].to(info.device))
+                out = ddp(
+                    b["embeddings"].to(info.device),
+                    b["positions"].to(info.device),
+                    labels=b["labels"].to(info.device),
+                    input_ids=ids.to(info.device),
+                    attention_mask=att.to(info.device),
+                    patch_mask=b["patch_mask"].to(info.device),
+                )
             optimizer_step(out["loss"], head, optimizer, scheduler, t.get("grad_clip"))
             step += 1
             batch_in_epoch += 1
-            vals = {k: D.all_reduce_mean(float(out[k].item())) for k in ("loss", "cls_loss", "bart_loss", "coverage_loss") if out.get(k) is not None}
+            vals = {
+                k: D.all_reduce_mean(float(out[k].item()))
+                for k in ("loss", "cls_loss", "bart_loss", "coverage_loss")
+                if out.get(k) is not None
+            }
             losses.append(vals["loss"])
-            runlog.step(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], seconds=round(time.time() - t0, 2),
-                        gpu_peak_gb=D.peak_memory_gb(info.device), **vals)
+            runlog.step(
+                step=step,
+                epoch=epoch,
+                lr=scheduler.get_last_lr()[0],
+                seconds=round(time.time() - t0, 2),
+                gpu_peak_gb=D.peak_memory_gb(info.device),
+                **vals,
+            )
             if checkpoints.after_step(step, epoch, batch_in_epoch):
                 broke = batch_in_epoch < start_in_epoch + len(sampler)
                 break
@@ -203,15 +268,32 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
             if info.is_main and (epoch % t["val_every_epochs"] == 0 or epoch == t["epochs"]):
                 pred = predict(head, val_ds, info.device, generate=False, amp=amp)
                 m = head_metrics(pred["labels"], pred["probabilities"])
-                runlog.epoch(epoch=epoch, step=step, train_loss=float(np.mean(losses)) if losses else None,
-                             val_macro_auroc=m["macro"]["auroc"], val_macro_f1=m["macro"]["f1"])
+                runlog.epoch(
+                    epoch=epoch,
+                    step=step,
+                    train_loss=float(np.mean(losses)) if losses else None,
+                    val_macro_auroc=m["macro"]["auroc"],
+                    val_macro_f1=m["macro"]["f1"],
+                )
         checkpoints.epoch_end(step, epoch, batch_in_epoch if broke else None)
     result: dict = {"step": step, "epoch": epoch, "out_dir": str(run_dir)}
     if info.is_main:
         torch.save(head.state_dict(), run_dir / "head.pt")
-        plot_loss_curves(run_dir / "steps.jsonl", run_dir / "loss.png", keys=("loss", "cls_loss", "bart_loss"), title="stage 3: head losses")
+        plot_loss_curves(
+            run_dir / "steps.jsonl",
+            run_dir / "loss.png",
+            keys=("loss", "cls_loss", "bart_loss"),
+            title="stage 3: head losses",
+        )
         if epoch >= t["epochs"]:  # finished: choose thresholds on validation, full metrics and plots
-            pred = predict(head, val_ds, info.device, generate=t["generate_on_val"], amp=amp, max_new_tokens=t.get("max_new_tokens"))
+            pred = predict(
+                head,
+                val_ds,
+                info.device,
+                generate=t["generate_on_val"],
+                amp=amp,
+                max_new_tokens=t.get("max_new_tokens"),
+            )
             result["metrics"] = evaluate_predictions(pred, run_dir, names=FINDINGS)
     D.barrier()
     D.teardown()

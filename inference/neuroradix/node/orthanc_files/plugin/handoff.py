@@ -13,6 +13,7 @@ loops. A changed fingerprint (more slices arrived after a first hand-off) is pos
 fingerprint, so the sidecar reruns a finished job whose study has changed even when this plugin
 was restarted in between and has forgotten it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -180,11 +181,15 @@ class Handoff:
         if not fingerprint_items:
             return Decision(False, "only this node's own output series", study_uid)
         if self.config.modalities and not modalities & set(self.config.modalities):
-            return Decision(False, f"no {'/'.join(self.config.modalities)} series (has {sorted(modalities)})", study_uid)
+            return Decision(
+                False, f"no {'/'.join(self.config.modalities)} series (has {sorted(modalities)})", study_uid
+            )
         fingerprint = source_fingerprint(fingerprint_items)
         previous = self._seen.get(study_uid)
         if previous == fingerprint:
-            return Decision(False, "source series unchanged since last hand-off (own results arrived)", study_uid, fingerprint)
+            return Decision(
+                False, "source series unchanged since last hand-off (own results arrived)", study_uid, fingerprint
+            )
         return Decision(True, "stable study", study_uid, fingerprint, rerun=previous is not None)
 
     def process(self, orthanc_study_id: str) -> Decision:

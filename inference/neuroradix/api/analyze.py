@@ -1,0 +1,136 @@
+"""``POST /v1/analyze``: analyze an uploaded zip of one study through the node's own job machinery.
+
+The upload is streamed to a file under the node's var directory (never held in memory whole),
+checked (:func:`~neuroradix.offline.inspect_zip`: a zip of safe members, DICOM headers, one study;
+422 with the reason otherwise) and queued as a job whose input is that file
+(``source="upload"``). A worker process runs it like any job and keeps its results in the job's
+folder; the client follows the job (``GET /v1/jobs/{id}``) and fetches ``GET /v1/jobs/{id}/results.zip``.
+
+``?wait=SECONDS`` is the synchronous convenience: the route waits up to that long for the job to
+end and then answers with the results zip itself (200), the failure (422, with the job), or the
+job still running (202), so ``curl --data-binary @study.zip -o results.zip ".../v1/analyze?wait=600"``
+still gives a results zip in one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from neuroradix.api.deps import get_ledger, get_pacs, get_settings
+from neuroradix.api.jobs import job_view
+from neuroradix.api.results import results_archive, zip_response
+from neuroradix.config import Settings
+from neuroradix.errors import BadInputError
+from neuroradix.jobs.ledger import JobState, Ledger
+from neuroradix.jobs.worker import UPLOAD, uploads_dir
+from neuroradix.offline import inspect_zip
+from neuroradix.pacs.dicomweb import PacsClient
+from neuroradix.uids import short_hash
+
+LOG = logging.getLogger(__name__)
+
+router = APIRouter(tags=["results"])
+
+ZIP_TYPES = ("application/zip", "application/octet-stream")
+POLL_SECONDS = 0.25
+
+
+async def _receive(request: Request, path: Path, limit: int) -> int:
+    """Stream the request body into ``path``; returns its size (413 past ``limit``, 400 when empty)."""
+    size = 0
+    try:
+        with path.open("wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(413, f"upload exceeds the limit of {limit} bytes")
+                out.write(chunk)
+        if size == 0:
+            raise HTTPException(400, "empty upload: send a zip of one DICOM study")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def upload_pipeline_version(settings: Settings, upload_id: str) -> str:
+    """The ledger key's version part for an upload: each upload is its own job, apart from PACS jobs."""
+    return f"{settings.pipeline_version}+upload-{upload_id}"
+
+
+@router.post(
+    "/v1/analyze",
+    status_code=202,
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            "required": True,
+        }
+    },
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "with ?wait: the job ended; its results zip"},
+        202: {"description": "the job (queued, or still running when ?wait ran out)"},
+        413: {"description": "upload too large"},
+        415: {"description": "not sent as application/zip"},
+        422: {"description": "not a usable zip of one study, or (with ?wait) the job failed"},
+    },
+)
+async def analyze_upload(
+    request: Request,
+    wait: float = Query(0.0, ge=0.0, le=3600.0, description="seconds to wait for the job to end (0: do not wait)"),
+    settings: Settings = Depends(get_settings),
+    ledger: Ledger = Depends(get_ledger),
+    pacs: PacsClient = Depends(get_pacs),
+) -> Response:
+    """Queue an uploaded zip of one DICOM study for analysis; returns the job (or, with ``wait``, its results zip)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() not in ZIP_TYPES:
+        raise HTTPException(415, "send the study as a zip with Content-Type: application/zip")
+    limit = settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"upload of {declared} bytes exceeds the limit of {limit}")
+    folder = uploads_dir(settings.var_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    upload_id = uuid.uuid4().hex
+    partial = folder / f"{upload_id}.partial"
+    await _receive(request, partial, limit)
+    try:
+        inventory = await run_in_threadpool(inspect_zip, partial, limit)
+    except BadInputError as exc:
+        partial.unlink(missing_ok=True)
+        raise HTTPException(422, f"{type(exc).__name__}: {exc}") from exc
+    path = partial.rename(folder / f"{upload_id}.zip")
+    job, _ = await run_in_threadpool(
+        lambda: ledger.enqueue(
+            inventory.study_uid,
+            upload_pipeline_version(settings, upload_id),
+            trigger="upload",
+            max_attempts=settings.max_attempts,
+            source=UPLOAD,
+            input_path=str(path.resolve()),
+        )
+    )
+    LOG.info("upload of study %s (%d files): job %d", short_hash(inventory.study_uid), inventory.n_files, job.id)
+    headers = {"Location": f"/v1/jobs/{job.id}"}
+    deadline = time.monotonic() + wait
+    while wait > 0 and not job.state.terminal and time.monotonic() < deadline:
+        await asyncio.sleep(POLL_SECONDS)
+        job = await run_in_threadpool(ledger.get, job.id)
+    if job.state == JobState.SUCCEEDED:
+        data = await run_in_threadpool(results_archive, job, settings, pacs)
+        if data is not None:
+            return zip_response(data)
+    view = job_view(job).model_dump()
+    if job.state.terminal:
+        return JSONResponse(
+            status_code=422, content={"detail": f"{job.error_class}: {job.error_message}", "job": view}, headers=headers
+        )
+    return JSONResponse(status_code=202, content=view, headers=headers)
