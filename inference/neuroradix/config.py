@@ -70,6 +70,9 @@ class PipelineSettings(BaseSettings):
     seg_type: SegType = DEFAULT_SEG_TYPE
     seg_compress: bool = True  # BINARY: JPEG 2000 lossless; False: uncompressed (for viewers that need it)
     pmap_grid: PmapGrid = DEFAULT_PMAP_GRID
+    # Per-node secret of the output UIDs (keyed hash, neuroradix.uids.derive_uid): others cannot compute
+    # them; reruns stay idempotent. "" (neuroradix analyze without a node) derives public UIDs.
+    uid_key: SecretStr = SecretStr("")
     # Input limits (a huge study fails with a reason instead of exhausting memory)
     max_series_instances: int = 2000
     max_volume_voxels: int = 600 * 512 * 512

@@ -315,6 +315,7 @@ def analyze_volume(
                 seg_compress=settings.seg_compress,
                 pmap_grid=settings.pmap_grid,
                 series_number_base=9000 + 100 * index,
+                uid_key=settings.uid_key.get_secret_value(),
             )
             datasets = encode_result(result, context)
         outcomes.append(AnalyzerOutcome(name, "stored" if datasets else "no output", result, list(datasets)))

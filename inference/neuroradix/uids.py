@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import uuid
 from typing import Optional
@@ -47,12 +46,6 @@ def derive_uid(*parts: str, key: Optional[str] = None) -> str:
     digest = hmac.new(key.encode("utf-8"), name.encode("utf-8"), hashlib.sha256).digest()
     value = (int.from_bytes(digest[:16], "big") & _VERSION_MASK) | _VERSION_8 | _RFC_VARIANT
     return "2.25." + str(value)
-
-
-def environment_uid_key() -> str:
-    """The node's UID key as the launcher gives it to the sidecar and its workers
-    (``NEURORADIX_UID_KEY``; "" when unset, e.g. ``neuroradix analyze`` without a node)."""
-    return os.environ.get("NEURORADIX_UID_KEY", "")
 
 
 def short_hash(uid: str) -> str:

@@ -120,12 +120,13 @@ def test_tighten_permissions_fixes_an_old_var(tmp_path):
 
 
 def test_keyed_output_uids_are_stable_per_key_and_valid(monkeypatch):
-    from neuroradix.uids import derive_uid, environment_uid_key, valid_uid
+    from neuroradix.config import PipelineSettings
+    from neuroradix.uids import derive_uid, valid_uid
 
     parts = ("1.2.3", "1.2.3.4", "neuroradix-0.1.0/lung-hu", "lung-hu", "SR", "instance")
     keyed = derive_uid(*parts, key="k" * 64)
     assert keyed == derive_uid(*parts, key="k" * 64)  # reruns: the same UID
     assert keyed not in {derive_uid(*parts), derive_uid(*parts, key="other")}
     assert valid_uid(keyed) == keyed and keyed.startswith("2.25.")
-    monkeypatch.setenv("NEURORADIX_UID_KEY", "from-the-launcher")
-    assert environment_uid_key() == "from-the-launcher"
+    monkeypatch.setenv("NEURORADIX_UID_KEY", "from-the-launcher")  # what the launcher gives the workers
+    assert PipelineSettings().uid_key.get_secret_value() == "from-the-launcher"

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from neuroradix.analyzers.airway import AirwayConfig, AirwayTree, empty_tree, grow_airway_tree
@@ -131,7 +132,7 @@ class _Grid:
     def voxel_ml(self) -> float:
         return float(abs(np.linalg.det(self.affine[:3, :3])) / 1000.0)
 
-    def point(self, index: np.ndarray) -> np.ndarray:
+    def point(self, index: ArrayLike) -> np.ndarray:
         """LPS position (mm) of a (fractional) voxel index."""
         return self.affine[:3, :3] @ np.asarray(index, dtype=np.float64) + self.affine[:3, 3]
 
@@ -200,9 +201,10 @@ class LungAnalyzer:
 
     # -- steps -------------------------------------------------------------------------------
 
-    def _working_grid(self, volume: Volume, factors: Optional[tuple[int, ...]] = None) -> _Grid:
+    def _working_grid(self, volume: Volume, factors: Optional[tuple[int, int, int]] = None) -> _Grid:
         if factors is None:
-            factors = tuple(max(1, int(round(self.config.target_spacing_mm / s))) for s in volume.spacing)
+            f0, f1, f2 = (max(1, int(round(self.config.target_spacing_mm / s))) for s in volume.spacing)
+            factors = (f0, f1, f2)
         hu = block_mean(volume.array, factors)
         affine = volume.affine.copy()
         affine[:3, :3] = volume.affine[:3, :3] * np.asarray(factors, dtype=np.float64)
@@ -214,7 +216,7 @@ class LungAnalyzer:
             affine,
             factors,
             order,
-            flips,  # type: ignore[arg-type]
+            flips,
             notes={"working_factors": list(factors)},
         )
 
@@ -429,7 +431,8 @@ class LungAnalyzer:
         full = np.zeros(volume.shape, dtype=bool)
         if grid.seed is None or not chest.any():
             return empty_tree((1, 1, 1)), full, None
-        factors = tuple(max(1, int(round(cfg.target_spacing_mm / s))) for s in volume.spacing)
+        f0, f1, f2 = (max(1, int(round(cfg.target_spacing_mm / s))) for s in volume.spacing)
+        factors = (f0, f1, f2)
         fine = self._working_grid(volume, factors)
         # Both grids are canonical with the same axes: fine index -> coarse index is per-axis linear.
         mapping = np.linalg.inv(grid.affine) @ fine.affine

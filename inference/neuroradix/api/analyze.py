@@ -123,7 +123,10 @@ async def analyze_upload(
     deadline = time.monotonic() + wait
     while wait > 0 and not job.state.terminal and time.monotonic() < deadline:
         await asyncio.sleep(POLL_SECONDS)
-        job = await run_in_threadpool(ledger.get, job.id)
+        found = await run_in_threadpool(ledger.get, job.id)
+        if found is None:
+            raise HTTPException(404, f"job {job.id} disappeared from the ledger")
+        job = found
     if job.state == JobState.SUCCEEDED:
         data = await run_in_threadpool(results_archive, job, settings, pacs)
         if data is not None:

@@ -23,6 +23,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -288,8 +289,8 @@ def volume_to_ct_series(
 
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = transfer_syntax
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+        meta.TransferSyntaxUID = UID(transfer_syntax)
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         ds.file_meta = meta
         datasets.append(ds)

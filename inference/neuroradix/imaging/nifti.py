@@ -109,6 +109,8 @@ def nifti_to_volume(path: Union[str, Path]) -> Volume:
     path = Path(path)
     try:
         image = nib.load(str(path))
+        if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise TypeError(f"not a NIfTI image but {type(image).__name__}")
         data = np.asanyarray(image.dataobj)
     except Exception as exc:  # nibabel raises a variety of errors for broken files
         raise BadInputError(f"cannot read NIfTI file {path.name}: {exc}") from exc

@@ -14,9 +14,10 @@ import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
+import pydicom
 
 from neuroradix.errors import ConfigError, NotEligibleError
 from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary
@@ -61,7 +62,7 @@ def load_rules(text: Optional[str] = None) -> SeriesRules:
     missing = [f for f in fields if f not in data]
     if missing:
         raise ConfigError(f"series rules: missing keys {missing}")
-    values = {f: tuple(data[f]) if isinstance(data[f], list) else data[f] for f in fields}
+    values: dict[str, Any] = {f: tuple(data[f]) if isinstance(data[f], list) else data[f] for f in fields}
     return SeriesRules(**values)
 
 
@@ -118,7 +119,7 @@ def check_series(instances: Sequence[InstanceSummary], rules: SeriesRules) -> Ca
     if np.abs(orientations - orientations[0]).max() > rules.orientation_tolerance:
         raise NotEligibleError("mixed orientations within the series")
     normal = np.cross(orientations[0][:3], orientations[0][3:])
-    angle = float(np.degrees(np.arccos(min(1.0, abs(normal[2]) / max(np.linalg.norm(normal), 1e-9)))))
+    angle = float(np.degrees(np.arccos(min(1.0, abs(normal[2]) / max(float(np.linalg.norm(normal)), 1e-9)))))
     if angle > rules.max_normal_angle_from_axial_deg:
         raise NotEligibleError(f"not axial: slice normal is {angle:.0f} degrees from the body axis")
     sizes = {(i.rows or 0, i.columns or 0) for i in instances}
@@ -235,7 +236,7 @@ def select_series(
     raise NotEligibleError(f"no usable CT series: {detail}")
 
 
-def source_fingerprint(series: Sequence[SeriesSummary], own_manufacturer: str) -> str:
+def source_fingerprint(series: Sequence[Union[SeriesSummary, pydicom.Dataset]], own_manufacturer: str) -> str:
     """A short hash of the study's source series and their instance counts.
 
     Must give the same value as ``source_fingerprint`` in ``plugin/handoff.py`` for the same

@@ -215,16 +215,16 @@ def airway_phantom(
     zone_laa: dict[tuple[str, str], float] = {}
     zone_mask_out: dict[tuple[str, str], np.ndarray] = {}
     field_ = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=1.5)
-    for side, paren in parenchyma.items():
+    for side_name, paren in parenchyma.items():
         array[paren] = NORMAL_HU
-        for zone, zmask in zone_masks_by_rank(paren, z_of_slice).items():
+        for zone_name, zmask in zone_masks_by_rank(paren, z_of_slice).items():
             values = field_[zmask]
-            count = int(round(fractions[zone] * values.size))
+            count = int(round(fractions[zone_name] * values.size))
             if count:
                 cut = np.partition(values, values.size - count)[values.size - count]
                 chosen = zmask & (field_ >= cut)
                 emphysema |= chosen
-            zone_mask_out[(side, zone)] = zmask
+            zone_mask_out[(side_name, zone_name)] = zmask
     array[emphysema] = EMPHYSEMA_HU
     if noise > 0:
         array += rng.standard_normal(shape, dtype=np.float32) * np.float32(noise)

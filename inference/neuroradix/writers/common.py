@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Optional, Sequence
 
@@ -28,7 +28,7 @@ from neuroradix import MANUFACTURER
 from neuroradix.config import DEFAULT_PMAP_GRID, DEFAULT_SEG_TYPE, PmapGrid, SegType
 from neuroradix.errors import BadInputError
 from neuroradix.types import Code, StudyResult, Volume
-from neuroradix.uids import derive_uid, environment_uid_key
+from neuroradix.uids import derive_uid
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +110,9 @@ class OutputContext:
         compresses in this process. The bytes written are the same either way.
     uid_key:
         The node's secret UID key (``UID_KEY`` in ``var/secrets.env``); output UIDs are an
-        HMAC of their inputs under it (see :func:`neuroradix.uids.derive_uid`). Default:
-        ``NEURORADIX_UID_KEY`` from the environment (the launcher gives it to the workers), else
-        "" (``neuroradix analyze`` without a node): the public, unkeyed UIDs.
+        HMAC of their inputs under it (see :func:`neuroradix.uids.derive_uid`); the pipeline passes
+        ``Settings.uid_key`` (``NEURORADIX_UID_KEY``, which the launcher gives the workers). ""
+        (``neuroradix analyze`` without a node): the public, unkeyed UIDs.
     """
 
     source: Sequence[Dataset]
@@ -126,7 +126,7 @@ class OutputContext:
     pmap_max_in_plane: int = 256
     institution_name: Optional[str] = None
     encode_workers: int = 0
-    uid_key: str = field(default_factory=environment_uid_key)  # the node's secret; "" derives public UIDs
+    uid_key: str = ""  # the node's secret (Settings.uid_key); "" derives public UIDs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", tuple(self.source))

@@ -25,7 +25,7 @@ from PIL import Image as PILImage
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
 from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
@@ -34,7 +34,7 @@ from reportlab.platypus import Image, KeepTogether, Paragraph, SimpleDocTemplate
 from scipy import ndimage
 
 from neuroradix import MANUFACTURER
-from neuroradix.types import AttentionMap, StudyResult, Volume
+from neuroradix.types import AttentionMap, Measurement, StudyResult, Volume
 from neuroradix.writers.common import (
     NOT_FOR_DIAGNOSIS,
     UNTRAINED_MARK,
@@ -217,7 +217,7 @@ def key_images(result: StudyResult, volume: Volume, max_images: int = 4) -> list
             if overlay == "seg":
                 rgb = _blend_labels(rgb, result.labels[flat], result)
                 caption = f"{view.capitalize()}, segmentation"
-            else:
+            elif amap is not None:
                 rgb = _blend_heat(rgb, _sample_attention(amap, volume, view, position))
                 caption = f"{view.capitalize()}, attention: {amap.name}"
             images.append(KeyImage((np.clip(rgb, 0, 1) * 255).astype(np.uint8), _pixel_mm(volume, view), caption))
@@ -265,7 +265,7 @@ _DENSITY_COLUMNS = {"118565006": 0, "LAA950": 1, "LAA910": 2, "PERC15": 3, "1120
 def _density_rows(measurements) -> tuple[list[list[str]], list]:
     """Densitometry as a region x measure grid (sites with at least three of the five measures);
     the other measurements are returned for the plain table."""
-    by_site: dict[str, dict[int, object]] = {}
+    by_site: dict[str, dict[int, Measurement]] = {}
     for m in measurements:
         column = _DENSITY_COLUMNS.get(m.concept.value)
         if m.site is not None and column is not None:
@@ -498,8 +498,8 @@ def build_pdf(
 
     ds = Dataset()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF_STORAGE
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(ENCAPSULATED_PDF_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     for key in _COPIED_OPTIONAL:

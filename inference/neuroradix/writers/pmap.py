@@ -132,7 +132,7 @@ def resample_onto(amap: AttentionMap, affine: np.ndarray, shape: tuple[int, int,
     numpy.ndarray
         float32 array of ``shape``.
     """
-    shape = tuple(int(n) for n in shape)
+    shape = (int(shape[0]), int(shape[1]), int(shape[2]))
     to_map = np.linalg.inv(np.asarray(amap.affine, dtype=np.float64)) @ np.asarray(affine, dtype=np.float64)
     source = np.asarray(amap.array, dtype=np.float32)
     axes = parallel_axes(to_map, shape)

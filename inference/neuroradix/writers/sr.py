@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import highdicom as hd
 from pydicom import Dataset
@@ -114,7 +114,7 @@ def _finding_group(finding: Finding, result: StudyResult, ctx: OutputContext, se
         hd.sr.Measurement(name=coded(THRESHOLD), value=float(finding.threshold), unit=coded(UNITY)),
     ]
     presence = codes.DCM.Present if finding.present else codes.DCM.Absent
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         tracking_identifier=_tracking(ctx, result, f"finding {finding.name}"),
         finding_type=ftype,
         algorithm_id=_algorithm(result),
@@ -147,12 +147,14 @@ def _measurement_groups(result: StudyResult, ctx: OutputContext, seg: Optional[D
             and seg is not None
             and (segment_number_for_label(seg, result, m.segment_label) is not None)
         )
-        if has_segment:
+        if has_segment and m.segment_label is not None:
             by_segment[m.segment_label].append(m)
         else:
             by_site[m.site].append(m)
     descriptions = {s.label: s for s in result.segments}
-    groups = []
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    ] = []
     for label, items in sorted(by_segment.items()):
         desc = descriptions[label]
         groups.append(

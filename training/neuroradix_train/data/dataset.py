@@ -23,7 +23,7 @@ import csv
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import nibabel as nib
 import numpy as np
@@ -245,7 +245,7 @@ def load_volume(record: ScanRecord, *, intensity: str = "auto") -> Volume:
         folders); ``"auto"``: ``hu`` for files under a ``*_fixed`` folder, else ``raw``.
     """
 
-    img = nib.load(str(record.path))
+    img = cast(nib.Nifti1Image, nib.load(str(record.path)))
     data = np.asarray(img.dataobj).astype(np.float32)  # raw stored values, no NIfTI scaling
     if data.ndim != 3:
         raise BadInputError(f"{record.path}: expected a 3-D volume, got shape {data.shape}")
@@ -266,7 +266,7 @@ def load_label_map(path: Path) -> np.ndarray:
     (:func:`neuroradix.imaging.nifti.array_to_volume`), so a scan and its segmentation, stored
     with one affine, come out voxel for voxel on one grid.
     """
-    img = nib.load(str(path))
+    img = cast(nib.Nifti1Image, nib.load(str(path)))
     data = np.rint(np.asarray(img.dataobj)).astype(np.int16)
     if data.ndim != 3:
         raise BadInputError(f"{path}: expected a 3-D segmentation, got shape {data.shape}")

@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import nibabel as nib
 import numpy as np
@@ -152,10 +152,10 @@ def _add_real_cts(real: Path, ds: Path, rows: dict) -> None:
         name = f"{split}_{pid}_a_1.nii.gz"
         vol_dir = ds / split / f"{split}_{pid}" / f"{split}_{pid}_a"
         vol_dir.mkdir(parents=True, exist_ok=True)
-        img = nib.load(str(src))
+        img = cast(nib.Nifti1Image, nib.load(str(src)))
         raw = np.asarray(img.dataobj).astype(np.float32) + 1024.0
         if seg is not None and (real / seg).is_file():
-            seg_img = nib.load(str(real / seg))
+            seg_img = cast(nib.Nifti1Image, nib.load(str(real / seg)))
             # abdomen_ct_3mm_totalseg117 covers only the first 30 of the CT's 112 slices (same origin
             # and spacing): crop the CT to the segmented slab so both share one grid
             if not np.allclose(seg_img.affine, img.affine) or any(a > b for a, b in zip(seg_img.shape, raw.shape)):

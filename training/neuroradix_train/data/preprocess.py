@@ -92,11 +92,11 @@ def cached_preprocess(
         if remap is not None:
             labels = remap.apply(labels)
     image, lab, aff = preprocess(vol, pcfg, labels)
-    payload = {"image": image.astype(np.float16), "affine": aff}
-    if lab is not None:
-        payload["label"] = lab
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **payload)
+    if lab is None:
+        np.savez(tmp, image=image.astype(np.float16), affine=aff)
+    else:
+        np.savez(tmp, image=image.astype(np.float16), affine=aff, label=lab)
     tmp.replace(path)
     out = {"image": image[None], "affine": aff}
     if lab is not None:

@@ -109,7 +109,7 @@ def labeler_agreement_on(root: Path, split: str) -> dict:
     """Agreement of the rule-based labeler with CT-RATE's label CSV on a split of a dataset."""
     recs = [r for r in load_records(root, split, require_labels=False) if r.labels is not None and r.report]
     lab = ReportLabeler().label_many([r.report for r in recs])
-    return agreement(lab, np.stack([r.labels for r in recs]))
+    return agreement(lab, np.stack([r.labels for r in recs if r.labels is not None]))
 
 
 def read_reports(path: Path, text_columns: tuple[str, ...] = ("Findings_EN", "Impressions_EN")) -> dict[str, str]:

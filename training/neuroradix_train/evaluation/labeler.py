@@ -237,8 +237,8 @@ def build_labeler(
     if kind == "rule":
         return ReportLabeler()
     if kind == "radbert":
-        missing = [n for n, v in (("checkpoint", checkpoint), ("tokenizer", tokenizer)) if not v]
-        if missing:
+        if not checkpoint or not tokenizer:
+            missing = [n for n, v in (("checkpoint", checkpoint), ("tokenizer", tokenizer)) if not v]
             raise ConfigError(
                 f"the radbert labeler needs {' and '.join(missing)}: CT-RATE's classifier weights "
                 "(checkpoint) and a folder with its tokenizer files and config.json (tokenizer)"

@@ -25,6 +25,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from nltk.translate.bleu_score import corpus_bleu
+from numpy.typing import ArrayLike
 from rouge_score.rouge_scorer import RougeScorer
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as _sk_roc_curve
@@ -61,7 +62,7 @@ def dice_per_class(pred: np.ndarray, target: np.ndarray, labels: Iterable[int]) 
 # --------------------------------------------------------------------------- classification
 
 
-def auroc(y_true: Sequence[int], y_score: Sequence[float]) -> float:
+def auroc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """Area under the ROC curve (scikit-learn's ``roc_auc_score``); NaN when only one class is present."""
     y = np.asarray(y_true).astype(int)
     if y.size == 0 or y.min() == y.max():
@@ -69,7 +70,7 @@ def auroc(y_true: Sequence[int], y_score: Sequence[float]) -> float:
     return float(roc_auc_score(y, np.asarray(y_score, dtype=np.float64)))
 
 
-def roc_curve(y_true: Sequence[int], y_score: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False-positive rate, true-positive rate and the thresholds (descending, ``inf`` first) of a ROC curve.
 
     scikit-learn's ``roc_curve`` with every distinct score kept (``drop_intermediate=False``).
@@ -81,7 +82,7 @@ def roc_curve(y_true: Sequence[int], y_score: Sequence[float]) -> tuple[np.ndarr
     return np.nan_to_num(fpr), np.nan_to_num(tpr), thr
 
 
-def choose_threshold(y_true: Sequence[int], y_score: Sequence[float], rule: str = "youden") -> float:
+def choose_threshold(y_true: ArrayLike, y_score: ArrayLike, rule: str = "youden") -> float:
     """A decision threshold chosen on validation data.
 
     Parameters

@@ -29,7 +29,7 @@ loop and checks equality to 1e-9.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -177,7 +177,7 @@ def ct_clip_protocol(
     )
     per = {}
     for j, name in enumerate(names):
-        entry = {m: float(point[j, i]) for i, m in enumerate(CT_CLIP_METRICS)}
+        entry: dict[str, Any] = {m: float(point[j, i]) for i, m in enumerate(CT_CLIP_METRICS)}
         entry["threshold"] = per_rows[j]["threshold"]
         entry["ci"] = {m: _interval(boots[:, j, i]) for i, m in enumerate(CT_CLIP_METRICS)} if n_bootstrap else {}
         per[name] = entry

@@ -5,12 +5,12 @@ without importing the metrics that use the labeler."""
 from __future__ import annotations
 
 import re
-from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
-def binary_scores(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, float]:
+def binary_scores(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
     """Precision, recall and F1 of binary predictions (0/0 counts as 0, as in CE metrics)."""
     y = np.asarray(y_true).astype(bool)
     p = np.asarray(y_pred).astype(bool)
