@@ -15,7 +15,7 @@ from typing import Any, Optional, TextIO
 import pydicom
 
 from neuroradix.imaging.ctseries import volume_to_ct_series, write_series
-from neuroradix.node.launcher import NodeConfig, up
+from neuroradix.node.launcher import NodeConfig, tighten_permissions, up
 from neuroradix.pacs.dicomweb import PacsClient
 from neuroradix.samples.real_ct import even_in_plane, sample_ct_volume
 
@@ -96,6 +96,7 @@ def run_demo(var_dir: Path, out: TextIO = sys.stdout, timeout: float = 900.0) ->
         file=out,
     )
     files, study_uid, source = write_sample_series(var_dir / "demo" / "ct")
+    tighten_permissions(var_dir)  # the demo CT carries (made-up) patient identifiers: 0700 / 0600
     print(f"Sample CT: {source}; {len(files)} slices written to {files[0].parent}", file=out)
     how = send(files, config)
     print(f"Sent with {how}. Waiting for the results ...", file=out, flush=True)
