@@ -7,26 +7,9 @@ these 18 logits followed by normal/abnormal.
 
 from __future__ import annotations
 
-FINDINGS: tuple[str, ...] = (
-    "Medical material",
-    "Arterial wall calcification",
-    "Cardiomegaly",
-    "Pericardial effusion",
-    "Coronary artery wall calcification",
-    "Hiatal hernia",
-    "Lymphadenopathy",
-    "Emphysema",
-    "Atelectasis",
-    "Lung nodule",
-    "Lung opacity",
-    "Pulmonary fibrotic sequela",
-    "Pleural effusion",
-    "Mosaic attenuation pattern",
-    "Peribronchial thickening",
-    "Consolidation",
-    "Bronchiectasis",
-    "Interlobular septal thickening",
-)
+from neuroradix.models.findings import CTRATE_FINDINGS
+
+FINDINGS: tuple[str, ...] = CTRATE_FINDINGS  # one source: the node's finding catalogue
 
 ABNORMAL = "Abnormal"
 """Name of the extra normal/abnormal output (1 when any finding is present)."""
