@@ -7,33 +7,26 @@ import gzip
 import subprocess
 
 import nibabel as nib
-import pytest
 
 from neuroradix.imaging.ctseries import volume_to_ct_series
 from neuroradix.node.harness import EphemeralNode
 from neuroradix.samples.phantom import thorax_phantom
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    from neuroradix.weights import make_test_release
-
-    return make_test_release(tmp_path_factory.mktemp("release") / "tiny")
+from tests.support import require_tool
 
 
 def _errors(ds, tmp_path):
     path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
-    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    run = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True)
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
-def test_both_analyzers_store_separate_series_and_untrained_is_marked(release, tmp_path_factory, tmp_path):
+def test_both_analyzers_store_separate_series_and_untrained_is_marked(test_release, tmp_path_factory, tmp_path):
     node = EphemeralNode(
         tmp_path_factory.mktemp("deep-node"),
         extra_env={
             "NEURORADIX_ANALYZERS": "lung-hu,deep",
-            "NEURORADIX_WEIGHTS_DIR": str(release),
+            "NEURORADIX_WEIGHTS_DIR": str(test_release),
             "NEURORADIX_ALLOW_UNTRAINED": "true",
             "NEURORADIX_LEASE_SECONDS": "120",
         },

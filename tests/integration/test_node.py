@@ -57,7 +57,7 @@ def _dciodvfy_errors(data: bytes, name: str, tmp_path) -> list[str]:
     """``dciodvfy`` errors of a DICOM file given as the bytes the PACS returned (no meta filled in here)."""
     path = tmp_path / f"{name}.dcm"
     path.write_bytes(data)
-    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    run = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True)
     return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 

@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ from typing import Optional, Sequence
 
 import pydicom
 
-from neuroradix.node.launcher import NodeConfig, sidecar_environment, tighten_permissions
+from neuroradix.node.launcher import NodeConfig, sidecar_environment, spawn_sidecar, tighten_permissions
 from neuroradix.node.orthanc import OrthancProcess, free_port
 from neuroradix.node.senders import Sender, add_sender, ensure_local_sender, load_senders, senders_path
 from neuroradix.pacs.dicomweb import PacsClient
@@ -92,25 +91,7 @@ class EphemeralNode:
         return self
 
     def start_sidecar(self) -> None:
-        log = os.fdopen(os.open(self.root / "sidecar.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
-        self.sidecar = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "neuroradix.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.config.sidecar_port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,
-            umask=0o077,
-        )
-        log.close()
+        self.sidecar = spawn_sidecar(self.config, self.env, self.root / "sidecar.log")
         deadline = time.monotonic() + 180  # a loaded 2-core machine imports torch slowly
         while time.monotonic() < deadline:
             if self.sidecar.poll() is not None:

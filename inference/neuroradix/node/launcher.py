@@ -74,6 +74,31 @@ def _private_log(path: Path):
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
 
 
+def spawn_sidecar(config: NodeConfig, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start ``neuroradix serve`` for ``config`` in its own session, logging to ``log_path`` (0600).
+
+    Used by :func:`up` and by the test harness, so both run the sidecar the same way.
+    """
+    with _private_log(log_path) as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "neuroradix.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(config.sidecar_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            umask=0o077,  # ledger, logs, pid files: the owner's only
+        )
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Ports, credentials and paths of one local node."""
@@ -243,25 +268,7 @@ def up(var_dir: Path, timeout: float = 120.0) -> NodeConfig:
     else:
         orthanc.wait_ready(30)
     if _pid_alive(run / "sidecar.pid") is None:
-        log = _private_log(logs / "sidecar.log")
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "neuroradix.cli",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(config.sidecar_port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=sidecar_environment(config),
-            start_new_session=True,
-            umask=0o077,  # ledger, logs, pid files: the owner's only
-        )
-        log.close()
+        process = spawn_sidecar(config, sidecar_environment(config), logs / "sidecar.log")
         _private_file(run / "sidecar.pid", str(process.pid))
     wait_ready(config.sidecar_url + "/readyz", timeout, "the sidecar", logs / "sidecar.log")
     write_env_file(var_dir / "node.env", config.node_env(), "written by 'make up': source it to reach the node")
