@@ -9,7 +9,10 @@ VAR ?= var
 # Where `neuroradix viewer` (and the browser tests) find app-config.js and OHIF's node_modules.
 export NEURORADIX_VIEWER_DIR ?= $(CURDIR)/viewer
 TORCH_VERSION ?= 2.13.0
-DEBIAN_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-gdcm dicom3tools dcmtk chromium poppler-utils postgresql
+DEBIAN_PACKAGES := orthanc orthanc-python orthanc-dicomweb orthanc-gdcm orthanc-postgresql dicom3tools dcmtk chromium poppler-utils postgresql
+# make up LEDGER=postgresql ORTHANC_INDEX=postgresql: both on a local cluster in $(VAR)/postgres (docs/scale-out.md)
+LEDGER ?=
+ORTHANC_INDEX ?= sqlite
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup system-deps venv viewer-deps demo lint test test-fast up down status bench viewer train-smoke clean
@@ -65,7 +68,7 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not integration and not browser and not slow"
 
 up: setup
-	$(PY) -m neuroradix.cli up --var $(VAR)
+	$(PY) -m neuroradix.cli up --var $(VAR) --ledger "$(LEDGER)" --orthanc-index $(ORTHANC_INDEX)
 
 down:
 	@if [ -x $(PY) ]; then $(PY) -m neuroradix.cli down --var $(VAR); else echo "nothing to stop"; fi
@@ -78,10 +81,13 @@ viewer: up
 
 bench: setup
 	$(PY) scripts/bench.py --models --out docs/benchmarks.md
+	$(PY) scripts/bench_scale.py --studies 40 --workers 1 2 3 --markdown docs/benchmarks.md
 
+# ENCODER=vit: the contrastive 3D ViT, the head on its tokens and a vit release instead of stages 1-3
+ENCODER ?= swinunetr
 train-smoke: venv
-	$(PY) -m neuroradix.cli train-smoke --work $(VAR)/train-smoke
-	$(PY) -m pytest -q -m smoke tests/training -k "not smoke_pipeline"  # resume after SIGKILL, torchrun
+	$(PY) -m neuroradix.cli train-smoke --encoder $(ENCODER) --work $(VAR)/train-smoke
+	if [ "$(ENCODER)" = swinunetr ]; then $(PY) -m pytest -q -m smoke tests/training -k "not smoke_pipeline"; fi  # resume after SIGKILL, torchrun
 
 clean: down
 	rm -rf $(VAR)

@@ -5,19 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from neuroradix.analyzers.registry import ANALYZER_NAMES, build_analyzers
 from neuroradix.config import PipelineSettings, SegType, load_settings
-from neuroradix.errors import NeuroRadixError
+from neuroradix.errors import ConfigError, NeuroRadixError
 from neuroradix.jobs.ledger import Ledger
+from neuroradix.jobs.metrics import JsonFormatter, multiprocess_dir, prepare_multiprocess_dir
 from neuroradix.jobs.reconciler import sweep
-from neuroradix.jobs.worker import Worker
 from neuroradix.node.demo import run_demo
 from neuroradix.node.launcher import down, dump_status, up
 from neuroradix.node.serve import serve
+from neuroradix.node.worker_host import load_env_file, run_worker, run_worker_host, without_api_token
 from neuroradix.offline import FolderSink, read_folder, read_zip
 from neuroradix.pacs.dicomweb import PacsClient
 from neuroradix.pipeline import LocalSource, process_study
@@ -28,12 +30,15 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if os.environ.get("NEURORADIX_LOG_FORMAT", "").strip().lower() == "json":  # one JSON object per line
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     for noisy in ("highdicom", "openjpeg", "pydicom", "dicomweb_client", "httpx", "urllib3", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    config = up(args.var)
+    config = up(args.var, ledger=args.ledger, orthanc_index=args.orthanc_index)
     print(
         f"Node is up. Orthanc {config.orthanc_url} (DICOM {config.aet}@127.0.0.1:{config.dicom_port}), "
         f"sidecar {config.sidecar_url}.\nCredentials and URLs: {args.var.resolve() / 'node.env'}"
@@ -57,12 +62,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    serve(load_settings(), args.host, args.port)
+    settings = load_settings()
+    prepare_multiprocess_dir(multiprocess_dir(settings.var_dir))  # the workers it starts write their metrics there
+    serve(settings, args.host, args.port)
     return 0
 
 
-def _cmd_worker(_args: argparse.Namespace) -> int:
-    Worker(load_settings()).run_forever()
+def _cmd_worker(args: argparse.Namespace) -> int:
+    try:
+        if args.env_file:
+            load_env_file(args.env_file)
+        if args.device:
+            os.environ["NEURORADIX_DEVICE"] = args.device
+        without_api_token()
+        settings = load_settings()
+        if args.count == 1 and args.metrics_port is None:
+            run_worker(settings, args.index)
+        else:
+            run_worker_host(settings, args.count, args.metrics_port)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -105,8 +125,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     sink = FolderSink(args.out)
     try:
         source = Path(args.input)
-        datasets = read_zip(source, settings.max_upload_bytes) if source.is_file() else read_folder(source)
-        outcome = process_study(LocalSource(datasets), [sink], settings, build_analyzers(settings))
+        if source.is_file():
+            datasets = read_zip(source, settings.max_upload_expanded_bytes, max_ratio=settings.max_zip_member_ratio)
+        else:
+            datasets = read_folder(source)
+        outcome = process_study(LocalSource(datasets, release_pixels=True), [sink], settings, build_analyzers(settings))
     except NeuroRadixError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -130,12 +153,26 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("--var", type=Path, default=Path("var"), help="state directory (default ./var)")
         p.set_defaults(func=func)
+        if name == "up":
+            p.add_argument(
+                "--ledger",
+                choices=("", "sqlite", "postgresql"),
+                default="",
+                help="postgresql: a local cluster in VAR/postgres (default: NEURORADIX_LEDGER_URL, else as before)",
+            )
+            p.add_argument("--orthanc-index", choices=("sqlite", "postgresql"), default="sqlite")
 
     p = sub.add_parser("serve", help="run the sidecar (API + workers) in the foreground")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=_cmd_serve)
-    sub.add_parser("worker", help="run one worker process").set_defaults(func=_cmd_worker)
+    p = sub.add_parser("worker", help="run worker processes only (no API, no reconciler): join a node's queue")
+    p.add_argument("--env-file", type=Path, help="KEY=VALUE settings, e.g. var/worker.env (set variables win)")
+    p.add_argument("--device", help="torch device of the deep analyzer: cpu, cuda, cuda:N (default auto)")
+    p.add_argument("--count", type=int, default=1, help="worker processes on this host (default 1)")
+    p.add_argument("--metrics-port", type=int, help="serve these workers' Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)  # set by the parent process
+    p.set_defaults(func=_cmd_worker)
     sub.add_parser("reconcile", help="one reconciler sweep").set_defaults(func=_cmd_reconcile)
 
     p = sub.add_parser("analyze", help="analyze a folder or zip of DICOM files without a PACS")

@@ -67,16 +67,21 @@ class PipelineSettings(BaseSettings):
     analyzers: Annotated[tuple[str, ...], NoDecode] = ("lung-hu",)  # env: "lung-hu,deep"
     weights_dir: Optional[Path] = None  # release folder for the deep-learning analyzer
     allow_untrained: bool = False  # test-only: run random weights, marked UNTRAINED - TEST OUTPUT
+    device: str = "auto"  # torch device of the deep analyzer: auto, cpu, cuda, cuda:N (neuroradix worker --device)
     seg_type: SegType = DEFAULT_SEG_TYPE
     seg_compress: bool = True  # BINARY: JPEG 2000 lossless; False: uncompressed (for viewers that need it)
     pmap_grid: PmapGrid = DEFAULT_PMAP_GRID
     # Per-node secret of the output UIDs (keyed hash, neuroradix.uids.derive_uid): others cannot compute
     # them; reruns stay idempotent. "" (neuroradix analyze without a node) derives public UIDs.
     uid_key: SecretStr = SecretStr("")
-    # Input limits (a huge study fails with a reason instead of exhausting memory)
-    max_series_instances: int = 2000
-    max_volume_voxels: int = 600 * 512 * 512
-    max_upload_bytes: int = 2 * 1024**3
+    # Input limits (docs/reliability.md "Limits"): checked from metadata before pixels are fetched or
+    # decoded; a study over one fails with the numbers and the setting's name instead of exhausting memory.
+    max_series_instances: int = Field(2000, ge=1)  # instances (slices) of the analyzed series
+    max_volume_voxels: int = Field(1000 * 512 * 512, ge=1)  # 1,000 x 512^2 (or 250 x 1024^2): 1 GiB float32
+    max_image_side: int = Field(2048, ge=1)  # Rows and Columns of a slice
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1)  # an uploaded zip as sent
+    max_upload_expanded_bytes: int = Field(4 * 1024**3, ge=1)  # the zip's members uncompressed, in all
+    max_zip_member_ratio: float = Field(200.0, gt=1)  # uncompressed / compressed size of a member of 1 MiB+
 
     @field_validator("weights_dir", mode="before")
     @classmethod
@@ -120,31 +125,59 @@ class Settings(PipelineSettings):
     orthanc_url: str = Field(validation_alias=_env("ORTHANC_URL"))
     orthanc_user: str = Field(validation_alias=_env("ORTHANC_USER"))
     orthanc_password: SecretStr = Field(validation_alias=_env("ORTHANC_PASSWORD"))
-    # Bearer token clients must present to the sidecar's API.
+    # Bearer token clients must present to the sidecar's API: the admin token (every route).
     sidecar_token: SecretStr = Field(validation_alias=_env("SIDECAR_TOKEN"))
+    # Scoped tokens (optional, no defaults; see neuroradix.api.deps and docs/security.md): the
+    # Orthanc plugin's may only queue a study (POST /v1/jobs), a reader's only GET /v1/... and /metrics.
+    sidecar_plugin_token: Optional[SecretStr] = Field(None, validation_alias=_env("SIDECAR_PLUGIN_TOKEN"))
+    sidecar_reader_token: Optional[SecretStr] = Field(None, validation_alias=_env("SIDECAR_READER_TOKEN"))
+    # /readyz answers from a check at most this old, so anonymous calls cannot flood the PACS.
+    readyz_cache_seconds: float = 5.0
 
     var_dir: Path = Path("var")
     ledger_url: Optional[str] = None  # default: sqlite file under var_dir
     # Jobs
     lease_seconds: float = 120.0
-    max_attempts: int = 5
+    max_attempts: int = 5  # claims ended by a bug, a timeout or a lost worker (not by transient errors)
     retry_base_seconds: float = 5.0
-    retry_max_seconds: float = 300.0
+    retry_max_seconds: float = 120.0  # backoff cap: a job runs again within this long after an outage ends
+    retry_window_seconds: float = 86400.0  # transient errors (PACS down, 401/403 ...) are retried this long
+    retry_jitter: float = 0.2  # each delay is drawn from [(1 - jitter) * d, d]
+    job_timeout_seconds: float = 1800.0  # past it the worker records "timed out" and its process ends
     poll_seconds: float = 1.0
-    workers: int = 1
+    workers: int = Field(1, ge=0)  # worker processes beside the API; 0: workers run elsewhere (neuroradix worker)
+    worker_restart_max_seconds: float = 60.0  # a crashing worker is restarted after 1 s, 2 s ... up to this
+    worker_stable_seconds: float = 60.0  # a worker that ran this long resets its restart backoff
     reconcile_interval_seconds: float = 60.0
     reconcile_settle_seconds: float = 30.0  # a study found by the sweep waits this long first
+    reconcile_verify_per_sweep: int = 50  # succeeded studies whose results are checked in the PACS per sweep
     http_timeout_seconds: float = 120.0
+    # POST /v1/analyze: uploads received at once by one API process; one more is answered 429 + Retry-After
+    max_concurrent_uploads: int = Field(2, ge=1)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if len(self.sidecar_token.get_secret_value()) < 16:
             raise ValueError("SIDECAR_TOKEN must be a real secret of 16+ characters (make up generates one)")
+        scoped = {"SIDECAR_PLUGIN_TOKEN": self.sidecar_plugin_token, "SIDECAR_READER_TOKEN": self.sidecar_reader_token}
+        for name, token in scoped.items():
+            if token is not None and len(token.get_secret_value()) < 16:
+                raise ValueError(f"{name} must be a real secret of 16+ characters when set (make up generates one)")
+        values = [t.get_secret_value() for t in (self.sidecar_token, *scoped.values()) if t is not None]
+        if len(set(values)) != len(values):
+            raise ValueError("SIDECAR_TOKEN, SIDECAR_PLUGIN_TOKEN and SIDECAR_READER_TOKEN must all differ")
+        if self.readyz_cache_seconds < 0:
+            raise ValueError("readyz_cache_seconds must be >= 0")
         if not self.orthanc_password.get_secret_value():
             raise ValueError("ORTHANC_PASSWORD must not be empty")
         if self.lease_seconds <= 3 * self.poll_seconds:
             raise ValueError("lease_seconds must be well above poll_seconds")
         return self
+
+    @field_validator("sidecar_plugin_token", "sidecar_reader_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @property
     def dicomweb_url(self) -> str:

@@ -16,6 +16,21 @@ class TransientError(NeuroRadixError):
     """Something outside the node is down or busy (PACS unreachable, timeout): try again later."""
 
 
+class PacsAuthError(TransientError):
+    """The PACS refused the node's credentials (HTTP 401/403): a rotated password, or an account
+    without the permission. Retried like any outage (it heals once the operator fixes the
+    credentials); ``/readyz`` is red meanwhile and says why.
+    """
+
+
+class PartialStoreError(TransientError):
+    """The PACS stored only some of the node's objects (STOW-RS ``FailedSOPSequence``).
+
+    Retried like an outage (a full disk, a restart mid-request): the rerun deletes the node's own
+    series before storing them again, so no partial result stays behind.
+    """
+
+
 class LedgerUnavailableError(TransientError):
     """The job ledger's database refused a write several times in a row (disk full, locked, connection lost).
 
@@ -30,6 +45,12 @@ class BadInputError(NeuroRadixError):
 
 class UndecodablePixelsError(BadInputError):
     """The pixel data cannot be decoded here (an unsupported transfer syntax): the PACS may transcode it."""
+
+
+class InputTooLargeError(BadInputError):
+    """The input exceeds a configured limit (slices, voxels, image size, upload size): the message gives
+    the numbers and the setting that raises the limit. Found from metadata, before anything is fetched
+    or decoded where the source allows."""
 
 
 class NotEligibleError(NeuroRadixError):

@@ -2,6 +2,14 @@
 
 Reading: a folder or a zip of one study becomes datasets (:func:`read_folder`, :func:`read_zip`);
 :func:`inspect_zip` checks an uploaded zip (safety, DICOM headers, one study) without decoding pixels.
+
+Every way a zip can be unusable ends in :class:`BadInputError` naming the reason, never another
+exception: not a zip, truncated (no central directory), empty, an encrypted member, a compression
+method this Python cannot read, a corrupt member (bad CRC-32, damaged data), unsafe paths, too many
+members. Zip bombs are refused from the central directory, before anything is expanded: the total
+uncompressed size (``max_bytes``) and each member's compression ratio (``max_ratio``, for members of
+:data:`RATIO_MIN_BYTES` or more) raise :class:`InputTooLargeError`. The sizes a member declares are
+the most that reading it can give (``zipfile`` stops there and then checks the CRC).
 Writing: a results archive (DICOM objects, ``labels.nii.gz`` per analyzer, ``results.json``) as
 ``(name, bytes)`` entries written to a folder or a zip. The processing itself is
 :func:`neuroradix.pipeline.process_study`.
@@ -12,16 +20,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import lzma
 import shutil
 import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterable, Optional, Sequence, Union
+from typing import IO, BinaryIO, Iterable, Iterator, Optional, Sequence, Union
 
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from neuroradix.errors import BadInputError
+from neuroradix.errors import BadInputError, InputTooLargeError
 from neuroradix.imaging.nifti import volume_to_nifti_bytes
 from neuroradix.pipeline import PipelineOutcome
 
@@ -29,6 +40,18 @@ LOG = logging.getLogger(__name__)
 
 MAX_MEMBERS = 5000
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+DEFAULT_MAX_RATIO = 200.0
+"""A member's largest uncompressed/compressed size ratio (the setting ``max_zip_member_ratio``)."""
+RATIO_MIN_BYTES = 1024**2
+"""Members smaller than this are not held to the ratio (a blank slice compresses ~1000x, harmlessly)."""
+METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
+"""The compression methods read here (method number -> name)."""
+_CORRUPT = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError)
 
 
 def _read(data: bytes, name: str) -> pydicom.Dataset:
@@ -38,28 +61,82 @@ def _read(data: bytes, name: str) -> pydicom.Dataset:
         raise BadInputError(f"{name}: not a DICOM file ({exc.__class__.__name__})") from exc
 
 
-def _open_zip(data: Union[bytes, Path]) -> zipfile.ZipFile:
+def _head(data: Union[bytes, Path, BinaryIO]) -> bytes:
+    """The first 4 bytes of the archive (to tell a truncated zip from something else)."""
+    if isinstance(data, bytes):
+        return data[:4]
+    if isinstance(data, Path):
+        with data.open("rb") as handle:
+            return handle.read(4)
+    position = data.tell()
+    head = data.read(4)
+    data.seek(position)
+    return head
+
+
+def _open_zip(data: Union[bytes, Path, BinaryIO]) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise BadInputError(f"not a zip archive: {exc}") from exc
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        head = _head(data)
+        if not head:
+            raise BadInputError("not a zip archive: the file is empty") from exc
+        if head in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08"):
+            raise BadInputError(
+                f"the zip archive is truncated or damaged: its central directory is missing or unreadable ({exc})"
+            ) from exc
+        raise BadInputError(f"not a zip archive (it starts with the bytes {head!r}): {exc}") from exc
 
 
-def _safe_members(archive: zipfile.ZipFile, max_bytes: int) -> list[zipfile.ZipInfo]:
-    """The archive's files, after refusing traversal, links, bombs and too many members."""
+def _safe_members(
+    archive: zipfile.ZipFile, max_bytes: int, max_ratio: float = DEFAULT_MAX_RATIO
+) -> list[zipfile.ZipInfo]:
+    """The archive's files, after refusing traversal, links, bombs, unreadable members and too many members."""
     members = [m for m in archive.infolist() if not m.is_dir()]
     if not members:
-        raise BadInputError("the zip archive holds no files")
+        raise BadInputError("the zip archive is empty: it holds no files")
     if len(members) > MAX_MEMBERS:
         raise BadInputError(f"zip has {len(members)} files, more than {MAX_MEMBERS}")
     total = sum(m.file_size for m in members)
     if total > max_bytes:
-        raise BadInputError(f"zip expands to {total} bytes, more than the limit of {max_bytes}")
+        raise InputTooLargeError(
+            f"zip expands to {total:,} bytes, more than the limit of {max_bytes:,} "
+            "(setting NEURORADIX_MAX_UPLOAD_EXPANDED_BYTES)"
+        )
     for m in members:
         path = PurePosixPath(m.filename.replace("\\", "/"))
         if path.is_absolute() or ".." in path.parts or (m.external_attr >> 16) & 0o170000 == 0o120000:
             raise BadInputError(f"zip member {m.filename!r} has an unsafe path (absolute, '..' or a link)")
+        if m.flag_bits & 0x1:
+            raise BadInputError(f"zip member {m.filename!r} is encrypted: send the study in a zip without a password")
+        if m.compress_type not in METHODS:
+            raise BadInputError(
+                f"zip member {m.filename!r} uses compression method {m.compress_type}, which cannot be read here: "
+                f"use one of {', '.join(METHODS.values())}"
+            )
+        ratio = m.file_size / max(m.compress_size, 1)
+        if m.file_size >= RATIO_MIN_BYTES and ratio > max_ratio:
+            raise InputTooLargeError(
+                f"zip member {m.filename!r} expands {ratio:.0f}x ({m.compress_size:,} to {m.file_size:,} bytes), "
+                f"more than the limit of {max_ratio:g}x (setting NEURORADIX_MAX_ZIP_MEMBER_RATIO): a zip bomb?"
+            )
     return members
+
+
+@contextmanager
+def _member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Iterator[IO[bytes]]:
+    """Open a member; damage found while reading it becomes :class:`BadInputError` naming it."""
+    try:
+        with archive.open(member) as stream:
+            yield stream
+    except _CORRUPT as exc:
+        raise BadInputError(f"zip member {member.filename!r} is corrupt or truncated: {exc}") from exc
+
+
+def _drain(stream: IO[bytes]) -> None:
+    """Read a member to its end, so that ``zipfile`` checks its CRC-32."""
+    while stream.read(1024**2):
+        pass
 
 
 def _not_dicom(bad: Sequence[str]) -> BadInputError:
@@ -67,29 +144,39 @@ def _not_dicom(bad: Sequence[str]) -> BadInputError:
     return BadInputError(f"{len(bad)} zip member(s) are not DICOM files: {shown}")
 
 
-def read_zip(data: Union[bytes, Path], max_bytes: int) -> list[pydicom.Dataset]:
-    """Read every member of a zip as DICOM, refusing traversal, bombs and non-DICOM members.
+def read_zip(
+    data: Union[bytes, Path], max_bytes: int, *, max_ratio: float = DEFAULT_MAX_RATIO
+) -> list[pydicom.Dataset]:
+    """Read every member of a zip as DICOM, refusing traversal, bombs, unreadable and non-DICOM members.
 
     Parameters
     ----------
     data:
         The archive's bytes, or the path of a zip file.
     max_bytes:
-        Limit on the members' total uncompressed size.
+        Limit on the members' total uncompressed size (``max_upload_expanded_bytes``).
+    max_ratio:
+        Limit on a member's compression ratio (``max_zip_member_ratio``).
 
     Raises
     ------
+    InputTooLargeError
+        The archive expands beyond ``max_bytes``, or a member beyond ``max_ratio``.
     BadInputError
-        Naming what is wrong (not a zip, unsafe path, too large, members that are not DICOM).
+        Naming what is wrong (not a zip, truncated, empty, encrypted, unknown method, corrupt
+        member, unsafe path, members that are not DICOM).
     """
     with _open_zip(data) as archive:
-        members = _safe_members(archive, max_bytes)
+        members = _safe_members(archive, max_bytes, max_ratio)
         datasets, bad = [], []
         for m in members:
+            with _member(archive, m) as stream:
+                raw = stream.read()
             try:
-                datasets.append(_read(archive.read(m), m.filename))
+                datasets.append(_read(raw, m.filename))
             except BadInputError:
                 bad.append(m.filename)
+            del raw
         if bad:
             raise _not_dicom(bad)
     return [ds for ds in datasets if str(ds.get("SOPClassUID", "")) != DICOMDIR_CLASS]
@@ -103,26 +190,36 @@ class ZipInventory:
     study_uid: str
 
 
-def inspect_zip(path: Union[Path, BinaryIO], max_bytes: int) -> ZipInventory:
-    """Check an uploaded zip of one study: safe members, DICOM headers, exactly one study.
+def inspect_zip(path: Union[Path, BinaryIO], max_bytes: int, *, max_ratio: float = DEFAULT_MAX_RATIO) -> ZipInventory:
+    """Check an uploaded zip of one study: safe and readable members, DICOM headers, exactly one study.
 
-    Reads each member's header only (pixel data is neither loaded nor decoded), so it is cheap
-    enough for the API process.
+    Parses each member's header only (pixel data is neither kept nor decoded) but reads every member
+    to its end in 1 MiB pieces, so that a bad CRC-32 or damaged data is found here, with its reason,
+    and not later in a worker. Memory stays small: cheap enough for the API process.
 
     Raises
     ------
+    InputTooLargeError
+        The archive expands beyond ``max_bytes``, or a member beyond ``max_ratio``.
     BadInputError
-        With the reason the archive cannot be analyzed.
+        With the reason the archive cannot be analyzed (see :func:`read_zip`).
     """
-    with _open_zip(path) as archive:  # type: ignore[arg-type]
-        members = _safe_members(archive, max_bytes)
+    with _open_zip(path) as archive:
+        members = _safe_members(archive, max_bytes, max_ratio)
         studies: set[str] = set()
         bad, n_files = [], 0
         for m in members:
-            try:
-                with archive.open(m) as stream:
+            with _member(archive, m) as stream:
+                try:
                     ds = pydicom.dcmread(stream, stop_before_pixels=True)
-            except (InvalidDicomError, EOFError, ValueError, OSError, zipfile.BadZipFile):
+                except (InvalidDicomError, ValueError, TypeError, KeyError, AttributeError):
+                    ds = None
+                except _CORRUPT as exc:
+                    if isinstance(exc, (zipfile.BadZipFile, zlib.error, lzma.LZMAError)):
+                        raise
+                    ds = None  # EOFError/OSError: a short or odd file, not DICOM (the CRC is checked below)
+                _drain(stream)
+            if ds is None:
                 bad.append(m.filename)
                 continue
             if str(ds.get("SOPClassUID", "")) == DICOMDIR_CLASS:

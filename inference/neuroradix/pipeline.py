@@ -1,4 +1,4 @@
-"""One study through the pipeline: select -> fetch -> decode -> assemble -> analyze -> encode -> store.
+"""One study through the pipeline: select -> fetch -> assemble -> decode -> analyze -> encode -> store.
 
 The one process-study flow of the node: the worker runs it with a :class:`PacsSource` (QIDO-RS /
 WADO-RS) and a :class:`PacsSink` (STOW-RS), ``neuroradix analyze`` and uploaded studies with a
@@ -10,10 +10,12 @@ stage       does                                                  gives
 ==========  ====================================================  =================================
 select      series summaries, candidates' instance metadata,      :class:`~neuroradix.pacs.series.Candidate`
             then the pure :func:`~neuroradix.pacs.series.select_series`
+            with the size limits (no pixel fetched yet)
 fetch       the chosen series' instances                          datasets
-decode      every slice's pixel data (PACS transcoding on         decoded datasets
-            :class:`~neuroradix.errors.UndecodablePixelsError`)
-assemble    sort, geometry, HU                                    :class:`AssembledSeries`
+assemble    size limits again (headers), sort, geometry          :class:`~neuroradix.imaging.volume.SeriesLayout`
+decode      one float32 volume allocated, each slice decoded      :class:`AssembledSeries`
+            into it and its pixel data dropped (PACS
+            transcoding on :class:`~neuroradix.errors.UndecodablePixelsError`)
 analyze     each analyzer (no I/O)                                :class:`~neuroradix.types.StudyResult`
 encode      SEG / Parametric Maps / SR / PDF                      datasets
 store       each sink                                             --
@@ -38,7 +40,7 @@ from neuroradix.analyzers.base import Analyzer
 from neuroradix.analyzers.registry import Unavailable
 from neuroradix.config import PipelineSettings
 from neuroradix.errors import BadInputError, NotConfiguredError, UndecodablePixelsError
-from neuroradix.imaging.volume import AssembledSeries, GeometryLimits, assemble
+from neuroradix.imaging.volume import AssembledSeries, SizeLimits, decode, plan
 from neuroradix.pacs.dicomweb import PacsClient
 from neuroradix.pacs.series import candidate_uids, load_rules, select_series, source_fingerprint
 from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary
@@ -74,6 +76,7 @@ class Source(Protocol):
 
     study_uid: str
     can_transcode: bool  # whether :meth:`datasets` can return the pixels in a syntax decodable here
+    owns_datasets: bool  # whether :meth:`datasets` returns objects the pipeline may strip of pixel data
 
     def series(self) -> list[SeriesSummary]:
         """The study's series."""
@@ -92,6 +95,7 @@ class PacsSource:
     """A study in the PACS: QIDO-RS for series, WADO-RS for metadata and instances."""
 
     can_transcode = True
+    owns_datasets = True  # each fetch is a fresh copy
 
     def __init__(self, pacs: PacsClient, study_uid: str) -> None:
         self.pacs, self.study_uid = pacs, study_uid
@@ -112,6 +116,14 @@ class PacsSource:
 class LocalSource:
     """A study given as datasets (read from a folder or zip).
 
+    Parameters
+    ----------
+    datasets:
+        The study's instances.
+    release_pixels:
+        Let the pipeline drop each slice's pixel data once decoded (the datasets keep their headers),
+        so a large series is not held twice; for callers that read the files only for this study.
+
     Raises
     ------
     BadInputError
@@ -120,7 +132,8 @@ class LocalSource:
 
     can_transcode = False
 
-    def __init__(self, datasets: Sequence[pydicom.Dataset]) -> None:
+    def __init__(self, datasets: Sequence[pydicom.Dataset], *, release_pixels: bool = False) -> None:
+        self.owns_datasets = release_pixels
         studies = {str(ds.get("StudyInstanceUID", "")) for ds in datasets}
         if len(studies) != 1 or not next(iter(studies)):
             raise BadInputError(f"the input must hold exactly one study, found {len(studies)}")
@@ -255,29 +268,31 @@ class PacsSink:
 
 
 # --- stages -------------------------------------------------------------------------------------
-def decode_pixels(datasets: Sequence[pydicom.Dataset]) -> None:
-    """Decode every slice once (pydicom caches the array).
+def size_limits(settings: PipelineSettings) -> SizeLimits:
+    """The input size limits of ``settings``."""
+    return SizeLimits(
+        max_instances=settings.max_series_instances,
+        max_voxels=settings.max_volume_voxels,
+        max_rows_columns=settings.max_image_side,
+    )
+
+
+def load_volume(
+    datasets: Sequence[pydicom.Dataset], settings: PipelineSettings, timer: StageTimer, *, release: bool = False
+) -> AssembledSeries:
+    """The assemble and decode stages: limits and geometry from the headers, then each slice decoded into one volume.
+
+    With ``release`` each slice's pixel data is dropped once decoded (see :func:`~neuroradix.imaging.volume.decode`).
 
     Raises
     ------
     UndecodablePixelsError
         Naming the transfer syntax that could not be decoded.
     """
-    for ds in datasets:
-        try:
-            ds.pixel_array  # noqa: B018 - decoding is the point
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for undecodable data
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-            name = getattr(syntax, "name", str(syntax))
-            raise UndecodablePixelsError(f"cannot decode pixel data (transfer syntax {name}): {exc}") from exc
-
-
-def load_volume(datasets: Sequence[pydicom.Dataset], settings: PipelineSettings, timer: StageTimer) -> AssembledSeries:
-    """The decode and assemble stages."""
-    with timer.stage("decode"):
-        decode_pixels(datasets)
     with timer.stage("assemble"):
-        return assemble(datasets, GeometryLimits(max_voxels=settings.max_volume_voxels))
+        layout = plan(datasets, size=size_limits(settings))
+    with timer.stage("decode"):
+        return decode(layout, release=release)
 
 
 def analyze_volume(
@@ -360,25 +375,27 @@ def process_study(
     tag = short_hash(source.study_uid)
     timer = timer if timer is not None else StageTimer()
     rules = load_rules()
+    limits = size_limits(settings)
     with timer.stage("select"):
         series = source.series()
         timer.fingerprint = source_fingerprint(series, MANUFACTURER)
-        metadata = {uid: source.instances(uid) for uid in candidate_uids(series, rules, MANUFACTURER)}
-        chosen = select_series(series, metadata, rules, MANUFACTURER)
-    if chosen.n_slices > settings.max_series_instances:
-        raise BadInputError(f"series has {chosen.n_slices} instances, above the limit {settings.max_series_instances}")
+        metadata = {uid: source.instances(uid) for uid in candidate_uids(series, rules, MANUFACTURER, limits)}
+        chosen = select_series(series, metadata, rules, MANUFACTURER, limits)
+        del metadata
     LOG.info("study %s: series of %d slices selected", tag, chosen.n_slices)
     with timer.stage("fetch"):
         datasets = source.datasets(chosen.series_uid)
     try:
-        assembled = load_volume(datasets, settings, timer)
+        assembled = load_volume(datasets, settings, timer, release=source.owns_datasets)
     except UndecodablePixelsError as exc:
         if not source.can_transcode:
             raise
         LOG.warning("study %s: local decoding failed (%s); asking the PACS to transcode", tag, exc)
+        del datasets
         with timer.stage("fetch"):
             datasets = source.datasets(chosen.series_uid, transcode=True)
-        assembled = load_volume(datasets, settings, timer)
+        assembled = load_volume(datasets, settings, timer, release=source.owns_datasets)
+    del datasets  # the assembled series keeps the headers the writers need
     outcomes = analyze_volume(assembled, analyzers, settings, timer)
     outcome = PipelineOutcome(
         source.study_uid,

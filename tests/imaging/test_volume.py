@@ -9,9 +9,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from neuroradix.errors import BadInputError
-from neuroradix.imaging.volume import assemble
+from neuroradix.config import PipelineSettings
+from neuroradix.errors import BadInputError, InputTooLargeError, UndecodablePixelsError
+from neuroradix.imaging import volume as volume_module
+from neuroradix.imaging.volume import SizeLimits, assemble
 from neuroradix.models.remap import load_remap
+from neuroradix.pipeline import size_limits
 from tests.factory import ct_series
 from tests.support import real_ct
 
@@ -103,7 +106,7 @@ def test_gantry_tilt_is_kept_exactly_and_reported():
 def test_undecodable_pixels_fail_with_transfer_syntax():
     datasets = ct_series(_marked())
     datasets[0].file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"  # JPEG baseline, but raw bytes inside
-    with pytest.raises(BadInputError, match="cannot decode"):
+    with pytest.raises(UndecodablePixelsError, match="cannot decode"):  # the pipeline asks the PACS to transcode
         assemble(datasets)
 
 
@@ -135,8 +138,102 @@ def test_real_jpeg2000_series_matches_its_reference_segmentation_grid(abdomen_di
     assert spleen_x > 0 > liver_x
 
 
-def test_huge_series_fails_before_decoding():
-    from neuroradix.imaging.volume import GeometryLimits
+def _no_decoding(monkeypatch):
+    """Make any pixel decoding fail loudly: the checks must come before it."""
 
-    with pytest.raises(BadInputError, match="too large"):
-        assemble(ct_series(_marked()), GeometryLimits(max_voxels=1000))
+    def refuse(ds):
+        raise AssertionError("pixel data was decoded")
+
+    monkeypatch.setattr(volume_module, "_decode", refuse)
+
+
+def test_huge_series_fails_before_decoding(monkeypatch):
+    _no_decoding(monkeypatch)
+    with pytest.raises(
+        InputTooLargeError,
+        match=r"12 x 16 x 20 = 3,840 voxels exceeds the limit of 1,000.*NEURORADIX_MAX_VOLUME_VOXELS",
+    ):
+        assemble(ct_series(_marked()), size=SizeLimits(max_voxels=1000))
+
+
+@pytest.mark.parametrize(
+    "limits,kwargs,error,match",
+    [
+        (
+            SizeLimits(),
+            {"n_instances": 5000, "rows": 512, "columns": 512},
+            InputTooLargeError,
+            "5000 instances.*2000.*NEURORADIX_MAX_SERIES_INSTANCES",
+        ),
+        (
+            SizeLimits(),
+            {"n_instances": 100, "rows": 65535, "columns": 512},
+            InputTooLargeError,
+            "65535 x 512.*2048.*NEURORADIX_MAX_IMAGE_SIDE",
+        ),
+        (
+            SizeLimits(),
+            {"n_instances": 1001, "rows": 512, "columns": 512},
+            InputTooLargeError,
+            "1001 x 512 x 512.*NEURORADIX_MAX_VOLUME_VOXELS",
+        ),
+        (SizeLimits(), {"n_instances": 251, "rows": 1024, "columns": 1024}, InputTooLargeError, "251 x 1024 x 1024"),
+        (
+            SizeLimits(),
+            {"n_instances": 100, "rows": 512, "columns": 512, "frames": 100000},
+            BadInputError,
+            "100000 frames",
+        ),
+        (
+            SizeLimits(),
+            {"n_instances": 100, "rows": 512, "columns": 512, "bits_allocated": 64},
+            BadInputError,
+            "BitsAllocated 64",
+        ),
+        (SizeLimits(), {"n_instances": 100, "rows": None, "columns": 512}, BadInputError, "missing or not positive"),
+        (SizeLimits(), {"n_instances": 100, "rows": 0, "columns": 512}, BadInputError, "missing or not positive"),
+    ],
+)
+def test_size_limits_refuse_absurd_series_naming_numbers_and_setting(limits, kwargs, error, match):
+    n = kwargs.pop("n_instances")
+    with pytest.raises(error, match=match):
+        limits.check(n, kwargs.pop("rows"), kwargs.pop("columns"), **kwargs)
+
+
+@pytest.mark.parametrize("n,side", [(1000, 512), (800, 512), (250, 1024), (2000, 256)])
+def test_default_limits_take_thin_slice_chest_ct(n, side):
+    SizeLimits().check(n, side, side, bits_allocated=16, frames=1)  # no error: analyzed, not refused
+
+
+def test_settings_drive_the_limits():
+    settings = PipelineSettings(max_series_instances=3, max_volume_voxels=10**6, max_image_side=64)
+    assert size_limits(settings) == SizeLimits(max_instances=3, max_voxels=10**6, max_rows_columns=64)
+    assert size_limits(PipelineSettings()).max_voxels == 1000 * 512 * 512
+    with pytest.raises(ValueError):
+        PipelineSettings(max_volume_voxels=0)
+
+
+def test_absurd_header_values_fail_before_decoding(monkeypatch):
+    _no_decoding(monkeypatch)
+    datasets = ct_series(_marked())
+    datasets[3].NumberOfFrames = 40000
+    with pytest.raises(BadInputError, match="40000 frames"):
+        assemble(datasets)
+    datasets = ct_series(_marked())
+    for ds in datasets:
+        ds.Rows = 65535
+    with pytest.raises(InputTooLargeError, match="65535"):
+        assemble(datasets)
+
+
+def test_release_drops_pixel_data_after_decoding_and_keeps_headers():
+    datasets = ct_series(_marked())
+    kept = assemble(ct_series(_marked())).volume.array
+    result = assemble(datasets, release=True)
+    np.testing.assert_array_equal(result.volume.array, kept)
+    assert result.volume.array.dtype == np.float32
+    assert all("PixelData" not in ds for ds in datasets)
+    assert all(ds.Rows == 16 and ds.ImagePositionPatient for ds in result.datasets)
+    untouched = ct_series(_marked())
+    assemble(untouched)
+    assert all("PixelData" in ds for ds in untouched)

@@ -189,7 +189,38 @@ def test_forged_sr_over_cstore_and_stow_leaves_the_nodes_sr_byte_identical(secur
     assert _count_instances(secure_node) == before
 
 
-def test_a_rerun_replaces_the_nodes_own_results_through_the_sidecar_account(secure_node, processed):
+def _intruder(original: bytes, folder: Path) -> tuple[pydicom.Dataset, Path]:
+    """A new object in the series of ``original`` that does not claim to be the node's (another Manufacturer)."""
+    intruder = _forge(original)
+    intruder.Manufacturer = "Scanner Co"
+    intruder.SOPInstanceUID = pydicom.uid.generate_uid()
+    intruder.file_meta.MediaStorageSOPInstanceUID = intruder.SOPInstanceUID
+    path = folder / f"intruder-{intruder.SOPInstanceUID}.dcm"
+    intruder.save_as(path, enforce_file_format=True)
+    return intruder, path
+
+
+def _refused(sent: subprocess.CompletedProcess) -> bool:
+    return sent.returncode != 0 or "Failed" in sent.stderr or "0124" in sent.stderr
+
+
+def test_a_foreign_instance_in_the_nodes_result_series_is_refused(secure_node, processed, tmp_path):
+    """A known sender cannot slip its own object into a result series (any Manufacturer)."""
+    datasets, job = processed
+    study_uid = str(datasets[0].StudyInstanceUID)
+    _, original = _sr(secure_node, job)
+    intruder, path = _intruder(original, tmp_path)
+    before = _count_instances(secure_node)
+    sent = secure_node.storescu([path], check=False)
+    assert _refused(sent), sent.stderr
+    people = PacsClient(secure_node.config.orthanc_url + "/dicom-web", *secure_node.accounts()["people"])
+    _stow_quietly(people, intruder, study_uid)
+    assert _count_instances(secure_node) == before
+    status, found = _request(secure_node, "people", "POST", "/tools/lookup", str(intruder.SOPInstanceUID).encode())
+    assert status == 200 and json.loads(found) == []
+
+
+def test_a_rerun_replaces_the_nodes_own_results_through_the_sidecar_account(secure_node, processed, tmp_path):
     datasets, job = processed
     study_uid = str(datasets[0].StudyInstanceUID)
     _, original = _sr(secure_node, job)
@@ -200,6 +231,10 @@ def test_a_rerun_replaces_the_nodes_own_results_through_the_sidecar_account(secu
     assert _request(secure_node, "sidecar", "DELETE", f"/series/{source_id}")[0] == 403
     assert _request(secure_node, "viewer", "DELETE", f"/series/{series_id}")[0] == 403
     assert _request(secure_node, "sidecar", "DELETE", f"/series/{series_id}")[0] == 200
+    # Between the rerun's delete and its store, the series UID stays the node's.
+    before = _count_instances(secure_node)
+    assert _refused(secure_node.storescu([_intruder(original, tmp_path)[1]], check=False))
+    assert _count_instances(secure_node) == before
     replacement = _forge(original)  # new content under the same UIDs, as a rerun stores it
     sidecar = PacsClient(secure_node.config.orthanc_url + "/dicom-web", *secure_node.accounts()["sidecar"])
     sidecar.store([replacement], study_uid)
@@ -272,6 +307,103 @@ def test_stow_is_for_the_sidecar_and_people_not_the_viewer(secure_node, tmp_path
             {"Content-Type": 'multipart/related; type="application/dicom"; boundary=B'},
         )
         assert status == expected
+
+
+# --- 3b. scoped sidecar tokens ------------------------------------------------------------
+
+
+def _sidecar(
+    node: EphemeralNode, method: str, path: str, token: str | None, body: bytes | None = None
+) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(node.config.sidecar_url + path, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _tokens(node: EphemeralNode) -> dict[str, str]:
+    c = node.config
+    return {"admin": c.sidecar_token, "reader": c.sidecar_reader_token, "plugin": c.sidecar_plugin_token}
+
+
+def test_each_sidecar_token_against_each_route_class(secure_node, processed):
+    datasets, job = processed
+    study_uid = str(datasets[0].StudyInstanceUID)
+    queue = json.dumps({"study_uid": study_uid}).encode()  # idempotent: the existing job, no new work
+    routes = {
+        "queue": (("POST", "/v1/jobs", queue), {"admin", "plugin"}),
+        "jobs": (("GET", f"/v1/jobs?study_uid={study_uid}", None), {"admin", "reader"}),
+        "job": (("GET", f"/v1/jobs/{job['id']}", None), {"admin", "reader"}),
+        "results": (("GET", f"/v1/studies/{study_uid}/results.zip", None), {"admin", "reader"}),
+        "analyze": (("POST", "/v1/analyze", b""), {"admin"}),
+    }
+    for role, token in _tokens(secure_node).items():
+        for name, ((method, path, body), allowed) in routes.items():
+            status, _ = _sidecar(secure_node, method, path, token, body)
+            if role not in allowed:
+                assert status == 403, (role, name, status)
+            elif name == "analyze":
+                assert status not in (401, 403), (role, name, status)  # an empty upload: refused as such
+            else:
+                assert 200 <= status < 300, (role, name, status)
+            assert _sidecar(secure_node, method, path, None, body)[0] == 401, name
+            assert _sidecar(secure_node, method, path, token[::-1], body)[0] == 401, name
+
+
+def test_the_plugin_hands_off_with_its_own_token_and_orthanc_holds_no_other(secure_node, processed):
+    _, job = processed
+    assert job["trigger"] == "stable-study"  # queued by the plugin, with the plugin's token
+    pid = secure_node.orthanc.process.pid
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    tokens = {item.partition(b"=")[0].decode() for item in environ if b"TOKEN" in item.partition(b"=")[0]}
+    assert tokens == {"NEURORADIX_SIDECAR_PLUGIN_TOKEN"}
+    held = b"\0".join(environ)
+    assert secure_node.config.sidecar_token.encode() not in held
+    assert secure_node.config.sidecar_reader_token.encode() not in held
+
+
+def _raw_post(port: int, path: str, headers: dict, payload: bytes) -> tuple[int, float]:
+    """Announce a huge body, send a little of it, and return (status, seconds to the answer)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        conn.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{head}\r\n".encode() + payload)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer.split(b" ", 2)[1]), time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "role", "expected"),
+    [
+        ("/v1/jobs", "application/json", None, 401),
+        ("/v1/analyze", "application/zip", None, 401),
+        ("/v1/analyze", "multipart/form-data; boundary=x", None, 401),
+        ("/v1/analyze", "application/zip", "reader", 403),
+        ("/v1/jobs", "application/json", "reader", 403),
+    ],
+)
+def test_a_huge_body_without_a_sufficient_token_is_refused_before_it_is_read(
+    secure_node, path, content_type, role, expected
+):
+    headers = {"Content-Type": content_type, "Content-Length": str(10 * 1024**3)}
+    if role is not None:
+        headers["Authorization"] = f"Bearer {_tokens(secure_node)[role]}"
+    uploads = secure_node.root / "uploads"
+    before = sorted(uploads.iterdir()) if uploads.exists() else []
+    status, seconds = _raw_post(secure_node.config.sidecar_port, path, headers, b"{" * 65536)
+    assert status == expected
+    assert (sorted(uploads.iterdir()) if uploads.exists() else []) == before  # nothing spooled
+    print(f"{path} {role or 'anonymous'}: {status} after {seconds * 1000:.0f} ms (10 GB announced)")
 
 
 # --- 4. the viewer proxy -----------------------------------------------------------------
@@ -411,6 +543,22 @@ def test_make_up_keeps_var_private_and_registers_the_local_sender(tmp_path, monk
         assert _modes(var) == []
         secrets = launcher.read_env_file(var / "secrets.env")
         assert {"ORTHANC_SIDECAR_PASSWORD", "ORTHANC_VIEWER_PASSWORD", "UID_KEY"} <= set(secrets)
+        assert {"SIDECAR_PLUGIN_TOKEN", "SIDECAR_READER_TOKEN"} <= set(secrets)
+        assert env["SIDECAR_READER_TOKEN"] == secrets["SIDECAR_READER_TOKEN"]
+        assert secrets["SIDECAR_PLUGIN_TOKEN"] not in env.values()
+
+        def jobs(token: str) -> int:
+            request = urllib.request.Request(
+                env["SIDECAR_URL"] + "/v1/jobs", headers={"Authorization": f"Bearer {token}"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return response.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert [jobs(env["SIDECAR_READER_TOKEN"]), jobs(env["SIDECAR_TOKEN"])] == [200, 200]
+        assert jobs(secrets["SIDECAR_PLUGIN_TOKEN"]) == 403
         echoscu = require_tool("echoscu")
 
         def echo(aet: str) -> int:

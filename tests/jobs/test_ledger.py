@@ -106,6 +106,63 @@ def test_transient_retry_backs_off_then_gives_up(ledger):
     assert failed.state == JobState.FAILED and "gave up after 2 attempts" in failed.error_message
 
 
+def test_transient_retries_are_not_counted_against_max_attempts(ledger):
+    """Retry by time: a job that met only transient errors is claimed again however often it failed."""
+    ledger.enqueue("1.2.3", "v1", max_attempts=2)
+    since = None
+    for n in range(1, 6):
+        job = ledger.claim("w1", 60)
+        assert job is not None and job.attempts == n and job.counted_attempts == 1
+        since = since or job.updated_at
+        state = ledger.retry_transient(job.id, "w1", "TransientError", "PACS down", 0, retrying_since=since)
+        assert state == JobState.QUEUED
+    again = ledger.get(job.id)
+    assert again.transient_attempts == 5 and again.retrying_since == since
+    # a bug now counts: with one counted attempt left the job is retried once more, then fails
+    job = ledger.claim("w1", 60)
+    assert ledger.retry_later(job.id, "w1", "KeyError", "internal error", 0) == JobState.QUEUED
+    job = ledger.claim("w1", 60)
+    assert job.counted_attempts == 2
+    assert ledger.retry_later(job.id, "w1", "KeyError", "internal error", 0) == JobState.FAILED
+    failed = ledger.get(job.id)
+    assert "gave up after 2 attempts" in failed.error_message and failed.retrying_since is None
+
+
+def test_a_job_that_gave_up_on_a_transient_error_is_found_and_a_rerun_resets_it(ledger):
+    ledger.enqueue("1.2.3", "v1")
+    a = ledger.claim("w1", 60)
+    since = a.updated_at
+    ledger.retry_transient(a.id, "w1", "TransientError", "PACS down", 0, retrying_since=since)
+    a = ledger.claim("w1", 60)
+    ledger.fail(a.id, "w1", "TransientError", "gave up after 24 h: PACS down", retrying_since=since)
+    ledger.enqueue("1.2.4", "v1")
+    ledger.enqueue("1.2.5", "v1", source="upload", input_path="/x.zip")
+    b = ledger.claim("w1", 60)
+    ledger.fail(b.id, "w1", "BadInputError", "missing slices")  # not transient: not for the reconciler
+    c = ledger.claim("w1", 60)
+    ledger.fail(c.id, "w1", "TransientError", "gave up", retrying_since=since)  # an upload: no PACS to wait for
+    assert [j.study_uid for j in ledger.gave_up_transient("v1")] == ["1.2.3"]
+    assert ledger.gave_up_transient("v2") == []
+    again, _ = ledger.enqueue("1.2.3", "v1", rerun=True, trigger="reconciler")
+    assert again.state == JobState.QUEUED and again.retrying_since is None and again.transient_attempts == 0
+    assert ledger.gave_up_transient("v1") == []
+
+
+def test_succeeded_after_pages_by_id(ledger):
+    for i in range(4):
+        ledger.enqueue(f"1.2.{i}", "v1")
+    for _ in range(4):
+        job = ledger.claim("w1", 60)
+        if job.study_uid == "1.2.2":
+            ledger.fail(job.id, "w1", "BadInputError", "x")
+        else:
+            ledger.succeed(job.id, "w1", input_series_uid=None, output_uids=[], timings={}, details={})
+    first = ledger.succeeded_after("v1", 0, 2)
+    assert [j.study_uid for j in first] == ["1.2.0", "1.2.1"]
+    assert [j.study_uid for j in ledger.succeeded_after("v1", first[-1].id, 2)] == ["1.2.3"]
+    assert ledger.succeeded_after("v1", 10**6, 2) == []
+
+
 def test_bad_input_fails_at_once_and_skip_is_terminal(ledger):
     ledger.enqueue("1.2.3", "v1")
     ledger.enqueue("1.2.4", "v1")

@@ -40,6 +40,7 @@ def setup(tmp_path):
         var_dir=tmp_path,
         retry_base_seconds=7,
         retry_max_seconds=20,
+        retry_jitter=0,
         max_attempts=3,
     )
     ledger = Ledger(settings.resolved_ledger_url)

@@ -72,8 +72,11 @@ def test_compose_sidecar_environment_matches_settings():
     assert env["NEURORADIX_ORTHANC_URL"] == "http://orthanc:8042"
     port = sidecar["command"][sidecar["command"].index("--port") + 1]
     assert compose["services"]["orthanc"]["environment"]["NEURORADIX_SIDECAR_URL"].endswith(f":{port}")
-    devices = sidecar["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["capabilities"] == ["gpu"]
+    # The sidecar runs the API and the reconciler; the analyses run in the GPU `worker` replicas.
+    assert "deploy" not in sidecar and env["NEURORADIX_WORKERS"].endswith(":-0}")
+    worker = compose["services"]["worker"]
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert worker["command"][:2] == ["neuroradix", "worker"]
     assert sidecar["build"]["dockerfile"] == "Dockerfile" and (REPO / "Dockerfile").exists()
 
 

@@ -24,6 +24,7 @@ from policy import (  # noqa: E402
     SIDECAR,
     VIEWER,
     AccessConfig,
+    RecentlyDeleted,
     basic_auth_user,
     http_allowed,
     instance_allowed,
@@ -33,6 +34,8 @@ CONFIG = AccessConfig(sidecar_user="sc", viewer_user="vw", own_manufacturer="Neu
 SERIES_ID = "0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d"
 OWN = {"Manufacturer": "Neuro Radix", "SOPInstanceUID": "2.25.1"}
 FOREIGN = {"Manufacturer": "Scanner Co", "SOPInstanceUID": "1.2.3"}
+OWN_SERIES_UID = "2.25.77"  # a stored series of the node's
+IN_OWN_SERIES = {"Manufacturer": "Scanner Co", "SOPInstanceUID": "1.2.4", "SeriesInstanceUID": OWN_SERIES_UID}
 
 
 def _basic(user: str, password: str = "pw") -> dict:
@@ -129,6 +132,13 @@ def glue(monkeypatch):
     fake.logged = []
     fake.LogInfo = fake.LogWarning = fake.LogError = fake.logged.append
     fake.RestApiGet = lambda uri: json.dumps({"MainDicomTags": {"Manufacturer": "Neuro Radix"}})
+    fake.lookups = []
+
+    def rest_api_post(uri: str, body: str) -> str:
+        fake.lookups.append((uri, body))
+        return json.dumps([{"Type": "Series", "ID": SERIES_ID}] if body == OWN_SERIES_UID else [])
+
+    fake.RestApiPost = rest_api_post
 
     class Instance:
         def __init__(self, tags: dict) -> None:
@@ -195,3 +205,83 @@ def test_glue_cstore_filter_refuses_the_nodes_output(glue):
     module, fake = glue
     assert module.on_cstore(fake.Instance(OWN)) == REFUSED_NOT_AUTHORIZED
     assert module.on_cstore(fake.Instance(FOREIGN)) == 0
+
+
+def test_foreign_instance_in_the_nodes_series_is_refused_like_a_forgery():
+    def own_series(uid: str) -> bool:
+        return uid == OWN_SERIES_UID
+
+    elsewhere = {**IN_OWN_SERIES, "SeriesInstanceUID": "1.2.5"}
+    assert not instance_allowed(IN_OWN_SERIES, CONFIG, True, None, series_is_own=own_series)
+    assert not instance_allowed(IN_OWN_SERIES, CONFIG, False, "alice", "/dicom-web/studies", own_series)
+    assert instance_allowed(IN_OWN_SERIES, CONFIG, False, "sc", "/dicom-web/studies", own_series)
+    assert instance_allowed(IN_OWN_SERIES, CONFIG, False, "alice", "/instances", own_series)  # a restore
+    assert instance_allowed(elsewhere, CONFIG, True, None, series_is_own=own_series)
+
+    def broken(uid: str) -> bool:
+        raise OSError("lookup failed")
+
+    assert not instance_allowed(elsewhere, CONFIG, True, None, series_is_own=broken)  # fail closed
+
+
+def test_own_manufacturer_ignores_case_and_spacing():
+    for value in ("Neuro Radix", "NEURO RADIX", " neuro  radix ", "Neuro\tRadix"):
+        assert not instance_allowed({"Manufacturer": value}, CONFIG, over_dicom=True, http_user=None), value
+    assert instance_allowed({"Manufacturer": "Neuro Radix Ltd"}, CONFIG, over_dicom=True, http_user=None)
+    assert http_allowed(CONFIG, "sc", "DELETE", f"/series/{SERIES_ID}", lambda _id: "NEURO RADIX")
+
+
+def test_glue_refuses_a_foreign_instance_in_the_nodes_series(glue):
+    module, fake = glue
+    assert module.on_cstore(fake.Instance(IN_OWN_SERIES)) == REFUSED_NOT_AUTHORIZED
+    assert fake.lookups == [("/tools/lookup", OWN_SERIES_UID)]
+    assert module.on_cstore(fake.Instance({**IN_OWN_SERIES, "SeriesInstanceUID": "1.2.5"})) == 0
+    keep, discard = fake.ReceivedInstanceAction.KEEP_AS_IS, fake.ReceivedInstanceAction.DISCARD
+    module.http_filter("/dicom-web/studies", method=2, ip="127.0.0.1", headers=_basic("alice"))
+    assert module.on_received_instance(json.dumps(IN_OWN_SERIES).encode(), fake.InstanceOrigin.REST_API)[0] == discard
+    module.http_filter("/dicom-web/studies", method=2, ip="127.0.0.1", headers=_basic("sc"))
+    assert module.on_received_instance(json.dumps(IN_OWN_SERIES).encode(), fake.InstanceOrigin.REST_API)[0] == keep
+    # C-STORE: the filter looked already; the received-instance callback does not look again.
+    fake.lookups.clear()
+    assert (
+        module.on_received_instance(json.dumps(IN_OWN_SERIES).encode(), fake.InstanceOrigin.DICOM_PROTOCOL)[0] == keep
+    )
+    assert fake.lookups == []
+
+
+def test_glue_prefers_the_plugin_token(glue, monkeypatch):
+    module, _fake = glue
+    assert module.HANDOFF.config.sidecar_token == "t0ken-t0ken-t0ken"  # an older deployment: the admin variable
+    monkeypatch.setenv("NEURORADIX_SIDECAR_PLUGIN_TOKEN", "plugin-only-token")
+    assert module._config().sidecar_token == "plugin-only-token"
+
+
+def test_recently_deleted_series_are_remembered_for_a_while():
+    now = [0.0]
+    recent = RecentlyDeleted(ttl=10, max_entries=2, clock=lambda: now[0])
+    recent.add("1.1")
+    recent.add("1.2")
+    assert "1.1" in recent and "1.3" not in recent
+    recent.add("1.3")  # the oldest is forgotten beyond max_entries
+    assert "1.1" not in recent and "1.2" in recent and "1.3" in recent
+    now[0] = 11
+    assert "1.2" not in recent and "1.3" not in recent
+    with pytest.raises(ValueError):
+        RecentlyDeleted(ttl=0)
+
+
+def test_glue_keeps_foreign_objects_out_of_a_series_a_rerun_deleted(glue, monkeypatch):
+    module, fake = glue
+    monkeypatch.setattr(
+        fake,
+        "RestApiGet",
+        lambda uri: json.dumps({"MainDicomTags": {"Manufacturer": "Neuro Radix", "SeriesInstanceUID": "2.25.99"}}),
+    )
+    gone = {"Manufacturer": "Scanner Co", "SOPInstanceUID": "1.2.6", "SeriesInstanceUID": "2.25.99"}
+    assert module.on_cstore(fake.Instance(gone)) == 0  # not stored, never deleted: not the node's
+    assert module.http_filter(f"/series/{SERIES_ID}", method=4, ip="127.0.0.1", headers=_basic("sc"))
+    assert module.on_cstore(fake.Instance(gone)) == REFUSED_NOT_AUTHORIZED  # the rerun's gap is closed
+    module.http_filter("/dicom-web/studies", method=2, ip="127.0.0.1", headers=_basic("sc"))
+    assert module.on_received_instance(json.dumps(gone).encode(), fake.InstanceOrigin.REST_API)[0] == (
+        fake.ReceivedInstanceAction.KEEP_AS_IS
+    )  # the sidecar stores the series again

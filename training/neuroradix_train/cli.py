@@ -1,6 +1,6 @@
 """Training subcommands of the ``neuroradix`` CLI.
 
-``register(subparsers)`` adds ``train-seg``, ``export-embeddings``, ``train-head``, ``evaluate``
+``register(subparsers)`` adds ``train-seg``, ``train-contrastive``, ``export-embeddings``, ``train-head``, ``evaluate``
 (or ``evaluate --labeler-agreement``), ``results-table``, ``publish-release`` and ``train-smoke`` to an ``argparse`` sub-parser set; ``main()`` runs them
 stand-alone (``python -m neuroradix_train.cli ...``). Every stage command takes
 ``--config FILE`` (merged on the shipped defaults, repeatable) and ``--set key=value``.
@@ -23,14 +23,21 @@ from neuroradix_train.evaluation.evaluate import evaluate_run, labeler_agreement
 from neuroradix_train.evaluation.radbert import RadBERTLabeler
 from neuroradix_train.evaluation.tables import write_results_table
 from neuroradix_train.release import publish_release
-from neuroradix_train.smoke import format_protocols, run_smoke
+from neuroradix_train.smoke import format_protocols, run_smoke, run_vit_smoke
+from neuroradix_train.stages.contrastive import train_contrastive
 from neuroradix_train.stages.stage1 import train_seg
 from neuroradix_train.stages.stage2 import export_embeddings
 from neuroradix_train.stages.stage3 import train_head
 
 log = logging.getLogger(__name__)
 
-_STAGES = {"train-seg": "stage1", "export-embeddings": "stage2", "train-head": "stage3", "evaluate": "evaluate"}
+_STAGES = {
+    "train-seg": "stage1",
+    "train-contrastive": "contrastive",
+    "export-embeddings": "stage2",
+    "train-head": "stage3",
+    "evaluate": "evaluate",
+}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -53,6 +60,14 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
     p.set_defaults(func=_run_stage, stage="train-seg")
+
+    p = subparsers.add_parser(
+        "train-contrastive", help="contrastive stage: a 3D ViT trained against the reports (symmetric InfoNCE)"
+    )
+    _common(p)
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
+    p.set_defaults(func=_run_stage, stage="train-contrastive")
 
     p = subparsers.add_parser("export-embeddings", help="stage 2: patch embeddings of every scan + manifest")
     _common(p)
@@ -113,6 +128,12 @@ def register(subparsers) -> None:
     p.add_argument("--real-ct", type=Path, default=Path("../shared/data/real-ct"))
     p.add_argument("--no-assert", action="store_true", help="report the numbers without failing on thresholds")
     p.add_argument(
+        "--encoder",
+        choices=("swinunetr", "vit"),
+        default="swinunetr",
+        help="swinunetr: stages 1-3; vit: the contrastive ViT, its tokens and the head on them",
+    )
+    p.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -132,6 +153,8 @@ def _run_stage(args) -> int:
         return 0
     if args.stage == "train-seg":
         result = train_seg(cfg, resume=args.resume, max_steps=args.max_steps)
+    elif args.stage == "train-contrastive":
+        result = train_contrastive(cfg, resume=args.resume, max_steps=args.max_steps)
     elif args.stage == "export-embeddings":
         result = {"manifest": str(export_embeddings(cfg))}
     elif args.stage == "train-head":
@@ -202,6 +225,15 @@ def _publish(args) -> int:
 
 
 def _smoke(args) -> int:
+    if args.encoder == "vit":
+        result = run_vit_smoke(
+            args.work,
+            real_ct_dir=args.real_ct if args.real_ct.is_dir() else None,
+            check=not args.no_assert,
+            extra_sets=args.sets,
+        )
+        sys.stdout.write(json.dumps(result, indent=1, default=float) + "\n")
+        return 0
     result = run_smoke(
         args.work,
         real_ct_dir=args.real_ct if args.real_ct.is_dir() else None,

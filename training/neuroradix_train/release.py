@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from neuroradix.errors import ConfigError
-from neuroradix.models.config import ModelConfig
-from neuroradix.weights import load_release, write_release
+from neuroradix.models.config import HeadConfig, ModelConfig
+from neuroradix.weights import load_release, make_test_release, write_release
 
 log = logging.getLogger(__name__)
 
@@ -75,4 +76,40 @@ def publish_release(
     release = load_release(out, allow_untrained=untrained)
     release.build_models()  # the state dicts fit the configured modules (strict)
     log.info("release %s written to %s", version, out)
+    return Path(out)
+
+
+def untrained_encoder_release(
+    encoder: str,
+    out: Path,
+    *,
+    version: str = "0.0.0-untrained",
+    head: Optional[HeadConfig] = None,
+    seed: int = 0,
+    verify_weights: bool = True,
+) -> Path:
+    """A release with an UNTRAINED (random) head on a pinned pretrained encoder (``"merlin"``, ``"astra"``).
+
+    For running the whole node path (``neuroradix analyze --weights <release> --allow-untrained``)
+    on a pretrained encoder before a head is trained on it: the manifest names the encoder with its
+    package, version, sha256, licence and source; the node marks every output UNTRAINED.  ``head``
+    defaults to the production head (``HeadConfig()``); its ``embed_dim`` becomes the encoder's width.
+    ``verify_weights`` builds the models once (needs the ``encoders`` extra installed).
+    """
+    cfg = ModelConfig(head=head, encoder=encoder) if head is not None else ModelConfig(encoder=encoder)
+    make_test_release(
+        out,
+        cfg,
+        seed=seed,
+        encoder=encoder,
+        version=version,
+        notes=(
+            f"UNTRAINED head (random weights) on the pretrained {encoder} encoder; test output only. "
+            "Preprocessing follows Merlin's published transforms (neuroradix.models.encoders.i3resnet)."
+        ),
+    )
+    release = load_release(out, allow_untrained=True, encoder=encoder)
+    if verify_weights:
+        release.build_models()  # pinned encoder weights + the head's state dict (strict)
+    log.info("untrained %s release %s written to %s", encoder, version, out)
     return Path(out)

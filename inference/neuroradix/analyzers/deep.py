@@ -1,4 +1,12 @@
-"""The deep-learning analyzer: SwinUNETR segmentation + patch embeddings -> multitask head.
+"""The deep-learning analyzer: image encoder (SwinUNETR segmentation + patch embeddings, or another
+encoder's tokens) -> multitask head.
+
+The release's manifest names the encoder (:mod:`neuroradix.weights`).  A SwinUNETR release runs the
+sliding-window pass (labels and window embeddings at once).  Any other encoder
+(:mod:`neuroradix.models.encoders`: the pretrained I3ResNet-152s of Merlin and Astra, the ViT) runs
+its own preprocessing and forward pass; its tokens are the head's patches and its token grid is
+the attention maps' grid (:meth:`~neuroradix.models.encoders.base.Encoder.patch_grid`).  Those
+encoders do not segment: the label map is empty and ``extra["segmentation"]`` says so.
 
 ``DeepAnalyzer(release_dir)`` verifies the release when it is built.  It raises
 :class:`~neuroradix.errors.NotConfiguredError` **on construction** when there is no release or
@@ -30,6 +38,7 @@ from neuroradix.errors import NotConfiguredError
 from neuroradix.models.backbone import (
     forward_with_features,
 )
+from neuroradix.models.encoders.base import Encoder
 from neuroradix.models.findings import load_findings
 from neuroradix.models.sliding import PatchGrid, SlidingOptions, sliding_segment
 from neuroradix.models.transforms import (
@@ -47,6 +56,7 @@ ATTENTION_QUANTITY = Code("130404", "DCM", "Saliency")
 ATTENTION_UNIT = Code("1", "UCUM", "no units")
 NAME = "swinunetr-ctrate"
 _TITLE = "SwinUNETR + BART chest-CT model"
+_ENCODER_TITLES = {"merlin": "Merlin I3ResNet-152", "astra": "Astra I3ResNet-152", "vit": "3D ViT"}
 
 
 def _relative_map(
@@ -134,10 +144,14 @@ class DeepAnalyzer:
         self.max_finding_maps = int(max_finding_maps)
         if self.attention_voxel_mm <= 0:
             raise ValueError(f"attention_voxel_mm must be positive, got {attention_voxel_mm}")
+        self.encoder_name = self.release.encoder_name
+        title = _TITLE
+        if self.encoder_name != "swinunetr":
+            title = f"{_ENCODER_TITLES.get(self.encoder_name, self.encoder_name)} + BART chest-CT model"
         self.info = AnalyzerInfo(
-            name=NAME,
+            name=NAME if self.encoder_name == "swinunetr" else f"{self.encoder_name}-ctrate",
             version=self.release.version,
-            title=_TITLE + (" (UNTRAINED - TEST OUTPUT)" if self.release.untrained else ""),
+            title=title + (" (UNTRAINED - TEST OUTPUT)" if self.release.untrained else ""),
             algorithm_family=Code("123110", "DCM", "Artificial Intelligence"),
             untrained=self.release.untrained,
         )
@@ -161,6 +175,8 @@ class DeepAnalyzer:
         if not isinstance(volume, Volume):
             raise TypeError("volume must be a neuroradix.types.Volume")
         backbone, head, _ = self._load()
+        if isinstance(backbone, Encoder):
+            return self._analyze_tokens(volume, backbone, head)
         cfg = self.release.config
         timings = {}
         t0 = time.perf_counter()
@@ -191,6 +207,36 @@ class DeepAnalyzer:
         timings["attention_maps"] = time.perf_counter() - t0
         logger.info(
             "deep analyzer: %d patches, timings %s", len(sliding.grid), {k: round(v, 2) for k, v in timings.items()}
+        )
+        return result
+
+    @torch.no_grad()
+    def _analyze_tokens(self, volume: Volume, encoder: Encoder, head) -> StudyResult:
+        """A release on a non-segmenting encoder: its tokens -> head; an empty label map."""
+        timings = {}
+        t0 = time.perf_counter()
+        x, input_affine = encoder.preprocess_volume(volume.array, volume.affine)
+        timings["preprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out = encoder(x.to(self.device))
+        grid = encoder.patch_grid(out, tuple(x.shape[2:]), input_affine)
+        timings["embeddings"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        emb = out.tokens.float()
+        pos = torch.from_numpy(grid.positions())[None].to(self.device)
+        texts, info = head.generate(emb, pos)
+        timings["head_and_report"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        labels = np.zeros(volume.shape, dtype=np.uint8)
+        result = self._result(volume, labels, grid, texts[0], info, timings)
+        timings["attention_maps"] = time.perf_counter() - t0
+        result.extra["segmentation"] = f"none (encoder {self.encoder_name} does not segment)"
+        result.extra["model"]["encoder"] = self.release.encoder
+        logger.info(
+            "deep analyzer (%s): %d tokens, timings %s",
+            self.encoder_name,
+            len(grid),
+            {k: round(v, 2) for k, v in timings.items()},
         )
         return result
 

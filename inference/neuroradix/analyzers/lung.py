@@ -25,7 +25,9 @@ then mapped back to the full grid; the airway tree on a grid of about 1.25 mm):
 7. Labels back on the full grid; the boundary band of the body and the lungs is re-thresholded
    at full resolution.
 8. The airway tree (:mod:`.airway`: explosion-controlled region growing, wavefront leak pruning,
-   branch and generation count) replaces the coarse airways; parenchyma = lung minus tree.
+   branch and generation count, then the small-airway extension that takes the lumen of the
+   smaller bronchi beyond the tree out of the parenchyma) replaces the coarse airways;
+   parenchyma = lung minus tree.
 9. Densitometry of the parenchyma by lung and zone (:mod:`.densitometry`) and scan-quality checks
    (:mod:`.scan_quality`), which become ``StudyResult.warnings`` and never change a number.
 
@@ -470,6 +472,7 @@ class LungAnalyzer:
                 "airway_threshold_hu": tree.threshold_hu,
                 "airway_factors": list(factors),
                 "airway_leaks_removed": tree.leaks_removed,
+                "airway_extension_ml": tree.extension_ml,
                 "airway_branches_per_generation": list(tree.branches_per_generation),
             }
         )

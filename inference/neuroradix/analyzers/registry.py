@@ -46,7 +46,7 @@ def _build_deep(settings: PipelineSettings) -> Built:
     )
 
     try:
-        return DeepAnalyzer(settings.weights_dir, allow_untrained=settings.allow_untrained)
+        return DeepAnalyzer(settings.weights_dir, allow_untrained=settings.allow_untrained, device=settings.device)
     except NotConfiguredError as exc:
         LOG.warning("deep-learning analyzer not configured: %s", exc)
         return Unavailable(NAME, f"not configured: {exc}")

@@ -1,7 +1,10 @@
 """The sidecar's HTTP API (FastAPI): the app factory, authentication and health.
 
-Every ``/v1`` route needs ``Authorization: Bearer <SIDECAR_TOKEN>``; ``/healthz`` and ``/readyz``
-answer without it and reveal nothing about studies. OpenAPI docs are at ``/docs``. The routes
+Every ``/v1`` route needs ``Authorization: Bearer <token>``, checked before the body is read
+(:class:`~neuroradix.api.deps.BearerAuthMiddleware`): the admin token for everything, the
+reader's for GETs, the plugin's for ``POST /v1/jobs`` only (:mod:`neuroradix.api.deps`).
+``/healthz`` and ``/readyz`` answer without it and reveal nothing about studies; ``/readyz``
+answers from a check at most ``readyz_cache_seconds`` old. OpenAPI docs are at ``/docs``. The routes
 live by topic: :mod:`~neuroradix.api.jobs` (queue and read jobs), :mod:`~neuroradix.api.results`
 (results zip, report attention) and :mod:`~neuroradix.api.analyze` (uploaded studies). Routes
 only route: analysis runs in the worker processes, never in the API process.
@@ -10,22 +13,77 @@ only route: analysis runs in the worker processes, never in the API process.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Callable, Optional
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from neuroradix import __version__
-from neuroradix.api import analyze, jobs, results
-from neuroradix.api.deps import authorized
+from neuroradix.api import analyze, jobs, metrics, results
+from neuroradix.api.deps import BearerAuthMiddleware, authorized
 from neuroradix.config import Settings
-from neuroradix.errors import NeuroRadixError
+from neuroradix.errors import NeuroRadixError, PacsAuthError
 from neuroradix.jobs.ledger import Ledger
 from neuroradix.jobs.reconciler import Reconciler
 from neuroradix.pacs.dicomweb import PacsClient
 
 LOG = logging.getLogger(__name__)
+
+
+class Readiness:
+    """The ledger and PACS checks behind ``/readyz``, run at most once per ``max_age`` seconds.
+
+    Concurrent callers wait for the one check in progress and share its result, so a flood of
+    anonymous ``/readyz`` calls costs the PACS one request per ``max_age``.
+
+    Parameters
+    ----------
+    ledger, pacs:
+        What is checked (``ledger.counts()``, ``pacs.ping()``).
+    max_age:
+        Seconds a result is reused (0: check on every call).
+    clock:
+        Monotonic seconds; injected by tests.
+    """
+
+    def __init__(
+        self, ledger: Ledger, pacs: PacsClient, max_age: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if max_age < 0:
+            raise ValueError(f"max_age must be >= 0, got {max_age}")
+        self.ledger, self.pacs, self.max_age, self.clock = ledger, pacs, max_age, clock
+        self._lock = threading.Lock()
+        self._checked_at: Optional[float] = None
+        self._checks: dict[str, str] = {}
+
+    def checks(self) -> dict[str, str]:
+        """``{"ledger": "ok" | "error: ...", "pacs": "ok" | "error: ..."}``, from the cache when fresh."""
+        with self._lock:
+            now = self.clock()
+            if self._checked_at is None or now - self._checked_at >= self.max_age:
+                self._checks = self._run()
+                self._checked_at = self.clock()
+            return dict(self._checks)
+
+    def _run(self) -> dict[str, str]:
+        checks = {}
+        try:
+            self.ledger.counts()
+            checks["ledger"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any ledger failure is "not ready"
+            checks["ledger"] = f"error: {type(exc).__name__}"
+        try:
+            self.pacs.ping()
+            checks["pacs"] = "ok"
+        except PacsAuthError as exc:
+            LOG.error("readiness: %s (rotated password? see docs/security.md)", exc)
+            checks["pacs"] = f"error: {exc}"
+        except NeuroRadixError as exc:
+            checks["pacs"] = f"error: {exc}"
+        return checks
 
 
 def create_app(
@@ -58,6 +116,7 @@ def create_app(
         timeout=settings.http_timeout_seconds,
     )
     reconciler = Reconciler(settings, ledger, pacs)
+    readiness = Readiness(ledger, pacs, settings.readyz_cache_seconds)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -73,6 +132,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings, app.state.ledger, app.state.pacs = settings, ledger, pacs
+    app.state.readiness = readiness
+    app.add_middleware(BearerAuthMiddleware, settings=settings)
 
     @app.exception_handler(NeuroRadixError)
     async def _node_error(_request, exc: NeuroRadixError):  # noqa: ANN001
@@ -85,21 +146,12 @@ def create_app(
 
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
-        """Readiness: the ledger and the PACS answer."""
-        checks = {}
-        try:
-            ledger.counts()
-            checks["ledger"] = "ok"
-        except Exception as exc:  # noqa: BLE001
-            checks["ledger"] = f"error: {type(exc).__name__}"
-        try:
-            pacs.ping()
-            checks["pacs"] = "ok"
-        except NeuroRadixError as exc:
-            checks["pacs"] = f"error: {exc}"
+        """Readiness: the ledger and the PACS answer (and accept the sidecar's credentials); cached briefly."""
+        checks = app.state.readiness.checks()
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, "checks": checks})
 
     for module in (jobs, results, analyze):
         app.include_router(module.router, dependencies=[Depends(authorized)])
+    app.include_router(metrics.router)  # /metrics: reader or admin token (require_scope(READ))
     return app

@@ -14,10 +14,18 @@ then raise :class:`LedgerUnavailableError`.
 
 States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``skipped`` (terminal), and
 ``running`` -> ``queued`` again for a transient error (with ``next_attempt_at`` backed off).
+
+Two budgets end a job that keeps failing (migration 0004). Transient errors (the PACS down or
+refusing the node's credentials) are retried for a time window counted from ``retrying_since``,
+the first failure of the current run of them (:meth:`Ledger.retry_transient`; the worker decides
+when the window is spent). Everything else that is retried -- an unexpected exception, a timed-out
+job, a worker that died holding the lease -- counts against ``max_attempts``: the claims that ended
+on a transient error (``transient_attempts``) are not counted.
 """
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import enum
 import json
@@ -87,6 +95,10 @@ jobs = sa.Table(
     # study at input_path, sent to POST /v1/analyze; the worker deletes it when the job ends).
     sa.Column("source", sa.String(16), nullable=False, default="pacs", server_default="pacs"),
     sa.Column("input_path", sa.Text),
+    # Retry by time (migration 0004): when the current run of transient failures began (kept on a job
+    # that gave up on one, which the reconciler queues again), and how many claims ended on one.
+    sa.Column("retrying_since", sa.DateTime(timezone=True)),
+    sa.Column("transient_attempts", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column(
         "output_uids", sa.Text, nullable=False, default="[]"
     ),  # JSON [{sop_instance_uid, series_instance_uid, kind}]
@@ -144,6 +156,13 @@ class Job:
     finished_at: Optional[dt.datetime]
     source: str = "pacs"  # "pacs" or "upload"
     input_path: Optional[str] = None  # the uploaded zip of an "upload" job
+    retrying_since: Optional[dt.datetime] = None  # first transient failure of the current run of them
+    transient_attempts: int = 0  # claims that ended on a transient error (not counted in max_attempts)
+
+    @property
+    def counted_attempts(self) -> int:
+        """Claims that count against ``max_attempts`` (all but those ended by a transient error)."""
+        return self.attempts - self.transient_attempts
 
     @classmethod
     def from_row(cls, row: Any) -> Job:
@@ -168,6 +187,8 @@ class Job:
             pending_rerun=bool(m["pending_rerun"]),
             source=m["source"],
             input_path=m["input_path"],
+            retrying_since=_aware(m["retrying_since"]),
+            transient_attempts=m["transient_attempts"],
             output_uids=json.loads(m["output_uids"] or "[]"),
             details=json.loads(m["details"] or "{}"),
             created_at=_aware(m["created_at"]),
@@ -281,6 +302,7 @@ class Ledger:
             raise ValueError(f"write_backoff_seconds must not be negative, got {write_backoff_seconds}")
         self.write_attempts = write_attempts
         self.write_backoff_seconds = write_backoff_seconds
+        self.lease_takeovers = 0  # claims of a job whose lease had expired, by this object
         parsed = ledger_url(url)
         kwargs: dict = {}
         if parsed.get_backend_name() == "sqlite":
@@ -422,6 +444,8 @@ class Ledger:
             "pending_rerun": False,
             "updated_at": now,
             "finished_at": None,
+            "retrying_since": None,
+            "transient_attempts": 0,
         }
 
     # --- claim / lease -----------------------------------------------------------------------
@@ -451,7 +475,7 @@ class Ledger:
             # PostgreSQL locks the candidate row and lets concurrent claimers skip to the next one;
             # SQLite renders no FOR UPDATE (one writer at a time) and relies on the compare-and-set.
             candidate = conn.execute(
-                sa.select(jobs.c.id, jobs.c.state, jobs.c.attempts, jobs.c.max_attempts)
+                sa.select(jobs.c.id, jobs.c.state, jobs.c.attempts, jobs.c.transient_attempts, jobs.c.max_attempts)
                 .where(self._claimable(now))
                 .order_by(jobs.c.next_attempt_at, jobs.c.id)
                 .limit(1)
@@ -461,14 +485,17 @@ class Ledger:
                 return "empty"
             if candidate.state == JobState.RUNNING.value:
                 LOG.warning("job %d: lease expired (worker died?), claiming it again", candidate.id)
-            if candidate.attempts >= candidate.max_attempts:
+                self.lease_takeovers += 1  # read by jobs.metrics (neuroradix_lease_takeovers_total)
+            counted = candidate.attempts - candidate.transient_attempts
+            if counted >= candidate.max_attempts:
                 conn.execute(
                     jobs.update()
                     .where(jobs.c.id == candidate.id, self._claimable(now))
                     .values(
                         state=JobState.FAILED.value,
                         error_class="AttemptsExhausted",
-                        error_message=f"gave up after {candidate.attempts} attempts (last worker lost its lease)",
+                        error_message=f"gave up after {counted} attempts (last worker lost its lease)",
+                        retrying_since=None,
                         lease_owner=None,
                         lease_expires_at=None,
                         updated_at=now,
@@ -585,6 +612,7 @@ class Ledger:
                 "error_class": None,
                 "error_message": None,
                 "finished_at": utcnow(),
+                "retrying_since": None,
             },
         )
 
@@ -599,10 +627,13 @@ class Ledger:
         skipped: bool = False,
         input_series_uid: Optional[str] = None,
         fingerprint: Optional[str] = None,
+        retrying_since: Optional[dt.datetime] = None,
     ) -> None:
         """End a job as failed (or skipped) with the error class and a reason a person can act on.
 
         Like :meth:`succeed`, a pending rerun turns this into "queued again" in the same write.
+        ``retrying_since`` is given when the job gives up on a transient error whose retry window is
+        spent: it marks the job for the reconciler (:meth:`gave_up_transient`).
         """
         self._finish(
             job_id,
@@ -615,6 +646,7 @@ class Ledger:
                 "timings": json.dumps(timings or {}),
                 "input_series_uid": input_series_uid,
                 "finished_at": utcnow(),
+                "retrying_since": retrying_since,
             },
         )
 
@@ -623,23 +655,22 @@ class Ledger:
     ) -> JobState:
         """Put the job back in the queue after ``delay_seconds``, or fail it when attempts are used up.
 
-        Returns the job's new state (``queued`` also when the study changed while the job ran).
+        For the count-limited failures (an unexpected exception, a timed-out job): only the claims
+        that did not end on a transient error count against ``max_attempts``. Returns the job's new
+        state (``queued`` also when the study changed while the job ran).
         """
-
-        def _attempts() -> Any:
-            with self.engine.connect() as conn:
-                return conn.execute(sa.select(jobs.c.attempts, jobs.c.max_attempts).where(jobs.c.id == job_id)).one()
-
-        row = self._write("read attempts", _attempts)  # stable while this worker holds the lease
-        if row.attempts >= row.max_attempts:
+        row = self._attempts(job_id)
+        counted = row.attempts - row.transient_attempts
+        if counted >= row.max_attempts:
             return self._finish(
                 job_id,
                 worker_id,
                 {
                     "state": JobState.FAILED.value,
                     "error_class": error_class,
-                    "error_message": f"gave up after {row.attempts} attempts: {message}"[:2000],
+                    "error_message": f"gave up after {counted} attempts: {message}"[:2000],
                     "finished_at": utcnow(),
+                    "retrying_since": None,
                 },
             )
         return self._finish(
@@ -652,6 +683,48 @@ class Ledger:
                 "next_attempt_at": utcnow() + dt.timedelta(seconds=delay_seconds),
             },
         )
+
+    def retry_transient(
+        self,
+        job_id: int,
+        worker_id: str,
+        error_class: str,
+        message: str,
+        delay_seconds: float,
+        retrying_since: dt.datetime,
+    ) -> JobState:
+        """Queue the job again after a transient error, without counting the claim against ``max_attempts``.
+
+        ``retrying_since`` is the first transient failure of the current run of them (the worker
+        gives up once it is older than the retry window, see :mod:`neuroradix.jobs.retry`). Returns
+        the job's new state.
+        """
+        row = self._attempts(job_id)
+        return self._finish(
+            job_id,
+            worker_id,
+            {
+                "state": JobState.QUEUED.value,
+                "error_class": error_class,
+                "error_message": message[:2000],
+                "next_attempt_at": utcnow() + dt.timedelta(seconds=delay_seconds),
+                "retrying_since": retrying_since,
+                "transient_attempts": row.transient_attempts + 1,
+            },
+        )
+
+    def _attempts(self, job_id: int) -> Any:
+        """The job's attempt counters (stable while the caller holds its lease)."""
+
+        def _read() -> Any:
+            with self.engine.connect() as conn:
+                return conn.execute(
+                    sa.select(jobs.c.attempts, jobs.c.transient_attempts, jobs.c.max_attempts).where(
+                        jobs.c.id == job_id
+                    )
+                ).one()
+
+        return self._write("read attempts", _read)
 
     # --- queries -----------------------------------------------------------------------------
     def get(self, job_id: int) -> Optional[Job]:
@@ -684,6 +757,41 @@ class Ledger:
                 r.study_uid
                 for r in conn.execute(sa.select(jobs.c.study_uid).where(jobs.c.pipeline_version == pipeline_version))
             }
+
+    def gave_up_transient(self, pipeline_version: str, limit: int = 100) -> builtins.list[Job]:
+        """PACS jobs of ``pipeline_version`` that failed because a transient error outlasted the retry window.
+
+        Oldest first; what the reconciler queues again once the PACS answers.
+        """
+        query = (
+            sa.select(jobs)
+            .where(
+                jobs.c.pipeline_version == pipeline_version,
+                jobs.c.state == JobState.FAILED.value,
+                jobs.c.retrying_since.is_not(None),
+                jobs.c.source == "pacs",
+            )
+            .order_by(jobs.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
+
+    def succeeded_after(self, pipeline_version: str, after_id: int, limit: int) -> builtins.list[Job]:
+        """Succeeded PACS jobs of ``pipeline_version`` with an id above ``after_id``, by id (a cursor's page)."""
+        query = (
+            sa.select(jobs)
+            .where(
+                jobs.c.pipeline_version == pipeline_version,
+                jobs.c.state == JobState.SUCCEEDED.value,
+                jobs.c.source == "pacs",
+                jobs.c.id > after_id,
+            )
+            .order_by(jobs.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
 
     def counts(self) -> dict[str, int]:
         """Number of jobs by state."""

@@ -1,15 +1,24 @@
 """The worker loop: claim a job, keep its lease alive, run the pipeline, record the outcome.
 
-This is the only place that catches broadly. Each error class maps to what happens to the job:
+This is the only place that catches broadly. Each error class maps to what happens to the job
+(the budgets are :class:`~neuroradix.jobs.retry.RetryPolicy`'s, see ``docs/reliability.md``):
 
 =========================  ==================================================
 ``NotEligibleError``       skipped, with the reason (no usable CT series ...)
 ``BadInputError``          failed at once, with the reason
 ``NotConfiguredError``     failed at once (no analyzer could run), with the reason
-``TransientError``         queued again after exponential backoff
+``TransientError``         queued again after capped exponential backoff with jitter, for
+                           ``retry_window_seconds`` (24 h); then failed, "gave up after 24 h: ..."
 anything else              queued again after backoff (a bug, logged with traceback);
-                           failed when the attempts are used up
+                           failed when ``max_attempts`` counted attempts are used up
+past ``job_timeout``       "timed out after N s", counted like a bug; the worker process exits
+                           and the supervisor (:mod:`neuroradix.node.serve`) starts a new one
 =========================  ==================================================
+
+A lost lease or a ledger that refuses a write, in any branch, is logged and the loop goes on.
+Outcomes are recorded at one place per kind (``ledger.succeed`` / ``fail`` / ``retry_*`` in
+:meth:`Worker._handle`, :meth:`Worker._retry_transient`, :meth:`Worker._time_out`), where a metrics
+hook can count them.
 
 A job's study comes from the PACS (``source="pacs"``: QIDO/WADO-RS in, STOW-RS out) or from an
 uploaded zip (``source="upload"``, ``POST /v1/analyze``). Either way the worker runs the one
@@ -26,6 +35,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -39,7 +49,8 @@ from neuroradix.errors import (
     NotEligibleError,
     TransientError,
 )
-from neuroradix.jobs.ledger import Job, LeaseLost, Ledger
+from neuroradix.jobs.ledger import Job, LeaseLost, Ledger, utcnow
+from neuroradix.jobs.retry import RetryPolicy
 from neuroradix.offline import FolderSink, read_zip
 from neuroradix.pacs.dicomweb import PacsClient
 from neuroradix.pipeline import LocalSource, PacsSink, PacsSource, Sink, Source, StageTimer, process_study
@@ -48,6 +59,7 @@ from neuroradix.uids import short_hash
 LOG = logging.getLogger(__name__)
 
 UPLOAD = "upload"  # Job.source of a study sent to POST /v1/analyze
+EXIT_TIMED_OUT = 75  # the worker's exit status after a job ran past its time limit (EX_TEMPFAIL)
 
 
 def job_results_dir(var_dir: Path, job_id: int) -> Path:
@@ -61,16 +73,35 @@ def uploads_dir(var_dir: Path) -> Path:
 
 
 class _Heartbeat:
-    """Renews the job's lease every third of its length while the pipeline runs."""
+    """Renews the job's lease every third of its length while the pipeline runs, and enforces the time limit.
 
-    def __init__(self, ledger: Ledger, job: Job, worker_id: str, lease_seconds: float) -> None:
+    Past ``timeout_seconds`` it stops renewing and calls ``on_timeout`` (which records the outcome and
+    ends the worker process: a Python thread cannot be stopped from outside).
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        job: Job,
+        worker_id: str,
+        lease_seconds: float,
+        timeout_seconds: float,
+        on_timeout: Callable[[], None],
+    ) -> None:
         self._ledger, self._job, self._worker_id, self._lease = ledger, job, worker_id, lease_seconds
+        self._timeout, self._on_timeout = timeout_seconds, on_timeout
         self._stop = threading.Event()
         self.lost = False
+        self.timed_out = False
         self._thread = threading.Thread(target=self._run, name=f"lease-{job.id}", daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._lease / 3):
+        deadline = time.monotonic() + self._timeout
+        while not self._stop.wait(max(0.0, min(self._lease / 3, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                self.timed_out = True
+                self._on_timeout()
+                return
             try:
                 self._ledger.renew(self._job.id, self._worker_id, self._lease)
             except LeaseLost:
@@ -100,6 +131,13 @@ class Worker:
         Built from the settings when not given (tests pass their own).
     worker_id:
         Lease owner name; ``host:pid`` by default.
+    policy:
+        Backoff and retry budgets; from the settings when not given.
+    exit_process:
+        Ends the process after a job timed out (:func:`os._exit`; the supervisor starts a new
+        worker). A job runs in this process's main thread, which nothing can stop from outside,
+        so ending the process is the one way to free the worker; running each job in a child
+        process instead would pay the analyzers' start (torch, weights) on every job.
     """
 
     def __init__(
@@ -109,8 +147,14 @@ class Worker:
         pacs: Optional[PacsClient] = None,
         analyzers: Optional[Sequence[Union[Analyzer, Unavailable]]] = None,
         worker_id: Optional[str] = None,
+        *,
+        policy: Optional[RetryPolicy] = None,
+        exit_process: Callable[[int], None] = os._exit,
     ) -> None:
+        if settings.job_timeout_seconds <= 0:
+            raise ValueError(f"job_timeout_seconds must be positive, got {settings.job_timeout_seconds}")
         self.settings = settings
+        self.policy = policy or RetryPolicy.from_settings(settings)
         self.ledger = ledger or Ledger(settings.resolved_ledger_url)
         self.pacs = pacs or PacsClient(
             settings.dicomweb_url,
@@ -120,15 +164,16 @@ class Worker:
         )
         self.analyzers = list(analyzers) if analyzers is not None else build_analyzers(settings)
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._exit_process = exit_process
         self._stop = threading.Event()
 
     def stop(self, *_: object) -> None:
         """Ask :meth:`run_forever` to return after the current job."""
         self._stop.set()
 
-    def backoff(self, attempts: int) -> float:
-        """Seconds to wait before attempt ``attempts + 1``: exponential, capped."""
-        return min(self.settings.retry_base_seconds * 2 ** max(attempts - 1, 0), self.settings.retry_max_seconds)
+    def backoff(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row: exponential, capped, with jitter."""
+        return self.policy.delay(failures)
 
     def run_forever(self) -> None:
         """Claim and process jobs until SIGTERM/SIGINT."""
@@ -140,10 +185,15 @@ class Worker:
             try:
                 worked = self.run_once()
                 failures = 0
-            except LedgerUnavailableError as exc:  # cannot even claim: back off, the ledger may come back
+            except Exception as exc:  # noqa: BLE001 - the ledger unavailable, or a bug outside any job
                 failures += 1
                 delay = min(self.settings.poll_seconds * 2**failures, 60.0)
-                LOG.error("worker %s: ledger unavailable (%s); trying again in %.0f s", self.worker_id, exc, delay)
+                if isinstance(exc, LedgerUnavailableError):  # cannot even claim: the ledger may come back
+                    LOG.error("worker %s: ledger unavailable (%s); trying again in %.0f s", self.worker_id, exc, delay)
+                else:
+                    LOG.exception(
+                        "worker %s: unexpected error outside a job; trying again in %.0f s", self.worker_id, delay
+                    )
                 self._stop.wait(delay)
                 continue
             if not worked:
@@ -166,7 +216,10 @@ class Worker:
             path = Path(job.input_path or "")
             if not job.input_path or not path.is_file():
                 raise BadInputError("the uploaded study is no longer on the node; upload it again")
-            return LocalSource(read_zip(path, self.settings.max_upload_bytes)), [results]
+            datasets = read_zip(
+                path, self.settings.max_upload_expanded_bytes, max_ratio=self.settings.max_zip_member_ratio
+            )
+            return LocalSource(datasets, release_pixels=True), [results]
         return PacsSource(self.pacs, job.study_uid), [PacsSink(self.pacs), results]
 
     def _discard_upload(self, job: Job) -> None:
@@ -178,7 +231,11 @@ class Worker:
             Path(job.input_path).unlink(missing_ok=True)
 
     def handle(self, job: Job) -> None:
-        """Run one claimed job and record its outcome (never raises for the job's own errors)."""
+        """Run one claimed job and record its outcome (never raises for the job's own errors).
+
+        A lease lost or a ledger that refuses the write, in any branch, is logged here and the
+        worker carries on: the job's lease expires and the job is claimed again (at-least-once).
+        """
         try:
             self._handle(job)
         except (LeaseLost, LedgerUnavailableError) as exc:  # the outcome could not be recorded
@@ -191,13 +248,30 @@ class Worker:
 
     def _handle(self, job: Job) -> None:
         tag = short_hash(job.study_uid)
-        LOG.info("job %d (study %s): attempt %d of %d", job.id, tag, job.attempts, job.max_attempts)
+        LOG.info(
+            "job %d (study %s): attempt %d (%d of %d counted)",
+            job.id,
+            tag,
+            job.attempts,
+            job.counted_attempts,
+            job.max_attempts,
+        )
         started = time.perf_counter()
         timer = StageTimer()
+        heartbeat = _Heartbeat(
+            self.ledger,
+            job,
+            self.worker_id,
+            self.settings.lease_seconds,
+            self.settings.job_timeout_seconds,
+            on_timeout=lambda: self._time_out(job),
+        )
         try:
-            with _Heartbeat(self.ledger, job, self.worker_id, self.settings.lease_seconds) as heartbeat:
+            with heartbeat:
                 source, sinks = self._source_and_sinks(job)
                 outcome = process_study(source, sinks, self.settings, self.analyzers, timer)
+            if heartbeat.timed_out:
+                raise LeaseLost(f"job {job.id} finished after its time limit; its timeout was recorded")
             if heartbeat.lost:
                 raise LeaseLost(f"job {job.id} ran past its lease and was taken over")
             timings = {**outcome.timings, "total": round(time.perf_counter() - started, 3)}
@@ -237,10 +311,49 @@ class Worker:
         except LedgerUnavailableError:
             raise  # recording the outcome failed: handle() logs it, nothing more can be written now
         except TransientError as exc:
-            delay = self.backoff(job.attempts)
-            state = self.ledger.retry_later(job.id, self.worker_id, type(exc).__name__, str(exc), delay)
-            LOG.warning("job %d (study %s): %s; %s (retry in %.0f s)", job.id, tag, exc, state.value, delay)
+            if heartbeat.timed_out:
+                LOG.error("job %d: %s after its time limit; its timeout was recorded", job.id, exc)
+                return
+            self._retry_transient(job, exc, timer)
         except Exception as exc:  # noqa: BLE001 - the loop must survive any one job
+            if heartbeat.timed_out:
+                LOG.error("job %d: %r after its time limit; its timeout was recorded", job.id, exc)
+                return
             LOG.exception("job %d (study %s): unexpected error", job.id, tag)
-            delay = self.backoff(job.attempts)
+            delay = self.backoff(job.counted_attempts)
             self.ledger.retry_later(job.id, self.worker_id, type(exc).__name__, f"internal error: {exc}", delay)
+
+    def _retry_transient(self, job: Job, exc: TransientError, timer: StageTimer) -> None:
+        """Queue the job again after a transient error, or fail it once the retry window is spent."""
+        tag = short_hash(job.study_uid)
+        now = utcnow()
+        since = job.retrying_since or now
+        delay = self.policy.transient_delay(since, now, job.transient_attempts + 1)
+        if delay is None:
+            reason = f"gave up after {self.policy.window}: {exc}"
+            LOG.warning("job %d (study %s): failed: %s", job.id, tag, reason)
+            self.ledger.fail(
+                job.id, self.worker_id, type(exc).__name__, reason, timings=timer.seconds, retrying_since=since
+            )
+            return
+        state = self.ledger.retry_transient(job.id, self.worker_id, type(exc).__name__, str(exc), delay, since)
+        LOG.warning("job %d (study %s): %s; %s (retry in %.0f s)", job.id, tag, exc, state.value, delay)
+
+    def _time_out(self, job: Job) -> None:
+        """The job ran past its time limit: record it (retried or failed by count), then end the process.
+
+        Runs in the heartbeat thread while the job's thread may still be stuck.
+        """
+        limit = self.settings.job_timeout_seconds
+        message = f"timed out after {limit:g} s"
+        LOG.error("job %d (study %s): %s; ending the worker process", job.id, short_hash(job.study_uid), message)
+        try:
+            state = self.ledger.retry_later(
+                job.id, self.worker_id, "JobTimeout", message, self.backoff(job.counted_attempts)
+            )
+            LOG.error("job %d: %s after the timeout", job.id, state.value)
+        except (LeaseLost, LedgerUnavailableError) as exc:
+            LOG.error("job %d: timeout not recorded (%s); the lease expires and the job runs again", job.id, exc)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        self._exit_process(EXIT_TIMED_OUT)

@@ -318,14 +318,22 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild the model: preprocessing, backbone and head."""
+    """Everything needed to rebuild the model: preprocessing, backbone and head.
+
+    ``encoder`` names the image encoder whose tokens the head reads (``neuroradix.models.encoders``);
+    only for ``"swinunetr"`` must ``head.embed_dim`` equal the backbone's width (the release
+    manifest checks the other encoders' widths).
+    """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    encoder: str = "swinunetr"
 
     def __post_init__(self) -> None:
-        if self.head.embed_dim != self.backbone.embed_dim:
+        if not isinstance(self.encoder, str) or not self.encoder:
+            raise ValueError(f"encoder must be a non-empty name, got {self.encoder!r}")
+        if self.encoder == "swinunetr" and self.head.embed_dim != self.backbone.embed_dim:
             raise ValueError(
                 f"head.embed_dim ({self.head.embed_dim}) must be 24 * backbone.feature_size "
                 f"({self.backbone.embed_dim})"
@@ -338,13 +346,14 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> ModelConfig:
         if not isinstance(data, dict):
             raise ValueError("model config must be a mapping")
-        unknown = sorted(set(data) - {"preprocess", "backbone", "head"})
+        unknown = sorted(set(data) - {"preprocess", "backbone", "head", "encoder"})
         if unknown:
             raise ValueError(f"model config: unknown key(s) {unknown}")
         return cls(
             preprocess=PreprocessConfig.from_dict(data.get("preprocess", {})),
             backbone=BackboneConfig.from_dict(data.get("backbone", {})),
             head=HeadConfig.from_dict(data.get("head", {})),
+            encoder=str(data.get("encoder", "swinunetr")),
         )
 
 

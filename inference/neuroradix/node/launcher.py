@@ -1,7 +1,8 @@
 """``make up`` / ``make down``: run the whole node (Orthanc + sidecar) in the background.
 
 State lives under ``var/`` (mode 0700, every file 0600): ``secrets.env`` (generated once: the
-three Orthanc accounts, the sidecar token and the key of the output UIDs), ``node.env`` (what
+three Orthanc accounts, the sidecar's admin, plugin and reader tokens and the key of the output
+UIDs), ``node.env`` (what
 scripts source to reach the node), ``senders.json`` (the known DICOM senders, see
 :mod:`neuroradix.node.senders`), ``orthanc/`` (storage, runtime config, log), ``ledger.sqlite``,
 ``logs/`` and ``run/*.pid``. ``up`` returns once both answer and succeeds when the node is
@@ -22,13 +23,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from neuroradix.node.envfile import read_env_file, write_env_file
 from neuroradix.node.orthanc import SIDECAR_ACCOUNT, VIEWER_ACCOUNT, OrthancProcess, OrthancSpec, free_port
+from neuroradix.node.postgres import allow_traversal, start_node_databases, stop_node_cluster
 from neuroradix.node.senders import Sender, ensure_local_sender, load_senders, senders_path
+from neuroradix.node.worker_host import worker_env_values
 
 LOG = logging.getLogger(__name__)
 
@@ -118,6 +121,9 @@ class NodeConfig:
     senders: tuple[Sender, ...] = ()
     calling_aet: str = ""  # the local sender's AE title (DICOM_CALLING_AET)
     orthanc_verbose: bool = False
+    # Scoped sidecar tokens (neuroradix.api.deps): the plugin's may only queue a study, a reader's only GET.
+    sidecar_plugin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    sidecar_reader_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     @property
     def orthanc_url(self) -> str:
@@ -138,6 +144,8 @@ class NodeConfig:
             "DICOM_CALLING_AET": self.calling_aet,
             "SIDECAR_URL": self.sidecar_url,
             "SIDECAR_TOKEN": self.sidecar_token,
+            "SIDECAR_READER_TOKEN": self.sidecar_reader_token,
+            "METRICS_URL": self.sidecar_url + "/metrics",  # GET with SIDECAR_READER_TOKEN or SIDECAR_TOKEN
             "VIEWER_ORTHANC_USER": VIEWER_ACCOUNT if self.viewer_orthanc_password else "",
             "VIEWER_ORTHANC_PASSWORD": self.viewer_orthanc_password,
         }
@@ -150,7 +158,7 @@ class NodeConfig:
             user=self.orthanc_user,
             password=self.orthanc_password,
             sidecar_url=self.sidecar_url,
-            sidecar_token=self.sidecar_token,
+            sidecar_token=self.sidecar_plugin_token,  # the plugin may only queue studies
             stable_age=self.stable_age,
             aet=self.aet,
             sidecar_account=(SIDECAR_ACCOUNT, self.sidecar_orthanc_password),
@@ -172,6 +180,8 @@ def load_or_create_config(var_dir: Path) -> NodeConfig:
         "ORTHANC_USER": lambda: "neuroradix",
         "ORTHANC_PASSWORD": lambda: secrets.token_urlsafe(24),
         "SIDECAR_TOKEN": lambda: secrets.token_urlsafe(32),
+        "SIDECAR_PLUGIN_TOKEN": lambda: secrets.token_urlsafe(32),
+        "SIDECAR_READER_TOKEN": lambda: secrets.token_urlsafe(32),
         "ORTHANC_SIDECAR_PASSWORD": lambda: secrets.token_urlsafe(24),
         "ORTHANC_VIEWER_PASSWORD": lambda: secrets.token_urlsafe(24),
         "UID_KEY": lambda: secrets.token_hex(32),
@@ -193,6 +203,8 @@ def load_or_create_config(var_dir: Path) -> NodeConfig:
         orthanc_user=stored["ORTHANC_USER"],
         orthanc_password=stored["ORTHANC_PASSWORD"],
         sidecar_token=stored["SIDECAR_TOKEN"],
+        sidecar_plugin_token=stored["SIDECAR_PLUGIN_TOKEN"],
+        sidecar_reader_token=stored["SIDECAR_READER_TOKEN"],
         stable_age=int(os.environ.get("NEURORADIX_STABLE_AGE", "5")),
         sidecar_orthanc_password=stored["ORTHANC_SIDECAR_PASSWORD"],
         viewer_orthanc_password=stored["ORTHANC_VIEWER_PASSWORD"],
@@ -246,12 +258,17 @@ def sidecar_environment(config: NodeConfig) -> dict[str, str]:
         env["NEURORADIX_ORTHANC_PASSWORD"] = config.sidecar_orthanc_password
     if config.uid_key:
         env["NEURORADIX_UID_KEY"] = config.uid_key
+    env["NEURORADIX_SIDECAR_PLUGIN_TOKEN"] = config.sidecar_plugin_token
     env["NEURORADIX_VAR_DIR"] = str(config.var_dir.resolve())
     return env
 
 
-def up(var_dir: Path, timeout: float = 120.0) -> NodeConfig:
-    """Start Orthanc and the sidecar in the background (no-op if they already run)."""
+def up(var_dir: Path, timeout: float = 120.0, ledger: str = "", orthanc_index: str = "sqlite") -> NodeConfig:
+    """Start Orthanc and the sidecar in the background (no-op if they already run).
+
+    ``ledger`` / ``orthanc_index``: ``postgresql`` runs them on a local cluster in ``var/postgres``
+    (:mod:`neuroradix.node.postgres`); a ``NEURORADIX_LEDGER_URL`` in the environment wins.
+    """
     var_dir = var_dir.resolve()
     tighten_permissions(var_dir)
     local = ensure_local_sender(senders_path(var_dir))
@@ -259,7 +276,8 @@ def up(var_dir: Path, timeout: float = 120.0) -> NodeConfig:
     run, logs = var_dir / "run", var_dir / "logs"
     run.mkdir(mode=0o700, parents=True, exist_ok=True)
     logs.mkdir(mode=0o700, parents=True, exist_ok=True)
-    orthanc = OrthancProcess(config.orthanc_spec())
+    databases = start_node_databases(var_dir, ledger, orthanc_index)
+    orthanc = OrthancProcess(dataclasses.replace(config.orthanc_spec(), postgresql=databases.orthanc))
     if _pid_alive(run / "orthanc.pid") is None:
         orthanc.start(timeout=60, detach=True)
         assert orthanc.process is not None
@@ -267,12 +285,23 @@ def up(var_dir: Path, timeout: float = 120.0) -> NodeConfig:
         LOG.info("Orthanc started on %s (DICOM port %d)", config.orthanc_url, config.dicom_port)
     else:
         orthanc.wait_ready(30)
+    env = sidecar_environment(config)
+    if databases.ledger_url:
+        env["NEURORADIX_LEDGER_URL"] = databases.ledger_url
+    ledger_url = env.get("NEURORADIX_LEDGER_URL") or f"sqlite:///{var_dir / 'ledger.sqlite'}"
     if _pid_alive(run / "sidecar.pid") is None:
-        process = spawn_sidecar(config, sidecar_environment(config), logs / "sidecar.log")
+        process = spawn_sidecar(config, env, logs / "sidecar.log")
         _private_file(run / "sidecar.pid", str(process.pid))
     wait_ready(config.sidecar_url + "/readyz", timeout, "the sidecar", logs / "sidecar.log")
     write_env_file(var_dir / "node.env", config.node_env(), "written by 'make up': source it to reach the node")
+    write_env_file(
+        var_dir / "worker.env",
+        worker_env_values(env, ledger_url),
+        "written by 'make up': neuroradix worker --env-file var/worker.env joins this node (docs/scale-out.md)",
+    )
     tighten_permissions(var_dir)
+    if databases.cluster is not None and databases.cluster.run_as:
+        allow_traversal(databases.cluster.root)  # the postgres user must reach var/postgres (var/ 0701)
     return config
 
 
@@ -298,6 +327,8 @@ def down(var_dir: Path, timeout: float = 30.0) -> list[str]:
         _wait_gone(pid, timeout)
         stopped.append("orthanc")
     (run / "orthanc.pid").unlink(missing_ok=True)
+    if stop_node_cluster(var_dir):
+        stopped.append("postgresql")
     return stopped
 
 

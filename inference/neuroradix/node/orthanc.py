@@ -36,6 +36,10 @@ ORTHANC_BINARY = "Orthanc"
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
 SIDECAR_ACCOUNT = "neuroradix-sidecar"
 VIEWER_ACCOUNT = "neuroradix-viewer"
+SIDECAR_TOKEN_VARIABLES = frozenset(
+    f"{prefix}SIDECAR_{kind}TOKEN" for prefix in ("", "NEURORADIX_") for kind in ("", "PLUGIN_", "READER_")
+)
+"""Environment variables that may hold a sidecar token; Orthanc starts with none of them but its own."""
 
 
 def packaged_file(*parts: str) -> Path:
@@ -66,7 +70,7 @@ class OrthancSpec:
     user: str
     password: str
     sidecar_url: str
-    sidecar_token: str
+    sidecar_token: str  # the plugin's token: it may only queue a study (POST /v1/jobs)
     stable_age: int = 5
     aet: str = "NEURORADIX"
     sidecar_account: tuple[str, str] = (SIDECAR_ACCOUNT, "")  # (user, password); no password: not registered
@@ -75,6 +79,9 @@ class OrthancSpec:
     verbose: bool = False
     base_config: Optional[Path] = None  # default: the packaged orthanc.json
     plugin_script: Optional[Path] = None  # default: the packaged plugin
+    # Index (and optionally storage) in PostgreSQL (Debian's orthanc-postgresql plugin): host, port,
+    # database, user, password, and "storage": True to keep the DICOM files there too. None: SQLite.
+    postgresql: Optional[dict] = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -109,6 +116,18 @@ class OrthancSpec:
             "SidecarUser": self.sidecar_account[0],
             "ViewerUser": self.viewer_account[0],
         }
+        if self.postgresql is not None:
+            pg = self.postgresql
+            config["PostgreSQL"] = {
+                "EnableIndex": True,
+                "EnableStorage": bool(pg.get("storage", False)),
+                "Host": pg["host"],
+                "Port": int(pg["port"]),
+                "Database": pg["database"],
+                "Username": pg["user"],
+                "Password": pg["password"],
+                "Lock": False,  # the node's own cluster; no second Orthanc shares the database
+            }
         config.update(self.extra)
         return config
 
@@ -136,11 +155,10 @@ class OrthancProcess:
 
     def start(self, timeout: float = 60.0, detach: bool = False) -> OrthancProcess:
         self.write_config()
-        env = {
-            **os.environ,
-            "NEURORADIX_SIDECAR_URL": self.spec.sidecar_url,
-            "NEURORADIX_SIDECAR_TOKEN": self.spec.sidecar_token,
-        }
+        # Orthanc gets the plugin's token only, never the admin or reader token of the calling process.
+        env = {k: v for k, v in os.environ.items() if k not in SIDECAR_TOKEN_VARIABLES}
+        env["NEURORADIX_SIDECAR_URL"] = self.spec.sidecar_url
+        env["NEURORADIX_SIDECAR_PLUGIN_TOKEN"] = self.spec.sidecar_token
         log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         command = [ORTHANC_BINARY, *(["--verbose"] if self.spec.verbose else []), str(self.config_path)]
         self.process = subprocess.Popen(

@@ -1,7 +1,8 @@
 """The worker's DICOMweb edge: QIDO search, WADO-RS fetch, STOW-RS store.
 
 Wraps ``dicomweb_client`` with basic auth, explicit media types and error mapping:
-connection problems and 5xx become :class:`TransientError` (the job is retried), a missing
+connection problems and 5xx become :class:`TransientError` (the job is retried), refused
+credentials (401/403) :class:`PacsAuthError` (retried too: the operator fixes them), a missing
 study becomes :class:`NotEligibleError`, anything else the PACS refuses becomes
 :class:`BadInputError`.
 
@@ -26,7 +27,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
 
-from neuroradix.errors import BadInputError, NotEligibleError, TransientError
+from neuroradix.errors import BadInputError, NotEligibleError, PacsAuthError, PartialStoreError, TransientError
 from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary, StudySummary
 
 LOG = logging.getLogger(__name__)
@@ -43,10 +44,16 @@ def _mapped_errors(what: str) -> Iterator[None]:
         status = exc.response.status_code if exc.response is not None else 0
         if status == 404:
             raise NotEligibleError(f"{what}: not found in the PACS (HTTP 404)") from exc
+        if status in (401, 403):  # a rotated password or a missing permission: the node's fault, not the study's
+            raise PacsAuthError(f"{what}: PACS refused the sidecar's credentials (HTTP {status})") from exc
         if status >= 500 or status in (408, 429):
             raise TransientError(f"{what}: PACS answered HTTP {status}") from exc
         raise BadInputError(f"{what}: PACS refused the request (HTTP {status})") from exc
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+    except (
+        requests.exceptions.ConnectionError,
+        requests.exceptions.Timeout,
+        requests.exceptions.ChunkedEncodingError,  # a stream cut mid-fetch
+    ) as exc:
         raise TransientError(f"{what}: PACS not reachable ({exc.__class__.__name__})") from exc
 
 
@@ -64,6 +71,27 @@ def complete_file_meta(ds: pydicom.Dataset) -> None:
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
     validate_file_meta(meta, enforce_standard=True)
     write_file_meta_info(DicomBytesIO(), meta, enforce_standard=True)  # sets FileMetaInformationGroupLength
+
+
+def _stow_conflict(exc: requests.exceptions.HTTPError) -> Optional[pydicom.Dataset]:
+    """The STOW-RS response of a 409 that lists refused objects (``FailedSOPSequence``), else None.
+
+    A STOW-RS origin server answers 409 when some or all objects failed, with the same response
+    dataset as a success; Orthanc does so for a partial store too.
+    """
+    response = exc.response
+    if response is None or response.status_code != 409:
+        return None
+    try:
+        dataset = pydicom.Dataset.from_json(response.json())
+    except (ValueError, TypeError, KeyError):
+        return None
+    return dataset if "FailedSOPSequence" in dataset else None
+
+
+def _failure_reason(item: pydicom.Dataset) -> str:
+    value = getattr(item, "FailureReason", None)
+    return f"0x{int(value):04X}" if isinstance(value, int) else "?"
 
 
 class PacsClient:
@@ -88,6 +116,10 @@ class PacsClient:
         self._session = session
         self._timeout = timeout
         self._client = DICOMwebClient(url=dicomweb_url, session=session, timeout=timeout)
+        # dicomweb_client retries every failed request 5 times over ~30 s by default (any exception,
+        # 429/408/503/504). The worker's retry policy (neuroradix.jobs.retry) is the one that
+        # counts; here only a blip is ridden out: 3 tries, 0.5 s and 1 s apart.
+        self._client.set_http_retry_params(retry=True, max_attempts=3, wait_exponential_multiplier=250)
 
     # --- QIDO -----------------------------------------------------------------------------
     def search_studies(
@@ -145,9 +177,9 @@ class PacsClient:
             False: as stored (``transfer-syntax=*``); True: transcoded by the PACS to Explicit VR
             Little Endian, for pixel data this process cannot decode.
         """
-        with _mapped_errors("WADO-RS series"):
-            return self._client.retrieve_series(
-                study_uid, series_uid, media_types=EXPLICIT_LITTLE if transcode else AS_STORED
+        with _mapped_errors("WADO-RS series"):  # streamed: the response body is never held whole next to the datasets
+            return list(
+                self._client.iter_series(study_uid, series_uid, media_types=EXPLICIT_LITTLE if transcode else AS_STORED)
             )
 
     def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> pydicom.Dataset:
@@ -161,8 +193,12 @@ class PacsClient:
 
         Raises
         ------
+        PartialStoreError
+            When the PACS stored only some of them (``FailedSOPSequence``, failure reasons named):
+            the series of these datasets are deleted again (best effort), and the job's retry
+            stores them anew.
         BadInputError
-            When the PACS refuses any of them (its failure reasons are named).
+            When the PACS refuses the request as a whole (HTTP 4xx other than 401/403/404).
         TransientError
             When the PACS is unreachable or answers 5xx.
         """
@@ -172,12 +208,30 @@ class PacsClient:
             if getattr(ds, "preamble", None) is None:
                 ds.preamble = b"\x00" * 128
             complete_file_meta(ds)
+        response: Optional[pydicom.Dataset]
         with _mapped_errors("STOW-RS"):
-            response = self._client.store_instances(list(datasets), study_instance_uid=study_uid)
+            try:
+                response = self._client.store_instances(list(datasets), study_instance_uid=study_uid)
+            except requests.exceptions.HTTPError as exc:
+                response = _stow_conflict(exc)  # Orthanc answers 409 as soon as one object fails
+                if response is None:
+                    raise
         failed = getattr(response, "FailedSOPSequence", None)
         if failed:
-            reasons = sorted({str(getattr(item, "FailureReason", "?")) for item in failed})
-            raise BadInputError(f"STOW-RS: the PACS refused {len(failed)} object(s), failure reasons {reasons}")
+            stored = len(getattr(response, "ReferencedSOPSequence", None) or [])
+            reasons = sorted({_failure_reason(item) for item in failed})
+            self._discard_partial(sorted({str(ds.SeriesInstanceUID) for ds in datasets}))
+            raise PartialStoreError(
+                f"STOW-RS: the PACS stored only {stored} of {len(datasets)} object(s), failure reasons {reasons}"
+            )
+
+    def _discard_partial(self, series_uids: Sequence[str]) -> None:
+        """Delete what a partial STOW left of the node's series; a failure is logged (the retry deletes them)."""
+        for series_uid in series_uids:
+            try:
+                self.delete_series(series_uid)
+            except (TransientError, BadInputError, NotEligibleError) as exc:
+                LOG.warning("partial STOW: could not delete a stored series again (%s); the retry replaces it", exc)
 
     def delete_series(self, series_uid: str) -> bool:
         """Delete one series of the node's own output before it is stored again (a rerun).

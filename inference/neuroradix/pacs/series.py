@@ -5,6 +5,12 @@ search, or a folder's files) and names the candidates; the caller fetches the ca
 metadata (:class:`~neuroradix.pacs.summaries.InstanceSummary`, no pixels) and :func:`select_series`
 checks them and picks one. A study with no usable series raises :class:`NotEligibleError` whose
 message lists why each series was rejected, which becomes the job's "skipped" reason.
+
+Given :class:`~neuroradix.imaging.volume.SizeLimits`, the size of each series is decided here from
+metadata, before any pixel is fetched: a QIDO instance count above the limit drops the series
+before even its metadata is fetched, and Rows, Columns, BitsAllocated and NumberOfFrames are checked
+on the metadata. A series over a limit is passed over for a smaller usable one; when none is left the
+study fails (:class:`~neuroradix.errors.InputTooLargeError`, naming the numbers and the setting).
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import pydicom
 
-from neuroradix.errors import ConfigError, NotEligibleError
+from neuroradix.errors import BadInputError, ConfigError, InputTooLargeError, NotEligibleError
+from neuroradix.imaging.volume import SizeLimits
 from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary
 
 LOG = logging.getLogger(__name__)
+
+TOO_LARGE = "too large:"
+"""Marks the reason of a series :func:`prefilter` dropped for its instance count."""
 
 
 @dataclass(frozen=True)
@@ -77,13 +87,18 @@ class Candidate:
     description: str
 
 
-def check_series(instances: Sequence[InstanceSummary], rules: SeriesRules) -> Candidate:
-    """Check one series' instance metadata against the rules.
+def check_series(
+    instances: Sequence[InstanceSummary], rules: SeriesRules, limits: Optional[SizeLimits] = None
+) -> Candidate:
+    """Check one series' instance metadata against the rules (and the size limits, when given).
 
     Raises
     ------
     NotEligibleError
         With the reason the series cannot be used.
+    BadInputError
+        From ``limits``: the series is too large (:class:`~neuroradix.errors.InputTooLargeError`) or
+        its image size, BitsAllocated or frame count make no CT volume.
     """
     if not instances:
         raise NotEligibleError("series has no instances")
@@ -92,7 +107,10 @@ def check_series(instances: Sequence[InstanceSummary], rules: SeriesRules) -> Ca
         raise NotEligibleError(f"modality {first.modality or 'missing'} is not {'/'.join(rules.modalities)}")
     sop_classes = {i.sop_class_uid for i in instances}
     if not sop_classes <= set(rules.sop_classes):
-        raise NotEligibleError(f"SOP class {sorted(sop_classes)} is not CT Image Storage")
+        names = sorted(pydicom.uid.UID(uid).name for uid in sop_classes - set(rules.sop_classes))
+        raise NotEligibleError(
+            f"SOP class {', '.join(names)} is not CT Image Storage (only single-frame CT images are analyzed)"
+        )
     description = first.series_description
     if any(word in description.lower() for word in rules.series_description_excluded):
         raise NotEligibleError(f"series description {description!r} marks a localizer/report")
@@ -125,6 +143,15 @@ def check_series(instances: Sequence[InstanceSummary], rules: SeriesRules) -> Ca
     sizes = {(i.rows or 0, i.columns or 0) for i in instances}
     if len(sizes) != 1:
         raise NotEligibleError(f"mixed image sizes {sorted(sizes)}")
+    if limits is not None:
+        bits = [i.bits_allocated for i in instances if i.bits_allocated is not None]
+        limits.check(
+            len(instances),
+            first.rows,
+            first.columns,
+            bits_allocated=max(bits) if bits else None,
+            frames=max((i.number_of_frames or 1 for i in instances), default=1),
+        )
     positions = np.sort(np.array([np.dot(np.asarray(i.image_position, float), normal) for i in instances]))
     steps = np.diff(positions)
     spacing = float(np.median(steps)) if steps.size else 0.0
@@ -151,9 +178,15 @@ def _rank_key(candidate: Candidate, ranking: Sequence[str]) -> tuple:
 
 
 def prefilter(
-    series: Sequence[SeriesSummary], rules: SeriesRules, own_manufacturer: str
+    series: Sequence[SeriesSummary],
+    rules: SeriesRules,
+    own_manufacturer: str,
+    limits: Optional[SizeLimits] = None,
 ) -> tuple[list[list[str]], list[str]]:
     """Cheap checks on the series summaries, before anything is fetched.
+
+    A series whose instance count is above ``limits.max_instances`` is dropped here (its reason
+    holds :data:`TOO_LARGE`), so not even its metadata is fetched.
 
     Returns
     -------
@@ -175,16 +208,24 @@ def prefilter(
             reasons.append(f"{s.label}: series description {s.description!r} marks a localizer/report")
             continue
         count = s.n_instances or 0
-        if 0 < count < rules.min_slices:
+        if 1 < count < rules.min_slices:  # one instance may be a multi-frame image: check_series names it
             reasons.append(f"{s.label}: {count} slices, fewer than {rules.min_slices}")
+            continue
+        if limits is not None and count > limits.max_instances:
+            reasons.append(
+                f"{s.label}: {TOO_LARGE} {count} instances, above the limit of {limits.max_instances} "
+                "(setting NEURORADIX_MAX_SERIES_INSTANCES)"
+            )
             continue
         kept.setdefault(count, []).append(s.series_uid)
     return [kept[c] for c in sorted(kept, reverse=True)], reasons
 
 
-def candidate_uids(series: Sequence[SeriesSummary], rules: SeriesRules, own_manufacturer: str) -> list[str]:
+def candidate_uids(
+    series: Sequence[SeriesSummary], rules: SeriesRules, own_manufacturer: str, limits: Optional[SizeLimits] = None
+) -> list[str]:
     """The series whose instance metadata :func:`select_series` needs, in the order it considers them."""
-    groups, _ = prefilter(series, rules, own_manufacturer)
+    groups, _ = prefilter(series, rules, own_manufacturer, limits)
     return [uid for group in groups for uid in group]
 
 
@@ -193,6 +234,7 @@ def select_series(
     instances: Mapping[str, Sequence[InstanceSummary]],
     rules: SeriesRules,
     own_manufacturer: str,
+    limits: Optional[SizeLimits] = None,
 ) -> Candidate:
     """Pick the best series of a study (a pure function: the caller has fetched what it needs).
 
@@ -208,6 +250,8 @@ def select_series(
         The selection rules (:func:`load_rules`).
     own_manufacturer:
         Manufacturer of the node's own result series, which are never candidates.
+    limits:
+        Size limits (see the module docstring); ``None`` checks none.
 
     Returns
     -------
@@ -218,22 +262,35 @@ def select_series(
     ------
     NotEligibleError
         When no series is usable; the message gives each series' reason.
+    BadInputError
+        When no series is usable and one was refused by ``limits``
+        (:class:`~neuroradix.errors.InputTooLargeError` when one was too large); the message gives
+        every series' reason.
     """
-    groups, reasons = prefilter(series, rules, own_manufacturer)
+    groups, reasons = prefilter(series, rules, own_manufacturer, limits)
+    refused: Optional[type[BadInputError]] = InputTooLargeError if any(TOO_LARGE in r for r in reasons) else None
     labels = {s.series_uid: s.label for s in series}
     for group in groups:
         candidates = []
         for uid in group:
             try:
-                candidates.append(check_series(instances.get(uid, ()), rules))
+                candidates.append(check_series(instances.get(uid, ()), rules, limits))
             except NotEligibleError as exc:
                 reasons.append(f"{labels.get(uid, 'a series')}: {exc}")
+            except BadInputError as exc:  # refused by the size limits: another series may do
+                reasons.append(f"{labels.get(uid, 'a series')}: {exc}")
+                refused = refused or type(exc)
         if candidates:
             best = min(candidates, key=lambda c: _rank_key(c, rules.ranking))
             LOG.info("selected a series of %d slices at %.2f mm", best.n_slices, best.slice_spacing)
             return best
-    detail = "; ".join(reasons) if reasons else "the study has no series"
-    raise NotEligibleError(f"no usable CT series: {detail}")
+    if reasons:
+        detail = "; ".join(reasons)
+    elif series:
+        detail = "the study holds only this node's own results"
+    else:
+        detail = "the study has no series"
+    raise (refused or NotEligibleError)(f"no usable CT series: {detail}")
 
 
 def source_fingerprint(series: Sequence[Union[SeriesSummary, pydicom.Dataset]], own_manufacturer: str) -> str:

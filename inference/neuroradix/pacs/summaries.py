@@ -113,6 +113,8 @@ class InstanceSummary:
     pixel_spacing: Optional[tuple[float, ...]] = None
     rows: Optional[int] = None
     columns: Optional[int] = None
+    bits_allocated: Optional[int] = None
+    number_of_frames: Optional[int] = None  # None when absent (a single-frame image)
 
     @classmethod
     def from_dataset(cls, ds: pydicom.Dataset) -> InstanceSummary:
@@ -133,6 +135,8 @@ class InstanceSummary:
             pixel_spacing=_floats(ds, "PixelSpacing"),
             rows=_int(ds, "Rows"),
             columns=_int(ds, "Columns"),
+            bits_allocated=_int(ds, "BitsAllocated"),
+            number_of_frames=_int(ds, "NumberOfFrames"),
         )
 
     @classmethod

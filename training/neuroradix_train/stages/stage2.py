@@ -8,10 +8,19 @@ For each scan: cached preprocessing -> the node's own sliding-window pass
 line per scan (split, VolumeName, embedding file, labels, report) that the head's dataset reads.
 Scans are sharded over torchrun ranks; files already written are skipped, so an interrupted
 export resumes where it stopped.
+
+With ``export.encoder`` set (``merlin``, ``astra`` or another name of
+:data:`neuroradix.models.encoders.ENCODERS`, with ``export.encoder_kwargs``) the features come from
+that frozen encoder instead: each scan's HU volume -> the encoder's own preprocessing -> its tokens
+(``[N, width]``, one per cell of its token grid) in the same file format, and no stage-1 backbone is
+needed.  ``model_config.json`` then names the encoder and the head's ``embed_dim`` (its width), and
+``encoder.json`` holds the release manifest's ``encoder`` entry (for a pretrained one: package,
+version, sha256, licence, source).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -21,13 +30,15 @@ import torch
 
 from neuroradix.errors import ConfigError
 from neuroradix.models.backbone import build_backbone, forward_with_features
-from neuroradix.models.config import ModelConfig
+from neuroradix.models.config import HeadConfig, ModelConfig
 from neuroradix.models.embeddings import save_embeddings
+from neuroradix.models.encoders import build_encoder
+from neuroradix.models.pretrained import PRETRAINED
 from neuroradix.models.remap import load_remap
 from neuroradix.models.sliding import SlidingOptions, sliding_segment
-from neuroradix.weights import sha256_file
+from neuroradix.weights import pretrained_encoder_entry, sha256_file
 from neuroradix_train.config import require, save_config
-from neuroradix_train.data.dataset import load_records
+from neuroradix_train.data.dataset import load_records, load_volume
 from neuroradix_train.data.preprocess import cached_preprocess
 from neuroradix_train.stages import distributed as D
 from neuroradix_train.stages.common import model_config, progress, set_threads
@@ -36,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 BACKBONE_SHA = "backbone.sha256"
+ENCODER_JSON = "encoder.json"
 
 
 def _backbone_path(cfg: dict) -> Path:
@@ -43,13 +55,14 @@ def _backbone_path(cfg: dict) -> Path:
     return src / "backbone.pt" if src.is_dir() else src
 
 
-def _claim_export_dir(out: Path, backbone: Path) -> None:
+def _claim_export_dir(out: Path, backbone: Path | str) -> None:
     """Record which backbone an export folder holds; refuse to mix embeddings of two backbones.
 
     Files already written are skipped on a rerun (resuming an interrupted export), which is only
-    right when they came from the same weights.
+    right when they came from the same weights.  ``backbone`` is the stage-1 weights file, or the
+    identity (a digest) of another encoder's weights.
     """
-    digest = sha256_file(backbone)
+    digest = sha256_file(backbone) if isinstance(backbone, Path) else str(backbone)
     marker = out / BACKBONE_SHA
     has_files = any(out.glob("*/*.pt"))
     if marker.is_file():
@@ -87,8 +100,97 @@ def stage1_model_config(cfg: dict):
     return model_config(cfg)
 
 
+def _encoder_weights(e: dict) -> Optional[Path]:
+    """``export.encoder_weights``: a state dict file or a folder holding ``encoder.pt`` (e.g. a contrastive run)."""
+    value = e.get("encoder_weights")
+    if not value:
+        return None
+    path = Path(value) / "encoder.pt" if Path(value).is_dir() else Path(value)
+    if not path.is_file():
+        raise ConfigError(f"export.encoder_weights: {path} does not exist")
+    return path
+
+
+def _encoder_identity(name: str, kwargs: dict) -> tuple[dict, str]:
+    """The manifest entry of encoder ``name`` and a digest naming its weights (for the export marker)."""
+    if name in PRETRAINED and kwargs.get("pretrained", True):
+        entry = pretrained_encoder_entry(name)
+        return entry, entry["pretrained"]["sha256"]
+    entry = {"name": name, "kwargs": dict(kwargs)}
+    digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode("utf-8")).hexdigest()
+    return entry, digest
+
+
+def export_encoder_features(cfg: dict) -> Path:
+    """Stage 2 on a frozen encoder (``export.encoder``): tokens of every scan; returns the manifest path."""
+    e = cfg["export"]
+    set_threads(e.get("threads"))
+    info = D.setup(e["device"])
+    name = str(e["encoder"])
+    kwargs = dict(e.get("encoder_kwargs") or {})
+    root = require(cfg, "data.root")
+    out = Path(require(cfg, "export.out_dir"))
+    encoder = build_encoder(name, **kwargs)
+    weights = _encoder_weights(e)
+    if weights is not None:  # a trained encoder (the contrastive ViT): its state dict, strictly
+        encoder.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    encoder = encoder.to(info.device).eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    entry, digest = _encoder_identity(name, kwargs)
+    if weights is not None:
+        digest = sha256_file(weights)
+    entry["width"] = int(encoder.width)
+    mcfg = ModelConfig(head=HeadConfig(embed_dim=int(encoder.width)), encoder=name)
+    if info.is_main:
+        _claim_export_dir(out, digest)
+        save_config(cfg, out / "config.yaml")
+        (out / "model_config.json").write_text(json.dumps(mcfg.to_dict(), indent=1), encoding="utf-8")
+        (out / ENCODER_JSON).write_text(json.dumps(entry, indent=1), encoding="utf-8")
+    D.barrier()
+    lines = []
+    for split in e["splits"]:
+        records = load_records(root, split, require_labels=False)
+        limit = cfg["data"].get(f"max_{split}_scans")
+        records = records[: int(limit)] if limit else records
+        for i, r in enumerate(progress(records, info.is_main, desc=f"{name} {split}")):
+            rel = Path(split) / f"{r.stem}.pt"
+            if i % info.world_size == info.rank and not (out / rel).is_file():
+                vol = load_volume(r, intensity=cfg["data"]["intensity"])
+                with torch.no_grad():
+                    x, affine = encoder.preprocess_volume(vol.array, vol.affine)
+                    res = encoder(x.to(info.device))
+                grid = encoder.patch_grid(res, tuple(x.shape[2:]), affine)
+                tmp = out / rel.with_suffix(".tmp")
+                meta = {"VolumeName": r.name, "split": split, "encoder": name}
+                save_embeddings(tmp, res.tokens[0].float().cpu(), grid, meta=meta)
+                tmp.replace(out / rel)
+            lines.append(
+                {
+                    "split": split,
+                    "VolumeName": r.name,
+                    "embedding": rel.as_posix(),
+                    "labels": r.labels.tolist() if r.labels is not None else None,
+                    "report": r.report,
+                }
+            )
+    D.barrier()
+    manifest = out / MANIFEST
+    if info.is_main:
+        manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+        log.info("%s features of %d scans in %s", name, len(lines), out)
+    D.teardown()
+    return manifest
+
+
 def export_embeddings(cfg: dict) -> Path:
-    """Export embeddings of the configured splits; returns the manifest path."""
+    """Export embeddings of the configured splits; returns the manifest path.
+
+    ``export.encoder`` other than ``swinunetr`` exports that frozen encoder's tokens
+    (:func:`export_encoder_features`).
+    """
+    if cfg["export"].get("encoder") not in (None, "swinunetr"):
+        return export_encoder_features(cfg)
     e = cfg["export"]
     set_threads(e.get("threads"))
     info = D.setup(e["device"])

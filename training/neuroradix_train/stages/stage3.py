@@ -52,13 +52,16 @@ def head_model_config(cfg: dict, embeddings_dir: Path):
         raise ConfigError(f"{path} is missing (the stage-2 export writes it)")
     base = json.loads(path.read_text(encoding="utf-8"))
     head = dict(cfg["model"].get("head") or {})
-    head.setdefault("embed_dim", 24 * int(base["backbone"]["feature_size"]))
+    encoder = str(base.get("encoder", "swinunetr"))  # a frozen-encoder export names it (stage2)
+    width = base.get("head", {}).get("embed_dim") if encoder != "swinunetr" else None
+    head.setdefault("embed_dim", int(width or 24 * int(base["backbone"]["feature_size"])))
     try:
         return ModelConfig.from_dict(
             {
                 "preprocess": base["preprocess"],
                 "backbone": base["backbone"],
                 "head": HeadConfig.from_dict(head).to_dict(),
+                "encoder": encoder,
             }
         )
     except (ValueError, TypeError) as exc:

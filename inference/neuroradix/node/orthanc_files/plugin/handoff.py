@@ -54,7 +54,7 @@ class HandoffConfig:
         if not self.sidecar_url.startswith(("http://", "https://")):
             raise ValueError(f"sidecar_url must be an http(s) URL, got {self.sidecar_url!r}")
         if not self.sidecar_token:
-            raise ValueError("sidecar_token is empty: set NEURORADIX_SIDECAR_TOKEN for Orthanc")
+            raise ValueError("sidecar_token is empty: set NEURORADIX_SIDECAR_PLUGIN_TOKEN for Orthanc")
         if self.retry_base_seconds <= 0 or self.retry_max_seconds < self.retry_base_seconds:
             raise ValueError("retry_base_seconds must be > 0 and <= retry_max_seconds")
 

@@ -3,12 +3,15 @@
 Loaded by Orthanc's Python plugin (``"PythonScript"`` in orthanc.json). On ``STABLE_STUDY`` it
 queues the study for :class:`handoff.Handoff` and returns at once; the hand-off thread does the
 rest. Settings come from the ``NeuroRadix`` section of the configuration, with the secret and the
-URL from the environment (``NEURORADIX_SIDECAR_TOKEN``, ``NEURORADIX_SIDECAR_URL``), so no secret
-sits in a configuration file.
+URL from the environment (``NEURORADIX_SIDECAR_PLUGIN_TOKEN``, ``NEURORADIX_SIDECAR_URL``), so no
+secret sits in a configuration file. The plugin's token may only queue studies (``POST /v1/jobs``);
+``NEURORADIX_SIDECAR_TOKEN`` (the admin token) is read only when no plugin token is set, for
+deployments configured before the scoped tokens.
 
 It also enforces :mod:`policy`: the incoming-HTTP filter gives each Orthanc account its scope
 (403 beyond it), and the received-instance callback and the C-STORE filter refuse instances that
-claim to be the node's output unless the sidecar's account stored them over HTTP (or an
+claim to be the node's output (its Manufacturer, or a series UID of a stored series of the node's,
+looked up with ``/tools/lookup``) unless the sidecar's account stored them over HTTP (or an
 administrator through Orthanc's own ``POST /instances``, e.g. restoring a backup). The filter runs
 in the HTTP thread that then stores the instance, so it records the thread's user for the
 callback. Without a valid ``NeuroRadix`` section every account is refused (fail closed).
@@ -27,10 +30,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from handoff import Handoff, HandoffConfig  # noqa: E402
 from policy import (  # noqa: E402
     REFUSED_NOT_AUTHORIZED,
+    SIDECAR,
     AccessConfig,
+    RecentlyDeleted,
     basic_auth_user,
     http_allowed,
     instance_allowed,
+    is_own_manufacturer,
 )
 
 
@@ -51,7 +57,8 @@ def _config() -> HandoffConfig:
     section = json.loads(orthanc.GetConfiguration()).get("NeuroRadix", {})
     return HandoffConfig(
         sidecar_url=os.environ.get("NEURORADIX_SIDECAR_URL", section.get("SidecarUrl", "")),
-        sidecar_token=os.environ.get("NEURORADIX_SIDECAR_TOKEN", ""),
+        sidecar_token=os.environ.get("NEURORADIX_SIDECAR_PLUGIN_TOKEN")
+        or os.environ.get("NEURORADIX_SIDECAR_TOKEN", ""),
         own_manufacturer=section.get("OwnManufacturer", "Neuro Radix"),
         modalities=tuple(section.get("Modalities", [])),
     )
@@ -102,6 +109,30 @@ def _series_manufacturer(series_id):
     return json.loads(orthanc.RestApiGet(f"/series/{series_id}")).get("MainDicomTags", {}).get("Manufacturer", "")
 
 
+DELETED_OWN_SERIES = RecentlyDeleted()
+
+
+def _series_is_own(series_uid):
+    """Whether a series with this SeriesInstanceUID is the node's: stored, or deleted by a rerun lately."""
+    if series_uid in DELETED_OWN_SERIES:
+        return True
+    found = json.loads(orthanc.RestApiPost("/tools/lookup", series_uid))
+    return any(
+        is_own_manufacturer(_series_manufacturer(item["ID"]), ACCESS) for item in found if item.get("Type") == "Series"
+    )
+
+
+def _remember_deleted(uri):
+    series_id = uri[len("/series/") :].rstrip("/")
+    try:
+        tags = json.loads(orthanc.RestApiGet(f"/series/{series_id}")).get("MainDicomTags", {})
+    except Exception:  # noqa: BLE001 - the filter must answer; the lookup in _series_is_own still applies
+        orthanc.LogWarning("[neuroradix] could not read a series the sidecar deletes")
+        return
+    if tags.get("SeriesInstanceUID"):
+        DELETED_OWN_SERIES.add(str(tags["SeriesInstanceUID"]))
+
+
 def http_filter(uri, method=None, ip=None, headers=None, get=None, **_):
     """Incoming-HTTP filter: each account within its scope (False answers 403)."""
     user = basic_auth_user(headers or {})
@@ -109,6 +140,8 @@ def http_filter(uri, method=None, ip=None, headers=None, get=None, **_):
     if ACCESS is None:
         return False
     allowed = http_allowed(ACCESS, user, _METHODS.get(method, "OTHER"), uri, _series_manufacturer)
+    if allowed and method == orthanc.HttpMethod.DELETE and ACCESS.role(user) == SIDECAR:
+        _remember_deleted(uri)  # a rerun: keep foreign objects out until it stores the series again
     if not allowed:
         orthanc.LogWarning(
             f"[neuroradix] refused {_METHODS.get(method, method)} {uri.split('/')[1][:20]} "
@@ -126,7 +159,8 @@ def on_received_instance(received_dicom, origin):
     if ACCESS is None:
         return orthanc.ReceivedInstanceAction.DISCARD, None
     tags = json.loads(orthanc.CreateDicomInstance(received_dicom).GetInstanceSimplifiedJson())
-    if instance_allowed(tags, ACCESS, over_dicom, http_user, http_uri):
+    series_check = None if over_dicom else _series_is_own  # C-STORE: on_cstore has looked already
+    if instance_allowed(tags, ACCESS, over_dicom, http_user, http_uri, series_check):
         return orthanc.ReceivedInstanceAction.KEEP_AS_IS, None
     orthanc.LogWarning("[neuroradix] discarded an instance that claims to be this node's output")
     return orthanc.ReceivedInstanceAction.DISCARD, None
@@ -137,7 +171,7 @@ def on_cstore(instance):
     if ACCESS is None:
         return REFUSED_NOT_AUTHORIZED
     tags = json.loads(instance.GetInstanceSimplifiedJson())
-    if instance_allowed(tags, ACCESS, True, None):
+    if instance_allowed(tags, ACCESS, True, None, series_is_own=_series_is_own):
         return 0
     orthanc.LogWarning("[neuroradix] refused a C-STORE that claims to be this node's output")
     return REFUSED_NOT_AUTHORIZED

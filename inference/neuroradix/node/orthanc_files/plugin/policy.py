@@ -9,8 +9,9 @@ Three kinds of account log in to Orthanc's HTTP server (``RegisteredUsers``):
 * **people**: every other registered user, Orthanc's administrators.
 
 An account used beyond its scope gets 403 from Orthanc (the plugin's incoming-HTTP filter
-answers False). Instances that claim to be the node's output (its ``Manufacturer``) are kept
-only when the sidecar's account stored them over HTTP, or when an administrator (people) uploads
+answers False). Instances that claim to be the node's output -- its ``Manufacturer`` (compared
+without case or extra spaces), or a ``SeriesInstanceUID`` of a stored series of the node's, which
+would slip a foreign object into a result series -- are kept only when the sidecar's account stored them over HTTP, or when an administrator (people) uploads
 them through Orthanc's own ``POST /instances`` (restoring a backup; an administrator can delete
 anything anyway). Over C-STORE, STOW-RS by anyone but the sidecar, Lua or jobs they are refused,
 and ``OverwriteInstances`` is false, so nothing the node stored can be replaced by a forgery.
@@ -20,7 +21,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
@@ -145,15 +149,80 @@ def http_allowed(
         if not _ORTHANC_ID.match(series_id) or series_manufacturer is None:
             return False
         try:
-            return series_manufacturer(series_id) == config.own_manufacturer
+            return is_own_manufacturer(series_manufacturer(series_id), config)
         except Exception:  # noqa: BLE001 - an unknown series (or any lookup error) is refused
             return False
     return False
 
 
-def claims_own_output(tags: Mapping, config: AccessConfig) -> bool:
-    """Whether an instance's tags (Orthanc's simplified JSON) claim to be the node's output."""
-    return str(tags.get("Manufacturer", "")).strip() == config.own_manufacturer
+def _folded(value: object) -> str:
+    return " ".join(str(value).split()).casefold()
+
+
+def is_own_manufacturer(value: object, config: AccessConfig) -> bool:
+    """Whether a ``Manufacturer`` value is the node's, ignoring case and extra spaces."""
+    return _folded(value) == _folded(config.own_manufacturer)
+
+
+class RecentlyDeleted:
+    """SeriesInstanceUIDs of the node's series that the sidecar deleted lately (a rerun in progress).
+
+    Between deleting its earlier series and storing the new ones under the same UIDs, a rerun
+    leaves the series absent from Orthanc; remembering the UIDs for ``ttl`` seconds keeps
+    foreign objects out of that gap too. Thread-safe; holds at most ``max_entries`` UIDs.
+    """
+
+    def __init__(self, ttl: float = 3600.0, max_entries: int = 10000, clock: Callable[[], float] = time.monotonic):
+        if ttl <= 0 or max_entries <= 0:
+            raise ValueError("ttl and max_entries must be > 0")
+        self.ttl, self.max_entries, self.clock = ttl, max_entries, clock
+        self._until: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, series_uid: str) -> None:
+        """Remember ``series_uid`` for ``ttl`` seconds."""
+        with self._lock:
+            self._until[series_uid] = self.clock() + self.ttl
+            self._until.move_to_end(series_uid)
+            while len(self._until) > self.max_entries:
+                self._until.popitem(last=False)
+
+    def __contains__(self, series_uid: object) -> bool:
+        with self._lock:
+            until = self._until.get(str(series_uid))
+            if until is None:
+                return False
+            if until < self.clock():
+                del self._until[str(series_uid)]
+                return False
+            return True
+
+
+def claims_own_output(
+    tags: Mapping, config: AccessConfig, series_is_own: Optional[Callable[[str], bool]] = None
+) -> bool:
+    """Whether an instance's tags (Orthanc's simplified JSON) claim to be the node's output.
+
+    Parameters
+    ----------
+    tags:
+        ``Manufacturer``, ``SeriesInstanceUID`` ...
+    config:
+        The node's Manufacturer.
+    series_is_own:
+        ``f(SeriesInstanceUID) -> bool``: whether a stored series of that UID is the node's
+        (Orthanc's REST API in the plugin). Not asked when None; an error counts as "own"
+        (fail closed).
+    """
+    if is_own_manufacturer(tags.get("Manufacturer", ""), config):
+        return True
+    series_uid = str(tags.get("SeriesInstanceUID", ""))
+    if series_is_own is None or not series_uid:
+        return False
+    try:
+        return bool(series_is_own(series_uid))
+    except Exception:  # noqa: BLE001 - a failed lookup refuses the instance (the sender may retry)
+        return True
 
 
 def instance_allowed(
@@ -162,6 +231,7 @@ def instance_allowed(
     over_dicom: bool,
     http_user: Optional[str],
     http_uri: str = "",
+    series_is_own: Optional[Callable[[str], bool]] = None,
 ) -> bool:
     """Whether Orthanc may keep a received instance.
 
@@ -178,8 +248,10 @@ def instance_allowed(
         instance did not come over HTTP (C-STORE, Lua, jobs).
     http_uri:
         The path of that HTTP request.
+    series_is_own:
+        See :func:`claims_own_output`.
     """
-    if not claims_own_output(tags, config):
+    if not claims_own_output(tags, config, series_is_own):
         return True
     if over_dicom or http_user is None:
         return False
