@@ -176,7 +176,9 @@ def test_orthanc_down_during_fetch_or_during_stow_then_back_gives_results_once(r
     """``retrieve_series``: the WADO-RS fetch; ``store``: the STOW-RS of the results (after the node's
     old series were looked up). Down before the job: the next test."""
     job = rig.send(volume_to_ct_series(volume, uid_seed=f"fault-down-{when}"))
-    outage = Outage(rig.node, seconds=1.5)
+    # Longer than the PACS client's own quick retries (3 tries, 0.25-1 s apart), so the outage
+    # reaches the job's retry policy even when Orthanc restarts fast.
+    outage = Outage(rig.node, seconds=5.0)
     rig.pacs.before[when] = outage
     rig.drain()
     outage.join()

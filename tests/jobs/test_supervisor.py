@@ -63,7 +63,15 @@ def test_stop_ends_running_workers(tmp_path):
     assert supervisor.delays == []
 
 
-@pytest.mark.parametrize("kwargs", [{"count": 0}, {"backoff_initial": 0}, {"backoff_initial": 2, "backoff_max": 1}])
+@pytest.mark.parametrize("kwargs", [{"count": -1}, {"backoff_initial": 0}, {"backoff_initial": 2, "backoff_max": 1}])
 def test_settings_are_checked(tmp_path, kwargs):
     with pytest.raises(ValueError):
         WorkerSupervisor(**{"count": 1, "run_dir": tmp_path, **kwargs})
+
+
+def test_no_workers_is_allowed_for_an_api_only_sidecar(tmp_path):
+    """``NEURORADIX_WORKERS=0``: the sidecar runs the API and the reconciler, workers run elsewhere."""
+    supervisor = WorkerSupervisor(0, tmp_path / "run")
+    supervisor.start()
+    supervisor.stop(timeout=5)
+    assert supervisor.processes == []

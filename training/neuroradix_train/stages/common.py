@@ -4,6 +4,7 @@ the progress bar and the run-directory layout."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -13,6 +14,7 @@ import torch
 from neuroradix.errors import ConfigError
 from neuroradix.models.config import ModelConfig
 from neuroradix_train.stages import checkpoint as ckpt
+from neuroradix_train.stages.runlog import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,35 @@ def out_dir(cfg: dict) -> Path:
 def set_threads(n: Optional[int]) -> None:
     if n:
         torch.set_num_threads(int(n))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, t: dict, n_items: int, world_size: int):
+    """The learning-rate schedule of every stage: linear warm-up over ``warmup_steps``, then a cosine
+    decay to zero at the planned step (``max_steps``, else ``epochs`` x steps per epoch); without
+    ``cosine`` (a key stage 3 leaves out, meaning on) the rate stays flat after the warm-up."""
+    per_epoch = math.ceil(n_items / world_size / t["batch_size"])
+    planned = int(t.get("max_steps") or t["epochs"] * per_epoch)
+    warmup, cosine = max(1, t["warmup_steps"]), t.get("cosine", True)
+
+    def factor(s: int) -> float:
+        decay = 0.5 * (1 + math.cos(math.pi * min(s, planned) / planned)) if cosine else 1.0
+        return min(1.0, (s + 1) / warmup) * decay
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def begin_run(
+    run_dir: Path, t: dict, *, resume: bool, is_main: bool, model, optimizer, scheduler
+) -> tuple[int, int, int, RunLog]:
+    """Resume from ``last.pt`` when asked and present; returns (step, epoch, batch in epoch, run log)."""
+    step = epoch = start_in_epoch = 0
+    if resume and (run_dir / ckpt.LAST).is_file():
+        payload = ckpt.load_checkpoint(run_dir / ckpt.LAST, model=model, optimizer=optimizer, scheduler=scheduler)
+        step, epoch, start_in_epoch = payload["step"], payload["epoch"], payload["extra"].get("batch_in_epoch", 0)
+    runlog = RunLog(
+        run_dir, enabled=is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard"))
+    )
+    return step, epoch, start_in_epoch, runlog
 
 
 class RunCheckpoints:

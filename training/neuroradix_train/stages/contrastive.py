@@ -57,12 +57,13 @@ from neuroradix_train.stages import distributed as D
 from neuroradix_train.stages.common import (
     ResumableSampler,
     RunCheckpoints,
+    begin_run,
     optimizer_step,
     out_dir,
     progress,
     set_threads,
+    warmup_cosine,
 )
-from neuroradix_train.stages.runlog import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -434,19 +435,9 @@ def train_contrastive(cfg: dict, *, resume: bool = False, max_steps: Optional[in
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=t["lr"], weight_decay=t["weight_decay"]
     )
-    per_epoch = math.ceil(len(train_ds) / info.world_size / t["batch_size"])
-    planned = int(t.get("max_steps") or t["epochs"] * per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / max(1, t["warmup_steps"]))
-        * (0.5 * (1 + math.cos(math.pi * min(s, planned) / planned)) if t["cosine"] else 1.0),
-    )
-    step = epoch = start_in_epoch = 0
-    if resume and (run_dir / ckpt.LAST).is_file():
-        payload = ckpt.load_checkpoint(run_dir / ckpt.LAST, model=model, optimizer=optimizer, scheduler=scheduler)
-        step, epoch, start_in_epoch = payload["step"], payload["epoch"], payload["extra"].get("batch_in_epoch", 0)
-    runlog = RunLog(
-        run_dir, enabled=info.is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard"))
+    scheduler = warmup_cosine(optimizer, t, len(train_ds), info.world_size)
+    step, epoch, start_in_epoch, runlog = begin_run(
+        run_dir, t, resume=resume, is_main=info.is_main, model=model, optimizer=optimizer, scheduler=scheduler
     )
     ddp = D.wrap_ddp(model, info)
     sampler = ResumableSampler(len(train_ds), seed=t["seed"], rank=info.rank, world_size=info.world_size)

@@ -38,13 +38,14 @@ from neuroradix_train.stages import distributed as D
 from neuroradix_train.stages.common import (
     ResumableSampler,
     RunCheckpoints,
+    begin_run,
     model_config,
     optimizer_step,
     out_dir,
     progress,
     set_threads,
+    warmup_cosine,
 )
-from neuroradix_train.stages.runlog import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -242,19 +243,9 @@ def train_seg(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = Non
     model = build_backbone(bcfg).to(info.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     total = int(max_steps or t.get("max_steps") or 0)
-    per_epoch = math.ceil(len(train_items) / info.world_size / t["batch_size"])
-    planned = int(t.get("max_steps") or t["epochs"] * per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / max(1, t["warmup_steps"]))
-        * (0.5 * (1 + math.cos(math.pi * min(s, planned) / planned)) if t["cosine"] else 1.0),
-    )
-    step = epoch = start_in_epoch = 0
-    if resume and (run_dir / ckpt.LAST).is_file():
-        payload = ckpt.load_checkpoint(run_dir / ckpt.LAST, model=model, optimizer=optimizer, scheduler=scheduler)
-        step, epoch, start_in_epoch = payload["step"], payload["epoch"], payload["extra"].get("batch_in_epoch", 0)
-    runlog = RunLog(
-        run_dir, enabled=info.is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard"))
+    scheduler = warmup_cosine(optimizer, t, len(train_items), info.world_size)
+    step, epoch, start_in_epoch, runlog = begin_run(
+        run_dir, t, resume=resume, is_main=info.is_main, model=model, optimizer=optimizer, scheduler=scheduler
     )
     ddp = D.wrap_ddp(model, info)
     loss_fn = SegLoss(t.get("dice_classes", "all"))

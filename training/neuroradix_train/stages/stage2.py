@@ -121,6 +121,28 @@ def _encoder_identity(name: str, kwargs: dict) -> tuple[dict, str]:
     return entry, digest
 
 
+def _manifest_entry(split: str, r, rel: Path) -> dict:
+    """The export manifest's line for scan ``r`` of ``split``, its features at ``rel``."""
+    return {
+        "split": split,
+        "VolumeName": r.name,
+        "embedding": rel.as_posix(),
+        "labels": r.labels.tolist() if r.labels is not None else None,
+        "report": r.report,
+    }
+
+
+def _finish_export(out: Path, lines: list[dict], is_main: bool, what: str) -> Path:
+    """Wait for every rank, write the manifest (rank 0) and end the process group; returns its path."""
+    D.barrier()
+    manifest = out / MANIFEST
+    if is_main:
+        manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+        log.info("%s of %d scans in %s", what, len(lines), out)
+    D.teardown()
+    return manifest
+
+
 def export_encoder_features(cfg: dict) -> Path:
     """Stage 2 on a frozen encoder (``export.encoder``): tokens of every scan; returns the manifest path."""
     e = cfg["export"]
@@ -165,22 +187,8 @@ def export_encoder_features(cfg: dict) -> Path:
                 meta = {"VolumeName": r.name, "split": split, "encoder": name}
                 save_embeddings(tmp, res.tokens[0].float().cpu(), grid, meta=meta)
                 tmp.replace(out / rel)
-            lines.append(
-                {
-                    "split": split,
-                    "VolumeName": r.name,
-                    "embedding": rel.as_posix(),
-                    "labels": r.labels.tolist() if r.labels is not None else None,
-                    "report": r.report,
-                }
-            )
-    D.barrier()
-    manifest = out / MANIFEST
-    if info.is_main:
-        manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
-        log.info("%s features of %d scans in %s", name, len(lines), out)
-    D.teardown()
-    return manifest
+            lines.append(_manifest_entry(split, r, rel))
+    return _finish_export(out, lines, info.is_main, f"{name} features")
 
 
 def export_embeddings(cfg: dict) -> Path:
@@ -231,22 +239,8 @@ def export_embeddings(cfg: dict) -> Path:
                 tmp = out / rel.with_suffix(".tmp")
                 save_embeddings(tmp, res.embeddings, res.grid, meta={"VolumeName": r.name, "split": split})
                 tmp.replace(out / rel)
-            lines.append(
-                {
-                    "split": split,
-                    "VolumeName": r.name,
-                    "embedding": rel.as_posix(),
-                    "labels": r.labels.tolist() if r.labels is not None else None,
-                    "report": r.report,
-                }
-            )
-    D.barrier()
-    manifest = out / MANIFEST
-    if info.is_main:
-        manifest.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
-        log.info("embeddings of %d scans in %s", len(lines), out)
-    D.teardown()
-    return manifest
+            lines.append(_manifest_entry(split, r, rel))
+    return _finish_export(out, lines, info.is_main, "embeddings")
 
 
 def read_manifest(directory: Path, split: Optional[str] = None) -> list[dict]:

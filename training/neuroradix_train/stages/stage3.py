@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -34,12 +33,13 @@ from neuroradix_train.stages import distributed as D
 from neuroradix_train.stages.common import (
     ResumableSampler,
     RunCheckpoints,
+    begin_run,
     optimizer_step,
     out_dir,
     progress,
     set_threads,
+    warmup_cosine,
 )
-from neuroradix_train.stages.runlog import RunLog
 from neuroradix_train.stages.stage2 import read_manifest
 
 log = logging.getLogger(__name__)
@@ -197,20 +197,9 @@ def train_head(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = No
         head.set_embedding_stats(*train_ds.feature_stats())
     head = head.to(info.device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
-    per_epoch = math.ceil(len(train_ds) / info.world_size / t["batch_size"])
-    planned = int(t.get("max_steps") or t["epochs"] * per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / max(1, t["warmup_steps"]))
-        * 0.5
-        * (1 + math.cos(math.pi * min(s, planned) / planned)),
-    )
-    step = epoch = start_in_epoch = 0
-    if resume and (run_dir / ckpt.LAST).is_file():
-        payload = ckpt.load_checkpoint(run_dir / ckpt.LAST, model=head, optimizer=optimizer, scheduler=scheduler)
-        step, epoch, start_in_epoch = payload["step"], payload["epoch"], payload["extra"].get("batch_in_epoch", 0)
-    runlog = RunLog(
-        run_dir, enabled=info.is_main, resume_step=step if resume else None, tensorboard=bool(t.get("tensorboard"))
+    scheduler = warmup_cosine(optimizer, t, len(train_ds), info.world_size)
+    step, epoch, start_in_epoch, runlog = begin_run(
+        run_dir, t, resume=resume, is_main=info.is_main, model=head, optimizer=optimizer, scheduler=scheduler
     )
     ddp = D.wrap_ddp(head, info, find_unused_parameters=True)
     sampler = ResumableSampler(len(train_ds), seed=t["seed"], rank=info.rank, world_size=info.world_size)
