@@ -18,30 +18,13 @@ from fastapi.testclient import TestClient
 
 from neuroradix.api.analyze import UploadSlots
 from neuroradix.api.app import create_app
-from neuroradix.config import Settings
 from neuroradix.errors import BadInputError, InputTooLargeError
 from neuroradix.jobs.ledger import Ledger
 from neuroradix.offline import inspect_zip, read_zip
+from tests.api.test_api import TOKEN, LivePacs, _settings
 from tests.factory import ct_series
 
-TOKEN = "test-token-0123456789abcdef"
 HEADERS = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/zip"}
-
-
-class LivePacs:
-    def ping(self):
-        return None
-
-
-def _settings(tmp_path, **extra):
-    return Settings(
-        orthanc_url="http://127.0.0.1:1",
-        orthanc_user="u",
-        orthanc_password="p",
-        sidecar_token=TOKEN,
-        var_dir=tmp_path,
-        **extra,
-    )
 
 
 @pytest.fixture()
