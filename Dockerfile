@@ -5,9 +5,11 @@ ARG TORCH_SPEC="torch==2.13.0"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 RUN useradd --system --create-home --home-dir /var/lib/neuroradix neuroradix
 WORKDIR /opt/neuroradix
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md orthanc.json ./
 COPY inference ./inference
 COPY training ./training
+# The Orthanc plugin and orthanc.json ship in the package too (neuroradix_plugin): `make up` in the image finds them.
+COPY plugin ./plugin
 RUN pip install --no-cache-dir $TORCH_SPEC && pip install --no-cache-dir '.[worker]'
 USER neuroradix
 EXPOSE 8000

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO)]  # tests.harness (the throw-away node) lives in the repository, not in the package
 BEGIN, END = "<!-- bench:node:begin -->", "<!-- bench:node:end -->"
 MODELS_BEGIN, MODELS_END = "<!-- bench:models-cpu:begin -->", "<!-- bench:models-cpu:end -->"
 
@@ -51,7 +52,7 @@ def cases(quick: bool):
 
 
 def run(quick: bool) -> list[dict]:
-    from neuroradix.node.harness import EphemeralNode
+    from tests.harness import EphemeralNode
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="neuroradix-bench-") as tmp:

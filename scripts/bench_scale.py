@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Node throughput: a backlog of small studies drained by 1, 2, 3 worker processes on one PostgreSQL ledger.
 
-A real node (Orthanc + sidecar, :class:`~neuroradix.node.harness.EphemeralNode`) with its ledger
-in a throw-away PostgreSQL cluster (:mod:`neuroradix.node.postgres`). For each worker count the
+A real node (Orthanc + sidecar, :class:`~tests.harness.EphemeralNode`) with its ledger
+in a throw-away PostgreSQL cluster (:mod:`neuroradix.deploy.postgres`). For each worker count the
 sidecar restarts with ``NEURORADIX_WORKERS=n`` on a fresh ledger database, then ``--studies``
 synthetic thorax studies (``--shape``) are stored in Orthanc at once; each becomes a job when
 Orthanc calls it stable. Measured from the ledger: studies per hour (jobs / time from the first
@@ -34,10 +34,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "inference"), str(REPO)]
 
+from tests.harness import EphemeralNode  # noqa: E402
+
+from neuroradix.deploy.postgres import PostgresCluster, throwaway_cluster  # noqa: E402
 from neuroradix.imaging.ctseries import volume_to_ct_series  # noqa: E402
 from neuroradix.jobs.metrics import multiprocess_dir  # noqa: E402
-from neuroradix.node.harness import EphemeralNode  # noqa: E402
-from neuroradix.node.postgres import PostgresCluster, throwaway_cluster  # noqa: E402
 from neuroradix.samples.phantom import thorax_phantom  # noqa: E402
 
 BEGIN, END = "<!-- bench_scale:begin -->", "<!-- bench_scale:end -->"

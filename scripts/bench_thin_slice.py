@@ -21,7 +21,7 @@ Two measurements, each in a fresh child process (``ru_maxrss`` is per process):
     The default analyzer alone (``LungAnalyzer.analyze``) on the assembled volume: RSS before, peak
     RSS, time, and the densitometry numbers.
 ``pacs`` (with ``--pacs``)
-    The node's own path: a throw-away node (real Orthanc + sidecar, :mod:`neuroradix.node.harness`),
+    The node's own path: a throw-away node (real Orthanc + sidecar, :mod:`tests.harness`),
     the series stored in Orthanc, the job run by the worker (QIDO, WADO-RS metadata and fetch,
     analysis, STOW-RS of the results). Reports the job's stage times and the peak RSS of the
     sidecar's processes, sampled from ``/proc`` (``VmHWM``) every 0.5 s.
@@ -52,14 +52,15 @@ import numpy as np
 from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "inference")]
+sys.path[:0] = [str(REPO / "inference"), str(REPO)]  # and tests.harness (the throw-away node)
 
 from neuroradix.analyzers.registry import build_analyzers  # noqa: E402
 from neuroradix.config import PipelineSettings  # noqa: E402
 from neuroradix.imaging.ctseries import volume_to_ct_series, write_series  # noqa: E402
 from neuroradix.imaging.nifti import nifti_to_volume  # noqa: E402
-from neuroradix.offline import FolderSink, read_folder  # noqa: E402
-from neuroradix.pipeline import LocalSource, StageTimer, load_volume, process_study  # noqa: E402
+from neuroradix.pipeline.run import StageTimer, load_volume, process_study  # noqa: E402
+from neuroradix.pipeline.sinks import FolderSink  # noqa: E402
+from neuroradix.pipeline.sources import LocalSource, read_folder  # noqa: E402
 from neuroradix.samples.real_ct import THORAX, real_ct_path  # noqa: E402
 from neuroradix.types import Volume  # noqa: E402
 
@@ -200,7 +201,7 @@ def _hwm_gb(pid: int) -> float:
 
 def measure_pacs(folder: Path) -> dict:
     """The study through a throw-away node (Orthanc + sidecar): job timings and the sidecar's peak RSS."""
-    from neuroradix.node.harness import EphemeralNode  # noqa: PLC0415 - only this mode needs a node
+    from tests.harness import EphemeralNode  # noqa: PLC0415 - only this mode needs a node
 
     datasets = read_folder(folder)
     study_uid = str(datasets[0].StudyInstanceUID)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""GPU speed check of the deep-learning model (issue 14): parity first, then timings.
+"""GPU speed check of the deep-learning model: parity first, then timings.
 
 One run, under 10 minutes on an H100/H200 without internet access (``scripts/gpu_check.sh``
 installs the wheels brought along, then calls this):
@@ -121,7 +121,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def parity(cfg: ModelConfig, ref, fused, head, tok, device: str, dry: bool) -> list[dict]:
-    """The checks of issue 14 on this device; each row has ``name``, ``value``, ``limit``, ``ok``."""
+    """The speed checks (docs/benchmarks.md) on this device; each row has ``name``, ``value``, ``limit``, ``ok``."""
     rows = []
 
     def check(name, value, limit, ok):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sweep that chose training/neuroradix_train/configs/stage1-tiny.yaml (docs/training.md): variants of the tiny
+# The sweep that chose training/neuroradix_train/configs/segmentation-tiny.yaml (docs/training.md): variants of the tiny
 # stage-1 recipe trained side by side on the smoke's phantoms (40 train / 20 valid, 12 used for
 # training, 6 for validation every 5 epochs), fp32 like the CPU smoke. Meant for a GPU: each
 # variant takes about a minute there and 20 minutes on a 2-core CPU.
@@ -14,7 +14,7 @@ export PYTHONPATH="$PWD/inference:$PWD/training${PYTHONPATH:+:$PYTHONPATH}" PYTH
 from pathlib import Path
 from neuroradix_train.data.phantoms import build_miniature_ctrate
 build_miniature_ctrate(Path('$W/data'), n_train=40, n_valid=20, real_ct_dir=None, seed=0)" || exit 1
-common=(--config training/neuroradix_train/configs/stage1-tiny.yaml --set data.root="$W/data" --set data.max_train_scans=12
+common=(--config training/neuroradix_train/configs/segmentation-tiny.yaml --set data.root="$W/data" --set data.max_train_scans=12
         --set data.max_valid_scans=6 --set train.val_every_epochs=5 --set train.amp=false --set train.threads=3)
 run() { name=$1; shift; timeout 900 "$PY" -m neuroradix_train.cli train-seg "${common[@]}" --set train.out_dir="$W/$name" \
         --set data.cache_dir="$W/cache-$name" "$@" > "$W/$name.log" 2>&1; }

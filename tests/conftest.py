@@ -6,12 +6,14 @@ Tests marked ``smoke`` are deselected by ``-m 'not smoke'`` (pyproject's addopts
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from neuroradix.imaging.nifti import nifti_to_volume
 from neuroradix.types import Volume
+from tests.peers import HttpPeer, MllpPeer, free_closed_port, http_receiver, mllp_listener
 from tests.support import IN_CI, real_ct
 
 
@@ -59,6 +61,26 @@ def thorax_volume(thorax_path: Path) -> Volume:
 @pytest.fixture(scope="session")
 def test_release(tmp_path_factory):
     """A tiny untrained weights release (random weights; ~30 s on 2 CPU cores)."""
-    from neuroradix.weights import make_test_release
+    from neuroradix.models.release import make_test_release
 
     return make_test_release(tmp_path_factory.mktemp("release") / "tiny")
+
+
+@pytest.fixture
+def mllp_peer() -> Iterator[MllpPeer]:
+    """A real MLLP listener on loopback (tests/peers.py); ``.mode`` picks its answer."""
+    with mllp_listener() as peer:
+        yield peer
+
+
+@pytest.fixture
+def http_peer() -> Iterator[HttpPeer]:
+    """A real HTTP receiver on loopback (tests/peers.py); ``.answers`` / ``.default`` pick its status."""
+    with http_receiver() as peer:
+        yield peer
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening (bound, then closed)."""
+    return free_closed_port()

@@ -5,24 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
 from neuroradix.analyzers.registry import ANALYZER_NAMES, build_analyzers
-from neuroradix.config import PipelineSettings, SegType, load_settings
+from neuroradix.config import LogFormat, LoggingSettings, PipelineSettings, SegType, load_settings, load_worker_settings
+from neuroradix.deploy.launcher import down, dump_status, up
+from neuroradix.devtools.demo import run_demo
 from neuroradix.errors import ConfigError, NeuroRadixError
 from neuroradix.jobs.ledger import Ledger
 from neuroradix.jobs.metrics import JsonFormatter, multiprocess_dir, prepare_multiprocess_dir
 from neuroradix.jobs.reconciler import sweep
-from neuroradix.node.demo import run_demo
-from neuroradix.node.launcher import down, dump_status, up
-from neuroradix.node.serve import serve
-from neuroradix.node.worker_host import load_env_file, run_worker, run_worker_host, without_api_token
-from neuroradix.offline import FolderSink, read_folder, read_zip
 from neuroradix.pacs.dicomweb import PacsClient
-from neuroradix.pipeline import LocalSource, process_study
+from neuroradix.pacs.orthanc_info import http_get_json, read_orthanc_info
+from neuroradix.pipeline.run import process_study
+from neuroradix.pipeline.sinks import FolderSink
+from neuroradix.pipeline.sources import LocalSource, read_folder, read_zip
+from neuroradix.runtime.sidecar import serve
+from neuroradix.runtime.worker_host import run_worker, run_worker_host
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -30,7 +31,7 @@ def _setup_logging(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if os.environ.get("NEURORADIX_LOG_FORMAT", "").strip().lower() == "json":  # one JSON object per line
+    if LoggingSettings().log_format is LogFormat.JSON:  # one JSON object per line
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
     for noisy in ("highdicom", "openjpeg", "pydicom", "dicomweb_client", "httpx", "urllib3", "PIL", "matplotlib"):
@@ -38,9 +39,15 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    config = up(args.var, ledger=args.ledger, orthanc_index=args.orthanc_index)
+    try:
+        config = up(args.var, ledger=args.ledger, orthanc_index=args.orthanc_index)
+    except ConfigError as exc:  # no Orthanc, or one older than 1.12.11: the message says what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    orthanc = read_orthanc_info(http_get_json(config.orthanc_url, config.orthanc_user, config.orthanc_password))
     print(
-        f"Node is up. Orthanc {config.orthanc_url} (DICOM {config.aet}@127.0.0.1:{config.dicom_port}), "
+        f"Node is up. {orthanc.summary()}\n"
+        f"Orthanc {config.orthanc_url} (DICOM {config.aet}@127.0.0.1:{config.dicom_port}), "
         f"sidecar {config.sidecar_url}.\nCredentials and URLs: {args.var.resolve() / 'node.env'}"
     )
     return 0
@@ -70,16 +77,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     try:
-        if args.env_file:
-            load_env_file(args.env_file)
-        if args.device:
-            os.environ["NEURORADIX_DEVICE"] = args.device
-        without_api_token()
-        settings = load_settings()
+        overrides = {"device": args.device} if args.device else {}
+        settings = load_worker_settings(args.env_file, **overrides)
         if args.count == 1 and args.metrics_port is None:
             run_worker(settings, args.index)
-        else:
-            run_worker_host(settings, args.count, args.metrics_port)
+        else:  # the supervised workers read the same file and device: they get the same options
+            worker_args = ["--env-file", str(args.env_file.resolve())] if args.env_file else []
+            worker_args += ["--device", args.device] if args.device else []
+            run_worker_host(settings, args.count, args.metrics_port, worker_args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -188,8 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in (
         "neuroradix.models.cli",
-        "neuroradix.node.viewer",
-        "neuroradix.node.senders",
+        "neuroradix.devtools.viewer",
+        "neuroradix.deploy.senders",
+        "neuroradix.triage.cli",
+        "neuroradix.notify.cli",
+        "neuroradix.jobs.outbox_cli",
         "neuroradix_train.cli",
     ):
         try:

@@ -1,6 +1,9 @@
-"""The sidecar's one settings object, read once from the environment and passed down.
+"""The node's settings, read once from the environment and passed down: every ``NEURORADIX_*`` variable is here.
 
-Every setting has an environment variable ``NEURORADIX_<NAME>``; the connection settings also
+:class:`PipelineSettings` (``neuroradix analyze``) < :class:`WorkerSettings` (a worker: no API
+token) < :class:`Settings` (the sidecar: the API's tokens); :class:`LoggingSettings` (every
+command), :class:`DeploySettings` (``make up``) and :class:`ToolSettings` (viewer, samples) stand
+beside them. Every setting has an environment variable ``NEURORADIX_<NAME>``; the connection settings also
 accept the names ``make up`` writes to ``var/node.env`` (``ORTHANC_URL``, ``SIDECAR_TOKEN`` ...),
 so ``set -a; . var/node.env`` is enough to point a script or a worker at a running node.
 """
@@ -15,6 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from neuroradix import __version__
+from neuroradix.errors import ConfigError
 
 
 class SegType(str, enum.Enum):
@@ -52,8 +56,28 @@ below the analyzers in the layers and must not import them.
 """
 
 
+class LogFormat(str, enum.Enum):
+    """How the node's processes write their log lines (``NEURORADIX_LOG_FORMAT``)."""
+
+    TEXT = "text"
+    JSON = "json"  # one JSON object per line, for a log collector
+
+
 def _env(name: str) -> AliasChoices:
     return AliasChoices(f"NEURORADIX_{name}", name)
+
+
+class LoggingSettings(BaseSettings):
+    """How every ``neuroradix`` command writes its log lines; read before the command's own settings."""
+
+    model_config = SettingsConfigDict(env_prefix="NEURORADIX_", extra="ignore", frozen=True, env_ignore_empty=True)
+
+    log_format: LogFormat = LogFormat.TEXT  # NEURORADIX_LOG_FORMAT=json: one JSON object per line
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 class PipelineSettings(BaseSettings):
@@ -76,7 +100,7 @@ class PipelineSettings(BaseSettings):
     uid_key: SecretStr = SecretStr("")
     # Input limits (docs/reliability.md "Limits"): checked from metadata before pixels are fetched or
     # decoded; a study over one fails with the numbers and the setting's name instead of exhausting memory.
-    max_series_instances: int = Field(2000, ge=1)  # instances (slices) of the analyzed series
+    max_series_instances: int = Field(2000, ge=1)  # the one slice cap: slices (instances, or Enhanced CT frames)
     max_volume_voxels: int = Field(1000 * 512 * 512, ge=1)  # 1,000 x 512^2 (or 250 x 1024^2): 1 GiB float32
     max_image_side: int = Field(2048, ge=1)  # Rows and Columns of a slice
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)  # an uploaded zip as sent
@@ -114,27 +138,22 @@ class PipelineSettings(BaseSettings):
         return "/".join(parts)
 
 
-class Settings(PipelineSettings):
-    """Settings of the sidecar (API, worker, reconciler): the pipeline's plus the node's.
+class WorkerSettings(PipelineSettings):
+    """Settings of a worker (and of everything the sidecar shares with it): the pipeline's plus the node's.
 
-    Secrets have no defaults: a node started without ``ORTHANC_PASSWORD`` or ``SIDECAR_TOKEN``
-    fails at start with the name of what is missing.
+    No API token: a worker never serves the API, so ``var/worker.env`` and a worker host need not
+    hold one. Secrets have no defaults: a node started without ``ORTHANC_PASSWORD`` fails at start
+    with the name of what is missing.
     """
 
     # Where the PACS is (Orthanc's REST root; DICOMweb lives under /dicom-web).
     orthanc_url: str = Field(validation_alias=_env("ORTHANC_URL"))
     orthanc_user: str = Field(validation_alias=_env("ORTHANC_USER"))
     orthanc_password: SecretStr = Field(validation_alias=_env("ORTHANC_PASSWORD"))
-    # Bearer token clients must present to the sidecar's API: the admin token (every route).
-    sidecar_token: SecretStr = Field(validation_alias=_env("SIDECAR_TOKEN"))
-    # Scoped tokens (optional, no defaults; see neuroradix.api.deps and docs/security.md): the
-    # Orthanc plugin's may only queue a study (POST /v1/jobs), a reader's only GET /v1/... and /metrics.
-    sidecar_plugin_token: Optional[SecretStr] = Field(None, validation_alias=_env("SIDECAR_PLUGIN_TOKEN"))
-    sidecar_reader_token: Optional[SecretStr] = Field(None, validation_alias=_env("SIDECAR_READER_TOKEN"))
-    # /readyz answers from a check at most this old, so anonymous calls cannot flood the PACS.
-    readyz_cache_seconds: float = 5.0
 
     var_dir: Path = Path("var")
+    # Triage policy (docs/triage.md): read by the sidecar's sweep and by workers for the SR's triage item.
+    triage_policy: Optional[Path] = None  # NEURORADIX_TRIAGE_POLICY; default var/triage-policy.yaml, else shipped
     ledger_url: Optional[str] = None  # default: sqlite file under var_dir
     # Jobs
     lease_seconds: float = 120.0
@@ -152,8 +171,55 @@ class Settings(PipelineSettings):
     reconcile_settle_seconds: float = 30.0  # a study found by the sweep waits this long first
     reconcile_verify_per_sweep: int = 50  # succeeded studies whose results are checked in the PACS per sweep
     http_timeout_seconds: float = 120.0
+
+    @field_validator("triage_policy", mode="before")
+    @classmethod
+    def _empty_policy_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_node(self) -> WorkerSettings:
+        if not self.orthanc_password.get_secret_value():
+            raise ValueError("ORTHANC_PASSWORD must not be empty")
+        if self.lease_seconds <= 3 * self.poll_seconds:
+            raise ValueError("lease_seconds must be well above poll_seconds")
+        return self
+
+    @property
+    def dicomweb_url(self) -> str:
+        return self.orthanc_url.rstrip("/") + "/dicom-web"
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{(self.var_dir / 'ledger.sqlite').resolve()}"
+
+
+class Settings(WorkerSettings):
+    """Settings of the sidecar (API, reconciler, the workers beside it): a worker's plus the API's tokens.
+
+    ``SIDECAR_TOKEN`` has no default: a sidecar started without it fails at start with its name.
+    """
+
+    # Bearer token clients must present to the sidecar's API: the admin token (every route).
+    sidecar_token: SecretStr = Field(validation_alias=_env("SIDECAR_TOKEN"))
+    # Scoped tokens (optional, no defaults; see neuroradix.api.deps and docs/security.md): the
+    # Orthanc plugin's may only queue a study (POST /v1/jobs), a reader's only GET /v1/... and /metrics.
+    sidecar_plugin_token: Optional[SecretStr] = Field(None, validation_alias=_env("SIDECAR_PLUGIN_TOKEN"))
+    sidecar_reader_token: Optional[SecretStr] = Field(None, validation_alias=_env("SIDECAR_READER_TOKEN"))
+    # /readyz answers from a check at most this old, so anonymous calls cannot flood the PACS.
+    readyz_cache_seconds: float = 5.0
+    # /readyz is red on an Orthanc older than 1.12.11 (CVE-2026-5437 ... 5445) unless this is set.
+    allow_old_orthanc: bool = False
     # POST /v1/analyze: uploads received at once by one API process; one more is answered 429 + Retry-After
     max_concurrent_uploads: int = Field(2, ge=1)
+    # Triage on arrival (docs/triage.md): the sweep runs in the sidecar next to the reconciler.
+    triage_poll_seconds: float = Field(1.0, gt=0)  # pause between triage passes
+    notify_timeout_seconds: float = Field(10.0, gt=0)  # one delivery attempt (MLLP ACK, HTTP answer)
+    notify_retry_base_seconds: float = Field(2.0, gt=0)  # first retry of a failed delivery, doubled each time
+    notify_retry_max_seconds: float = Field(60.0, gt=0)  # backoff cap: delivered within this long of a return
+    notify_retry_window_seconds: float = Field(86400.0, ge=0)  # then dead-lettered (neuroradix notify retry)
+    public_viewer_url: Optional[str] = None  # links in notifications: the worklist page and OHIF
+    public_api_url: Optional[str] = None  # links in notifications: the results zip
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -168,26 +234,80 @@ class Settings(PipelineSettings):
             raise ValueError("SIDECAR_TOKEN, SIDECAR_PLUGIN_TOKEN and SIDECAR_READER_TOKEN must all differ")
         if self.readyz_cache_seconds < 0:
             raise ValueError("readyz_cache_seconds must be >= 0")
-        if not self.orthanc_password.get_secret_value():
-            raise ValueError("ORTHANC_PASSWORD must not be empty")
-        if self.lease_seconds <= 3 * self.poll_seconds:
-            raise ValueError("lease_seconds must be well above poll_seconds")
         return self
 
-    @field_validator("sidecar_plugin_token", "sidecar_reader_token", mode="before")
+    @field_validator(
+        "sidecar_plugin_token",
+        "sidecar_reader_token",
+        "public_viewer_url",
+        "public_api_url",
+        mode="before",
+    )
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
-    @property
-    def dicomweb_url(self) -> str:
-        return self.orthanc_url.rstrip("/") + "/dicom-web"
 
-    @property
-    def resolved_ledger_url(self) -> str:
-        return self.ledger_url or f"sqlite:///{(self.var_dir / 'ledger.sqlite').resolve()}"
+class _LocalSettings(BaseSettings):
+    """Settings read from ``NEURORADIX_<NAME>``; an empty variable counts as unset (the default)."""
+
+    model_config = SettingsConfigDict(env_prefix="NEURORADIX_", extra="ignore", frozen=True, env_ignore_empty=True)
+
+
+class DeploySettings(_LocalSettings):
+    """What ``make up`` (:mod:`neuroradix.deploy`) reads besides the node's generated secrets.
+
+    Ports are used on the first ``make up`` only (then kept in ``var/secrets.env``); a port that is
+    taken is replaced by a free one.
+    """
+
+    orthanc_http_port: int = Field(8042, ge=0, le=65535)  # 0: any free port
+    dicom_port: int = Field(4242, ge=0, le=65535)
+    sidecar_port: int = Field(8000, ge=0, le=65535)
+    stable_age: int = Field(5, ge=1)  # seconds without new instances before Orthanc calls a study stable
+    orthanc_verbose: bool = False  # a verbose Orthanc logs every study UID (docs/security.md)
+    postgres_listen: str = "127.0.0.1"  # where the node's PostgreSQL cluster listens (docs/scale-out.md)
+    orthanc_storage: str = ""  # "postgresql": Orthanc's DICOM files in PostgreSQL too (with ORTHANC_INDEX=postgresql)
+    ledger_url: Optional[str] = None  # given: the ledger is there, whatever `make up LEDGER=` says
+    # Which Orthanc (neuroradix.deploy.orthanc_dist): "sid", the current one `make setup` installs
+    # into orthanc_root (default ~/.cache/neuroradix/orthanc-sid); "host", the host's own
+    # (orthanc_binary, default Orthanc on PATH). Older than 1.12.11 is refused unless allow_old_orthanc.
+    orthanc: str = "sid"
+    orthanc_root: Optional[Path] = None
+    orthanc_binary: Optional[str] = None
+    allow_old_orthanc: bool = False
+
+
+class ToolSettings(_LocalSettings):
+    """Where the developer tools and the sample data live (``neuroradix viewer``, :mod:`neuroradix.samples`)."""
+
+    viewer_dir: Path = Path("viewer")  # app-config.js and OHIF's node_modules (the Makefile sets it)
+    viewer_port: int = Field(3000, ge=1, le=65535)
+    shared_dir: Optional[Path] = None  # the shared data folder; default ../shared from the working directory
+    cache: Optional[Path] = None  # downloaded samples; default ~/.cache/neuroradix
 
 
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings once; a missing required one raises with its name."""
+    """Read the sidecar's settings once; a missing required one raises with its name."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def load_worker_settings(env_file: Optional[Path] = None, **overrides: object) -> WorkerSettings:
+    """Read a worker's settings once: no API token needed.
+
+    Parameters
+    ----------
+    env_file
+        A ``KEY=VALUE`` file (``var/worker.env``) read beside the environment; a variable set in
+        the environment wins over the file, and ``overrides`` (command-line options) over both.
+    **overrides
+        Field values that win over the environment and the file, e.g. ``device="cuda:1"``.
+
+    Raises
+    ------
+    ConfigError
+        When ``env_file`` is given but is not a file.
+    """
+    if env_file is not None and not Path(env_file).is_file():
+        raise ConfigError(f"no such env file: {env_file}")
+    return WorkerSettings(_env_file=env_file, **overrides)  # type: ignore[arg-type]

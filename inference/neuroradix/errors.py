@@ -67,3 +67,8 @@ class ConfigError(NeuroRadixError):
 
 class WeightsError(ConfigError):
     """A weights release does not match its manifest (hash, config, class scheme)."""
+
+
+class NotificationError(NeuroRadixError):
+    """A notification cannot be built or stored as it is (a FHIR resource that does not validate,
+    an HL7 message that does not parse, unreadable outbox JSON): a defect or bad data, never retried."""

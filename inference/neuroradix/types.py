@@ -196,6 +196,11 @@ class AttentionMap:
 
     ``array`` has shape ``(slices, rows, columns)`` and ``affine`` maps it to LPS like
     :class:`Volume`; values are non-negative floats (``unit`` says what they mean).
+
+    ``display_range`` ``(floor, top)``, when given, says how to show the map: values below
+    ``floor`` are 0 (not shown) and a viewer's colour scale spans ``floor`` to ``top``.
+    ``note`` says, in a few words, why the map was made differently from the default
+    (e.g. ``"smoothed: sharp kernel"``); it goes into the series description.
     """
 
     name: str
@@ -203,10 +208,14 @@ class AttentionMap:
     affine: np.ndarray
     quantity: Code
     unit: Code
+    display_range: Optional[tuple[float, float]] = None
+    note: str = ""
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
             raise ValueError(f"AttentionMap {self.name!r}: array must be 3-D")
+        if self.display_range is not None and not 0 <= self.display_range[0] < self.display_range[1]:
+            raise ValueError(f"AttentionMap {self.name!r}: display_range must be (floor, top) with 0 <= floor < top")
         object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
 
 
@@ -301,6 +310,7 @@ class StudyResult:
     extra: dict = field(default_factory=dict)  # analyzer-specific JSON-able notes; nothing reads them as a contract
     report_attention: Optional[ReportAttention] = None  # per report token, where the report generator looked
     warnings: tuple[str, ...] = ()  # stated caveats, e.g. "LAA-950 not comparable: sharp kernel B70f"
+    embedding: Optional[tuple[float, ...]] = None  # global image embedding (published models), in results.json
 
     def __post_init__(self) -> None:
         labels = {s.label for s in self.segments}

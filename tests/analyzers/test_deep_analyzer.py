@@ -14,8 +14,8 @@ from neuroradix.analyzers.deep import report_patch_centres, report_token_map
 from neuroradix.errors import NotConfiguredError, WeightsError
 from neuroradix.models.backbone import build_backbone, encode_patches, forward_with_features
 from neuroradix.models.config import BackboneConfig, tiny_config
+from neuroradix.models.release import load_release, write_release
 from neuroradix.types import ReportAttention, StudyResult, Volume
-from neuroradix.weights import load_release, write_release
 
 
 def test_backbone_returns_logits_and_features_from_one_pass():

@@ -70,7 +70,7 @@ def test_no_emphysema_line_below_the_cutoff(analyzer):
 def test_attention_map_is_the_local_laa_fraction_on_a_coarser_grid(emphysema_phantom, emphysema_result):
     volume, masks = emphysema_phantom
     (attention,) = emphysema_result.attention
-    assert attention.name == "Low attenuation density" and attention.unit.value == "1"
+    assert attention.name == "Local LAA-950" and attention.unit.value == "1"
     assert attention.array.shape == (volume.shape[0], volume.shape[1] // 2, volume.shape[2] // 2)
     assert 0.0 <= attention.array.min() and attention.array.max() <= 1.0
     # Voxel (0, 0, 0) of the map is the centre of the 1x2x2 block of source voxels it summarises.

@@ -19,7 +19,8 @@ from scipy import ndimage
 from neuroradix.analyzers.lung import LungAnalyzer, LungAnalyzerConfig
 from neuroradix.errors import BadInputError
 from neuroradix.imaging.nifti import nifti_to_volume
-from neuroradix.types import Volume
+from neuroradix.types import AcquisitionInfo, Volume
+from neuroradix.writers.pmap import resample_onto
 from tests.support import dice, patient_centroid, real_ct
 
 pytestmark = pytest.mark.slow
@@ -146,3 +147,46 @@ def test_no_bronchial_lumen_is_left_in_the_parenchyma(thorax_volume, thorax_resu
     joined = np.isin(dark, np.unique(dark[tree])[1:]) & low
     assert np.count_nonzero(joined) <= 0.1 * np.count_nonzero(low)
     assert 1.0 < thorax_result.extra["airway_extension_ml"] < 30.0
+
+
+def _coloured_share_pp(volume: Volume, result) -> float:
+    """Percent of the parenchyma that the map colours, laid on the CT grid as the Parametric Map writer lays it."""
+    parenchyma = (result.labels == 2) | (result.labels == 3)
+    (amap,) = result.attention
+    return 100.0 * float((resample_onto(amap, volume.affine, volume.shape)[parenchyma] > 0).mean())
+
+
+def test_thorax_map_colours_at_most_three_times_its_laa950(thorax_volume, thorax_result):
+    """Before the local map, 6.8 % of this lung (LAA-950 0.05 %) had a non-zero map value (a 9 mm box
+    around every low voxel); the map must colour at most 3 x LAA-950 + 2 percentage points."""
+    laa = _measure(thorax_result, "Total LAA-950")
+    share = _coloured_share_pp(thorax_volume, thorax_result)
+    assert share <= 3 * laa + 2.0
+    # 1.5 mm is flagged as thick, but a 10 mm FWHM neighbourhood already spans many slices: the default map.
+    assert thorax_result.extra["laa_map"]["note"] == ""
+    assert thorax_result.extra["laa_map"]["coloured_percent_of_parenchyma"] <= 3 * laa + 2.0
+
+
+def test_thorax_map_with_sharp_kernel_noise_stays_bounded(thorax_volume):
+    """The real CT with 60 HU of fine-grained noise, as a sharp kernel gives, and the kernel named B70f."""
+    rng = np.random.default_rng(0)
+    noise = ndimage.gaussian_filter(rng.standard_normal(thorax_volume.shape).astype(np.float32), 0.6)
+    noise *= 60.0 / float(noise.std())
+    noisy = Volume(
+        thorax_volume.array.astype(np.float32) + noise,
+        thorax_volume.affine,
+        acquisition=AcquisitionInfo(convolution_kernel="B70f"),
+    )
+    result = LungAnalyzer().analyze(noisy)
+    laa = _measure(result, "Total LAA-950")
+    assert laa > 1.0  # the noise does raise LAA-950, as a sharp kernel does
+    assert _coloured_share_pp(noisy, result) <= 3 * laa + 2.0
+    assert result.attention[0].note == "smoothed: sharp kernel"
+
+
+def test_abdomen_lung_bases_map_stays_bounded(abdomen_path):
+    volume = nifti_to_volume(abdomen_path)
+    result = LungAnalyzer(LungAnalyzerConfig(min_lung_ml=0.0)).analyze(volume)
+    laa = _measure(result, "Total LAA-950")
+    assert _coloured_share_pp(volume, result) <= 3 * laa + 2.0
+    assert result.attention[0].note == ""  # 3 mm: the default neighbourhood spans three slices

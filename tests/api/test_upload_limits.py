@@ -20,7 +20,7 @@ from neuroradix.api.analyze import UploadSlots
 from neuroradix.api.app import create_app
 from neuroradix.errors import BadInputError, InputTooLargeError
 from neuroradix.jobs.ledger import Ledger
-from neuroradix.offline import inspect_zip, read_zip
+from neuroradix.pipeline.sources import inspect_zip, read_zip
 from tests.api.test_api import TOKEN, LivePacs, _settings
 from tests.factory import ct_series
 

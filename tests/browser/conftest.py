@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import threading
 import time
 import urllib.request
@@ -22,7 +21,10 @@ from typing import Iterator
 
 import pytest
 
-from neuroradix.node.viewer import DEFAULT_DIST, ViewerSettings, create_app
+from neuroradix.config import DeploySettings
+from neuroradix.deploy.orthanc_dist import OrthancDistSettings, find_orthanc
+from neuroradix.devtools.viewer import DEFAULT_DIST, ViewerSettings, create_app
+from neuroradix.errors import ConfigError
 from tests.browser.ohif_study_data import ProcessedStudy, build_processed_study, to_part10
 from tests.support import unavailable
 
@@ -61,8 +63,10 @@ def _missing_prerequisite() -> str | None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "the playwright Python package is missing (pip install playwright; no browser download needed)"
-    if shutil.which("Orthanc") is None:
-        return "Orthanc is not installed (apt-get install orthanc orthanc-dicomweb orthanc-gdcm orthanc-python)"
+    try:
+        find_orthanc(OrthancDistSettings.from_settings(DeploySettings()))
+    except ConfigError as exc:  # not installed (make setup), or older than 1.12.11
+        return f"no Orthanc to run: {exc}"
     return None
 
 
@@ -113,7 +117,7 @@ def processed_study(
     browser_prerequisites: None, tmp_path_factory: pytest.TempPathFactory, thorax_path: Path
 ) -> Iterator[ViewerStudy]:
     """A processed study of the real chest CT in a fresh Orthanc, with OHIF and the proxy in front of it."""
-    from neuroradix.node.orthanc import OrthancProcess, OrthancSpec, free_port
+    from neuroradix.deploy.orthanc import OrthancProcess, OrthancSpec, free_port
 
     datasets, study = build_processed_study(thorax_path)
     spec = OrthancSpec(

@@ -9,8 +9,7 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
-from neuroradix.errors import ConfigError
-from neuroradix.node.viewer import (
+from neuroradix.devtools.viewer import (
     ViewerSettings,
     create_app,
     read_env_file,
@@ -20,6 +19,7 @@ from neuroradix.node.viewer import (
     stored_syntax_accept,
     study_url,
 )
+from neuroradix.errors import ConfigError
 
 ORTHANC = "http://127.0.0.1:8042"
 STUDY = "1.2.3.4"

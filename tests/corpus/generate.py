@@ -35,7 +35,6 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
-    EnhancedCTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -46,6 +45,7 @@ from pydicom.uid import (
 
 from neuroradix import MANUFACTURER
 from neuroradix.imaging.ctseries import reorient, volume_to_ct_series
+from neuroradix.imaging.enhanced import classic_to_enhanced_ct
 from neuroradix.samples.phantom import thorax_phantom
 from neuroradix.types import Volume
 from neuroradix.uids import derive_uid
@@ -297,41 +297,62 @@ def missing_geometry(seed: str) -> list[Dataset]:
 
 
 def enhanced_multiframe(seed: str) -> list[Dataset]:
-    """One Enhanced CT Image Storage instance holding every slice as a frame."""
+    """One Enhanced CT Image Storage instance holding every slice as a frame (stored in position order)."""
+    return [_enhanced(base_ct(seed), seed)]
+
+
+def _enhanced(slices: list[Dataset], seed: str, frame_order=None) -> Dataset:
+    ds = classic_to_enhanced_ct(slices, frame_order=frame_order, uid_seed=seed, series_description="Thorax enhanced")
+    ds.Manufacturer = "Corpus Scanner"
+    return ds
+
+
+def enhanced_shuffled_frames(seed: str) -> list[Dataset]:
+    """Enhanced CT whose frames are stored in no particular order: the node sorts them by position."""
     slices = base_ct(seed)
-    first = slices[0]
-    ds = Dataset()
-    for element in first:
-        if element.keyword not in ("ImagePositionPatient", "SliceLocation", "InstanceNumber", "PixelData"):
-            ds.add(copy.deepcopy(element))
-    ds.SOPClassUID = EnhancedCTImageStorage
-    ds.SOPInstanceUID = _uid(seed, "enhanced")
-    ds.SeriesInstanceUID = _uid(seed, "enhanced-series")
-    ds.InstanceNumber = 1
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
-    ds.NumberOfFrames = len(slices)
-    measures, orientation = Dataset(), Dataset()
-    measures.PixelSpacing, measures.SliceThickness = first.PixelSpacing, first.SliceThickness
-    orientation.ImageOrientationPatient = first.ImageOrientationPatient
-    shared = Dataset()
-    shared.PixelMeasuresSequence = DicomSequence([measures])
-    shared.PlaneOrientationSequence = DicomSequence([orientation])
-    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
-    frames = []
-    for item in slices:
-        position, frame = Dataset(), Dataset()
-        position.ImagePositionPatient = item.ImagePositionPatient
-        frame.PlanePositionSequence = DicomSequence([position])
-        frames.append(frame)
-    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
-    ds.PixelData = b"".join(item.PixelData for item in slices)
-    for keyword in ("ImageOrientationPatient", "PixelSpacing", "SliceThickness"):
-        del ds[keyword]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
-    meta.MediaStorageSOPInstanceUID = UID(ds.SOPInstanceUID)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta = meta
+    order = np.random.default_rng(11).permutation(len(slices))
+    return [_enhanced(slices, seed, frame_order=order)]
+
+
+def enhanced_two_instances(seed: str) -> list[Dataset]:
+    """A multi-frame series of two Enhanced CT instances (frames 1-10 and 11-20 of one stack)."""
+    slices = base_ct(seed)
+    first, second = _enhanced(slices[:10], seed), _enhanced(slices[10:], seed + "-2")
+    second.SeriesInstanceUID = first.SeriesInstanceUID
+    second.InstanceNumber = 2
+    meta = second.file_meta
+    second.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = UID(_uid(seed, "enhanced-second"))
+    return [first, second]
+
+
+# --- builders: broken enhanced CT ------------------------------------------------------------------
+def enhanced_missing_frame(seed: str) -> list[Dataset]:
+    """Enhanced CT with the frame of one slice left out (a gap in the frame positions)."""
+    slices = base_ct(seed)
+    del slices[10]
+    return [_enhanced(slices, seed)]
+
+
+def enhanced_mixed_orientations(seed: str) -> list[Dataset]:
+    """Enhanced CT whose frames do not share one orientation (Plane Orientation per frame, half tilted)."""
+    ds = _enhanced(base_ct(seed), seed)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    orientation = shared.PlaneOrientationSequence[0]
+    del shared.PlaneOrientationSequence
+    tilt = np.radians(3.0)
+    for index, frame in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        item = copy.deepcopy(orientation)
+        if index >= 10:
+            item.ImageOrientationPatient = ["1", "0", "0", "0", f"{np.cos(tilt):.6f}", f"{np.sin(tilt):.6f}"]
+        frame.PlaneOrientationSequence = DicomSequence([item])
+    return [ds]
+
+
+def enhanced_localizer(seed: str) -> list[Dataset]:
+    """An Enhanced CT whose frames are localizer (scout) frames, by Frame Type only (no telling description)."""
+    ds = _enhanced(base_ct(seed), seed)
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    shared.CTImageFrameTypeSequence[0].FrameType = ["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"]
     return [ds]
 
 
@@ -536,13 +557,27 @@ CASES: tuple[Case, ...] = (
     Case("thick-slices", thick_slices, SKIPPED, "slice spacing 12.0 mm is above", "12 mm slice spacing"),
     Case("missing-geometry", missing_geometry, SKIPPED, "lack ImageOrientationPatient", "no ImagePositionPatient"),
     Case(
-        "enhanced-multiframe-ct",
-        enhanced_multiframe,
+        "enhanced-localizer",
+        enhanced_localizer,
         SKIPPED,
-        "Enhanced CT Image Storage",
-        "enhanced multi-frame CT (one instance, 20 frames)",
+        "frame type contains ['LOCALIZER']",
+        "Enhanced CT whose frames are LOCALIZER (Frame Type)",
+    ),
+    Case(
+        "enhanced-mixed-orientations",
+        enhanced_mixed_orientations,
+        SKIPPED,
+        "mixed orientations within the series (ImageOrientationPatient differs between frames)",
+        "Enhanced CT, frames of two orientations",
     ),
     # broken series: failed with the reason
+    Case(
+        "enhanced-missing-frame",
+        enhanced_missing_frame,
+        FAILED,
+        "missing slices: a gap of 16.00 mm",
+        "Enhanced CT with one frame missing",
+    ),
     Case("missing-slice", missing_slice, FAILED, "missing slices", "a missing slice"),
     Case("duplicate-positions", duplicate_positions, FAILED, "share one position", "two slices at one position"),
     Case("absurd-rows-columns", absurd_matrix, FAILED, "60000", "Rows/Columns 60000 with 64x64 pixel data"),
@@ -558,6 +593,21 @@ CASES: tuple[Case, ...] = (
     # valid but unusual: analyzed
     Case("gantry-tilt", gantry_tilt, SUCCEEDED, "gantry tilt", "15 degree gantry tilt"),
     Case("head-first-reversed", head_first_reversed, SUCCEEDED, "", "slices stored superior to inferior"),
+    Case("enhanced-multiframe-ct", enhanced_multiframe, SUCCEEDED, "", "Enhanced CT (one instance, 20 frames)"),
+    Case(
+        "enhanced-shuffled-frames",
+        enhanced_shuffled_frames,
+        SUCCEEDED,
+        "",
+        "Enhanced CT, frames stored in shuffled order",
+    ),
+    Case(
+        "enhanced-two-instances",
+        enhanced_two_instances,
+        SUCCEEDED,
+        "",
+        "multi-frame series of two Enhanced CT instances (10 + 10 frames)",
+    ),
     Case(
         "variable-spacing", _jittered(0.15), SUCCEEDED, "slice spacing varies", "slice positions off by up to 0.15 mm"
     ),

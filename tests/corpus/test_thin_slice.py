@@ -19,7 +19,7 @@ from neuroradix.errors import InputTooLargeError
 from neuroradix.imaging.volume import plan
 from neuroradix.pacs.series import load_rules, select_series
 from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary
-from neuroradix.pipeline import size_limits
+from neuroradix.pipeline.run import size_limits
 
 SLICES, SIDE, STEP = 800, 512, 0.625  # a 0.625 mm reconstruction of a 500 mm chest
 

@@ -10,11 +10,13 @@ import pydicom
 import pytest
 
 from neuroradix.config import PipelineSettings
-from neuroradix.errors import BadInputError, InputTooLargeError, UndecodablePixelsError
+from neuroradix.errors import BadInputError, InputTooLargeError, NotEligibleError, UndecodablePixelsError
 from neuroradix.imaging import volume as volume_module
 from neuroradix.imaging.volume import SizeLimits, assemble
 from neuroradix.models.remap import load_remap
-from neuroradix.pipeline import size_limits
+from neuroradix.pacs.series import check_series, load_rules
+from neuroradix.pacs.summaries import InstanceSummary
+from neuroradix.pipeline.run import size_limits
 from tests.factory import ct_series
 from tests.support import real_ct
 
@@ -82,11 +84,15 @@ def test_duplicate_positions_fail():
         assemble(datasets)
 
 
-def test_mixed_orientation_fails():
+def test_mixed_orientation_is_not_eligible_as_in_series_selection():
+    """One orientation rule, one outcome: assembly skips the series just as selection does."""
     datasets = ct_series(_marked())
     datasets[2].ImageOrientationPatient = [0, 1, 0, -1, 0, 0]
-    with pytest.raises(BadInputError, match="mixed orientations"):
+    with pytest.raises(NotEligibleError, match="mixed orientations within the series") as err:
         assemble(datasets)
+    with pytest.raises(NotEligibleError) as selected:
+        check_series([InstanceSummary.from_dataset(ds) for ds in datasets], load_rules())
+    assert str(selected.value) == str(err.value)
 
 
 def test_gantry_tilt_is_kept_exactly_and_reported():

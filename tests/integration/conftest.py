@@ -1,4 +1,4 @@
-"""Fixtures that start a real Orthanc (Debian's packages) and the sidecar on free ports.
+"""Fixtures that start a real Orthanc (1.12.11+, installed by ``make setup``) and the sidecar on free ports.
 
 The real CTs come from the root conftest (``thorax_volume``, ``abdomen_dicom_dir``): the shared
 folder when present, else the public TotalSegmentator sdist, as ``make demo`` gets them.
@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from neuroradix.node.harness import EphemeralNode
-from tests.support import require_tool
+from tests.harness import EphemeralNode, require_orthanc
 
 
 def pytest_collection_modifyitems(items):
@@ -20,7 +19,7 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory):
-    require_tool("Orthanc")
+    require_orthanc()
     # Events only: the reconciler's sweep has its own node below, so no sweep races an upload here.
     running = EphemeralNode(tmp_path_factory.mktemp("node"), reconcile_seconds=3600).start()
     yield running

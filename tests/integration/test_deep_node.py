@@ -9,8 +9,8 @@ import subprocess
 import nibabel as nib
 
 from neuroradix.imaging.ctseries import volume_to_ct_series
-from neuroradix.node.harness import EphemeralNode
 from neuroradix.samples.phantom import thorax_phantom
+from tests.harness import EphemeralNode
 from tests.support import require_tool
 
 

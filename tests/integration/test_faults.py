@@ -33,13 +33,14 @@ from neuroradix.imaging.ctseries import volume_to_ct_series
 from neuroradix.jobs.ledger import Job, JobState, Ledger
 from neuroradix.jobs.reconciler import requeue_gave_up, verify_results
 from neuroradix.jobs.worker import EXIT_TIMED_OUT, Worker
-from neuroradix.node.harness import EphemeralNode
 from neuroradix.pacs.dicomweb import PacsClient
 from neuroradix.samples.phantom import thorax_phantom
 from tests.factory import ct_series
-from tests.support import require_tool
+from tests.harness import EphemeralNode, require_orthanc
 
-SHAPE, SPACING = (20, 48, 48), (8.0, 6.0, 6.0)  # the smallest phantom the lung analyzer accepts: ~3 s a job
+# About the smallest phantom the lung analyzer accepts (~3 s a job), with 5 mm slices: thicker ones
+# get no low-attenuation map (docs/lung-analyzer.md), and every fault here must keep all four series.
+SHAPE, SPACING = (32, 48, 48), (5.0, 6.0, 6.0)
 OUTPUT_SERIES = 4  # SEG, SR, Parametric Map, PDF
 
 
@@ -47,7 +48,7 @@ OUTPUT_SERIES = 4  # SEG, SR, Parametric Map, PDF
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory) -> Iterator[EphemeralNode]:
     """An Orthanc of the node's configuration, without the sidecar (the tests run the worker here)."""
-    require_tool("Orthanc")
+    require_orthanc()
     node = EphemeralNode(tmp_path_factory.mktemp("faults"), plugin_reaches_sidecar=False)
     node.orthanc.start(timeout=60)
     yield node

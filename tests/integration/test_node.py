@@ -15,9 +15,9 @@ import requests
 
 from neuroradix.errors import NotEligibleError
 from neuroradix.imaging.ctseries import volume_to_ct_series, write_series
-from neuroradix.node.harness import EphemeralNode
 from neuroradix.samples.phantom import thorax_phantom
 from tests.factory import ct_series
+from tests.harness import EphemeralNode, require_orthanc
 from tests.support import require_tool
 
 SEG, SR, PM, PDF = (
@@ -293,7 +293,7 @@ def test_study_completed_after_a_first_run_is_processed_again(node):
 
 def test_reconciler_alone_brings_a_study_the_plugin_could_not_hand_off(tmp_path_factory):
     """Level-triggered: with every plugin hand-off lost, the QIDO sweep still gets the study done."""
-    require_tool("Orthanc")
+    require_orthanc()
     lonely = EphemeralNode(
         tmp_path_factory.mktemp("reconciler-node"), reconcile_seconds=2, plugin_reaches_sidecar=False
     ).start()

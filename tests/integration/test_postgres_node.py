@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from neuroradix.deploy.orthanc import OrthancProcess
+from neuroradix.deploy.postgres import LEDGER_DATABASE, ORTHANC_DATABASE
 from neuroradix.imaging.ctseries import volume_to_ct_series
-from neuroradix.node.harness import EphemeralNode
-from neuroradix.node.orthanc import PLUGIN_DIR, OrthancProcess
-from neuroradix.node.postgres import LEDGER_DATABASE, ORTHANC_DATABASE
 from neuroradix.samples.phantom import thorax_phantom
+from tests.harness import EphemeralNode, require_orthanc
 from tests.jobs.conftest import PostgresCluster, start_postgres_cluster
-from tests.support import require_tool, unavailable
+from tests.support import unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +33,7 @@ def cluster() -> Iterator[PostgresCluster]:
 
 @pytest.fixture(scope="module")
 def pg_node(cluster: PostgresCluster, tmp_path_factory) -> Iterator[EphemeralNode]:
-    require_tool("Orthanc")
-    if not (PLUGIN_DIR / "libOrthancPostgreSQLIndex.so").exists():
+    if not Path(require_orthanc().plugin_paths(postgresql=True)[-1]).exists():
         unavailable("Orthanc's PostgreSQL plugin is not installed (Debian package orthanc-postgresql; make setup)")
     ledger_url = cluster.ensure_database(LEDGER_DATABASE, LEDGER_DATABASE, "ledger-pw-0123456789")
     orthanc_password = "orthanc-pw-0123456789"
@@ -89,3 +88,20 @@ def test_orthanc_on_postgresql_stores_results_and_answers_qido(pg_node: Ephemera
     # and the ledger too: the job row lives in the PostgreSQL ledger database
     with cluster.admin(LEDGER_DATABASE) as conn:
         assert conn.execute("SELECT state FROM jobs WHERE id = %s", (job["id"],)).fetchall() == [("succeeded",)]
+
+
+def test_study_labels_live_in_the_postgresql_index(pg_node: EphemeralNode, cluster: PostgresCluster):
+    """Labels (Orthanc 1.12+) with the PostgreSQL index: put by the sidecar, found with /tools/find."""
+    volume, _ = thorax_phantom(shape=(16, 32, 32), spacing=(5.0, 4.0, 4.0))
+    datasets = volume_to_ct_series(volume, uid_seed="it-pg-labels")
+    pg_node.upload(datasets)
+    orthanc, people = pg_node.config.orthanc_url, pg_node.accounts()["people"]
+    found = requests.post(f"{orthanc}/tools/lookup", data=str(datasets[0].StudyInstanceUID), auth=people, timeout=30)
+    study_id = [item["ID"] for item in found.json() if item["Type"] == "Study"][0]
+    sidecar = pg_node.accounts()["sidecar"]
+    labelled = requests.put(f"{orthanc}/studies/{study_id}/labels/ai-priority", data=b"", auth=sidecar, timeout=30)
+    assert labelled.status_code == 200
+    query = {"Level": "Study", "Labels": ["ai-priority"], "Query": {}}
+    assert requests.post(f"{orthanc}/tools/find", json=query, auth=sidecar, timeout=30).json() == [study_id]
+    with cluster.admin(ORTHANC_DATABASE) as conn:
+        assert ("ai-priority",) in conn.execute("SELECT label FROM labels").fetchall()

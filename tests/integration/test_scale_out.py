@@ -20,14 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from neuroradix.deploy.envfile import worker_env_values, write_env_file
+from neuroradix.deploy.orthanc import free_port
 from neuroradix.imaging.ctseries import volume_to_ct_series
-from neuroradix.node.envfile import write_env_file
-from neuroradix.node.harness import EphemeralNode
-from neuroradix.node.orthanc import free_port
-from neuroradix.node.worker_host import worker_env_values
 from neuroradix.samples.phantom import thorax_phantom
+from tests.harness import EphemeralNode, require_orthanc
 from tests.jobs.conftest import PostgresCluster, start_postgres_cluster
-from tests.support import require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +78,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def test_two_worker_hosts_one_killed_every_study_succeeds_once(cluster, tmp_path_factory):
-    require_tool("Orthanc")
+    require_orthanc()
     root = Path(tmp_path_factory.mktemp("scale"))
     ledger_url = cluster.ensure_database("scale_ledger", "scale_ledger", "scale-pw-0123456789")
     node = EphemeralNode(
@@ -98,7 +96,9 @@ def test_two_worker_hosts_one_killed_every_study_succeeds_once(cluster, tmp_path
         workers = [_start_worker(env_file, port, root / f"worker-{i}.log") for i, port in enumerate(ports)]
         studies = []
         for n in range(STUDIES):
-            volume, _ = thorax_phantom(shape=(16, 48, 48), spacing=(8.0, 5.0, 5.0), seed=n)
+            volume, _ = thorax_phantom(
+                shape=(26, 48, 48), spacing=(5.0, 5.0, 5.0), seed=n
+            )  # 5 mm: thicker slices get no map
             datasets = volume_to_ct_series(volume, uid_seed=f"it-scale-{n}")
             studies.append(str(datasets[0].StudyInstanceUID))
             node.upload(datasets)

@@ -1,4 +1,4 @@
-"""Issue 10 against a real Orthanc and sidecar: known senders only, no forged results, least
+"""docs/security.md against a real Orthanc and sidecar: known senders only, no forged results, least
 privilege, a viewer proxy that forwards no traversal, and no identifiers in files or logs."""
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ import pydicom
 import pytest
 import uvicorn
 
+from neuroradix.deploy import launcher
+from neuroradix.deploy.orthanc import free_port
+from neuroradix.deploy.senders import Sender
+from neuroradix.devtools.viewer import ViewerSettings, create_app
 from neuroradix.errors import BadInputError
 from neuroradix.imaging.ctseries import volume_to_ct_series, write_series
-from neuroradix.node import launcher
-from neuroradix.node.harness import EphemeralNode
-from neuroradix.node.orthanc import free_port
-from neuroradix.node.senders import Sender
-from neuroradix.node.viewer import ViewerSettings, create_app
 from neuroradix.pacs.dicomweb import PacsClient
 from neuroradix.samples.phantom import thorax_phantom
+from tests.harness import EphemeralNode, require_orthanc
 from tests.support import require_tool
 
 OWN = "Neuro Radix"
@@ -40,7 +40,7 @@ WRONG_HOST = Sender("elsewhere", "ELSEWHERE", "127.0.0.2")  # a known AE title, 
 
 @pytest.fixture(scope="module")
 def secure_node(tmp_path_factory):
-    require_tool("Orthanc")
+    require_orthanc()
     require_tool("storescu")
     running = EphemeralNode(
         tmp_path_factory.mktemp("secure-node"), reconcile_seconds=3600, senders=[WRONG_HOST]
@@ -275,8 +275,15 @@ ROUTE_CLASSES = {
     # name: (method, path, body) and the roles allowed
     "dicomweb-read": (("GET", "/dicom-web/studies?limit=1", None), {"people", "sidecar", "viewer"}),
     "rest-read": (("GET", "/patients", None), {"people"}),
-    "system": (("GET", "/system", None), {"people"}),
+    "system": (("GET", "/system", None), {"people", "sidecar"}),  # versions: /readyz, the start check
+    "plugins": (("GET", "/plugins/python", None), {"people", "sidecar"}),
     "lookup": (("POST", "/tools/lookup", b"1.2.3.4.5.6.7"), {"people", "sidecar"}),
+    "find-by-label": (
+        ("POST", "/tools/find", b'{"Level": "Study", "Labels": ["ai-urgent"], "Query": {}}'),
+        {"people", "sidecar", "viewer"},
+    ),
+    "labels": (("GET", "/tools/labels", None), {"people", "sidecar", "viewer"}),
+    "count": (("POST", "/tools/count-resources", b'{"Level": "Study", "Query": {}}'), {"people"}),
     "modalities": (("GET", "/modalities", None), {"people"}),
 }
 
@@ -528,7 +535,7 @@ def test_files_are_private_and_logs_hold_no_identifiers_after_a_study(secure_nod
 
 
 def test_make_up_keeps_var_private_and_registers_the_local_sender(tmp_path, monkeypatch):
-    require_tool("Orthanc")
+    require_orthanc()
     for key in launcher.DEFAULT_PORTS:
         monkeypatch.setenv(f"NEURORADIX_{key}", str(free_port()))
     var = tmp_path / "var"

@@ -1,6 +1,6 @@
 """Fixtures of the job tests: a throw-away PostgreSQL cluster, and a ledger on each engine.
 
-The cluster is :mod:`neuroradix.node.postgres` (the one ``make up LEDGER=postgresql`` runs):
+The cluster is :mod:`neuroradix.deploy.postgres` (the one ``make up LEDGER=postgresql`` runs):
 Debian's ``postgresql`` server (``make setup`` installs it) started by hand with ``initdb`` +
 ``pg_ctl`` in a temporary folder on a free loopback port (no system service; under root its
 commands run as the ``postgres`` user), gone at the end of the session. Every test starts on an
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from neuroradix.deploy import postgres
+from neuroradix.deploy.postgres import postgres_bin_dir
 from neuroradix.errors import ConfigError
 from neuroradix.jobs.ledger import Ledger
-from neuroradix.node import postgres
-from neuroradix.node.postgres import postgres_bin_dir
 from tests.support import unavailable
 
 __all__ = ["ENGINES", "PostgresCluster", "postgres_bin_dir", "start_postgres_cluster"]

@@ -221,7 +221,7 @@ def test_source_change_while_running_reruns_after_the_run(ledger):
     assert ledger.get(job.id).state == JobState.SUCCEEDED and ledger.get(job.id).source_fingerprint == "cccc3333"
 
 
-# --- issue 11: a rerun asked for while the job finishes ------------------------------------------
+# --- a rerun asked for while the job finishes --------------------------------------------------
 def _on_first_update(ledger: Ledger, action: Callable[[], None]) -> None:
     """Run ``action`` (once) just before ``ledger`` sends its next UPDATE to the database."""
     fired = []
@@ -271,7 +271,7 @@ def test_rerun_requested_while_a_job_ends_is_never_marked_on_the_ended_job(ledge
     finisher.engine.dispose()
 
 
-# --- issue 11: the database fails while the ledger writes -------------------------------------------
+# --- the database fails while the ledger writes ---------------------------------------------------
 def _failing(kind: str) -> BaseException:
     if kind == "oserror":
         return OSError(errno.ENOSPC, "No space left on device")

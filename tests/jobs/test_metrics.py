@@ -19,11 +19,13 @@ from prometheus_client import REGISTRY, generate_latest
 from neuroradix import cli
 from neuroradix.api.app import create_app
 from neuroradix.config import Settings
+from neuroradix.deploy.envfile import worker_env_values
 from neuroradix.errors import ConfigError
 from neuroradix.jobs import metrics
 from neuroradix.jobs.ledger import JobState, Ledger
 from neuroradix.jobs.metrics import JOB_ID, STUDY, JsonFormatter, LedgerCollector, MeteredLedger, metric_names
-from neuroradix.node.worker_host import check_ledger_for_worker, worker_env_values, worker_id
+from neuroradix.jobs.worker import make_worker_id
+from neuroradix.runtime.worker_host import check_ledger_for_worker
 from neuroradix.uids import short_hash
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "docs" / "grafana-neuroradix.json"
@@ -235,4 +237,4 @@ def test_worker_env_holds_what_a_worker_needs_and_no_api_token():
     assert values["NEURORADIX_ORTHANC_USER"] == "neuroradix-sidecar"
     assert values["NEURORADIX_ANALYZERS"] == "lung-hu" and values["NEURORADIX_UID_KEY"] == "k" * 64
     assert "NEURORADIX_SIDECAR_TOKEN" not in values and "PATH" not in values
-    assert re.fullmatch(r".+-\d+-3", worker_id(3))
+    assert re.fullmatch(r".+-\d+-3", make_worker_id(3))

@@ -23,8 +23,9 @@ from neuroradix.errors import (
 from neuroradix.imaging.ctseries import volume_to_ct_series
 from neuroradix.jobs import worker as worker_module
 from neuroradix.jobs.ledger import JobState, Ledger
-from neuroradix.jobs.worker import Worker, job_results_dir
+from neuroradix.jobs.worker import Worker
 from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary
+from neuroradix.pipeline.layout import job_results_dir
 from neuroradix.samples.phantom import thorax_phantom
 
 JPEG2000 = "1.2.840.10008.1.2.4.90"

@@ -10,12 +10,12 @@ import pytest
 from neuroradix.models.config import tiny_config
 from neuroradix.models.embeddings import load_embeddings
 from neuroradix.models.encoders import ENCODERS
-from neuroradix.weights import load_release
+from neuroradix.models.release import load_release
 from neuroradix_train.config import load_config
 from neuroradix_train.data.phantoms import build_miniature_ctrate
 from neuroradix_train.release import untrained_encoder_release
-from neuroradix_train.stages.stage2 import ENCODER_JSON, export_embeddings, read_manifest
-from neuroradix_train.stages.stage3 import head_model_config
+from neuroradix_train.stages.embeddings import ENCODER_JSON, export_embeddings, read_manifest
+from neuroradix_train.stages.head import head_model_config
 from tests.models.test_weights_encoders import TinyEncoder
 
 
@@ -23,16 +23,14 @@ def test_stage2_exports_frozen_encoder_tokens_and_stage3_reads_their_width(monke
     monkeypatch.setitem(ENCODERS, "tiny-test", TinyEncoder)
     root = build_miniature_ctrate(tmp_path / "data", n_train=2, n_valid=1, seed=3)
     out = tmp_path / "emb"
-    cfg = load_config(
-        "stage2",
-        sets=[
-            f"data.root={root}",
-            f"export.out_dir={out}",
-            "export.encoder=tiny-test",
-            "export.device=cpu",
-            "export.backbone=/nonexistent",  # not needed with a frozen encoder
-        ],
-    )
+    sets = [
+        f"data.root={root}",
+        f"export.out_dir={out}",
+        "export.encoder=tiny-test",
+        "export.device=cpu",
+        "export.backbone=/nonexistent",  # not needed with a frozen encoder
+    ]
+    cfg = load_config("embeddings", sets=sets)
     manifest = export_embeddings(cfg)
     rows = read_manifest(out)
     assert manifest.is_file() and len(rows) == 3 and {r["split"] for r in rows} == {"train", "valid"}
@@ -42,15 +40,14 @@ def test_stage2_exports_frozen_encoder_tokens_and_stage3_reads_their_width(monke
     assert float(emb.positions.min()) >= 0.0 and float(emb.positions.max()) <= 1.0
     entry = json.loads((out / ENCODER_JSON).read_text(encoding="utf-8"))
     assert entry["name"] == "tiny-test" and entry["width"] == 16
-    head_cfg = load_config("stage3")
+    head_cfg = load_config("head")
     mcfg = head_model_config(head_cfg, out)
     assert mcfg.encoder == "tiny-test" and mcfg.head.embed_dim == 16
     # a rerun resumes; another encoder in the same folder is refused
     export_embeddings(cfg)
     monkeypatch.setitem(ENCODERS, "other", TinyEncoder)
-    cfg["export"]["encoder"] = "other"
     with pytest.raises(Exception, match="another backbone"):
-        export_embeddings(cfg)
+        export_embeddings(load_config("embeddings", sets=[*sets, "export.encoder=other"]))
 
 
 def test_untrained_release_on_a_pretrained_encoder(tmp_path):

@@ -18,8 +18,8 @@ from neuroradix.models.config import tiny_config
 from neuroradix.models.encoders import ENCODERS, Encoder, EncoderOutput, grid_positions
 from neuroradix.models.encoders.base import standard_affine
 from neuroradix.models.head import MultitaskHead
+from neuroradix.models.release import MANIFEST, load_release, make_test_release, sha256_file, write_release
 from neuroradix.types import Volume
-from neuroradix.weights import MANIFEST, load_release, make_test_release, sha256_file, write_release
 
 
 def _rewrite_manifest(release: Path, edit) -> None:

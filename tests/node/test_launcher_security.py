@@ -6,9 +6,9 @@ import json
 import os
 import stat
 
-from neuroradix.node import launcher
-from neuroradix.node.orthanc import SIDECAR_ACCOUNT, VIEWER_ACCOUNT, OrthancProcess, packaged_file
-from neuroradix.node.senders import Sender, add_sender, senders_path
+from neuroradix.deploy import launcher
+from neuroradix.deploy.orthanc import SIDECAR_ACCOUNT, VIEWER_ACCOUNT, OrthancProcess, packaged_file
+from neuroradix.deploy.senders import Sender, add_sender, senders_path
 
 
 def test_secrets_are_generated_once_and_an_old_file_gets_what_it_lacks(tmp_path, monkeypatch):
@@ -63,7 +63,7 @@ def test_runtime_config_has_three_accounts_known_senders_and_the_packaged_plugin
     )
     assert runtime["DicomModalities"]["local"]["AET"] == "NRX_LOCAL"
     assert runtime["DicomAlwaysAllowStore"] is False and runtime["OverwriteInstances"] is False
-    assert runtime["PythonScript"] == str(packaged_file("plugin", "neuroradix_plugin.py"))
+    assert runtime["PythonScript"] == str(packaged_file("glue.py"))
     assert "sidecar-pw" not in json.dumps(runtime["NeuroRadix"])
 
 

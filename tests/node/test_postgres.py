@@ -11,16 +11,16 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from neuroradix.errors import ConfigError
-from neuroradix.jobs.ledger import Ledger
-from neuroradix.node.launcher import tighten_permissions
-from neuroradix.node.postgres import (
+from neuroradix.deploy.launcher import tighten_permissions
+from neuroradix.deploy.postgres import (
     ORTHANC_DATABASE,
     node_cluster,
     postgres_bin_dir,
     start_node_databases,
     stop_node_cluster,
 )
+from neuroradix.errors import ConfigError
+from neuroradix.jobs.ledger import Ledger
 from tests.support import unavailable
 
 pytestmark = pytest.mark.slow

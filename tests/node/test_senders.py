@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from neuroradix.node.senders import (
+from neuroradix.deploy.senders import (
     LOCAL_SENDER_AET,
     Sender,
     add_sender,

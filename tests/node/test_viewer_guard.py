@@ -10,8 +10,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from neuroradix.devtools.viewer import ViewerSettings, create_app, register, run, settings_from_files, unsafe_path
 from neuroradix.errors import ConfigError
-from neuroradix.node.viewer import ViewerSettings, create_app, register, run, settings_from_files, unsafe_path
 
 ORTHANC = "http://127.0.0.1:8042"
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import json
+from importlib import resources
+
 import numpy as np
+import pydicom
 import pytest
 
-from neuroradix.errors import ConfigError, NotEligibleError
+from neuroradix.config import PipelineSettings
+from neuroradix.errors import ConfigError, InputTooLargeError, NotEligibleError
+from neuroradix.imaging.enhanced import classic_to_enhanced_ct
 from neuroradix.pacs.series import candidate_uids, load_rules, select_series, source_fingerprint
 from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary, StudySummary
+from neuroradix.pipeline.run import size_limits
 from tests.factory import ct_series
 
 RULES = load_rules()
@@ -77,9 +85,6 @@ def test_own_output_series_are_ignored():
 def test_rules_are_validated_on_load():
     with pytest.raises(ConfigError, match="missing keys"):
         load_rules('{"modalities": ["CT"]}')
-    import json
-    from importlib import resources
-
     data = json.loads((resources.files("neuroradix") / "data" / "series_rules.json").read_text())
     data["ranking"] = ["biggest_font"]
     with pytest.raises(ConfigError, match="unknown ranking"):
@@ -104,7 +109,7 @@ def test_candidates_are_named_largest_first_and_selection_is_pure():
                 len(s),
             )
         )
-    # the scout is dropped on its summary (description, 2 instances): its metadata is never needed
+    # the scout is dropped on its summary (its description): its metadata is never needed
     assert candidate_uids(summaries, RULES, "Neuro Radix") == [big[0].SeriesInstanceUID, small[0].SeriesInstanceUID]
     metadata = _metadata(big, small)
     assert select_series(summaries, metadata, RULES, "Neuro Radix").series_uid == big[0].SeriesInstanceUID
@@ -145,3 +150,89 @@ def test_fingerprint_ignores_own_series_and_counts_instances():
     assert source_fingerprint([a, ours], "Neuro Radix") == source_fingerprint([a], "Neuro Radix")
     more = SeriesSummary("1.2.3.1", "CT", 1, "", "ACME", 121)
     assert source_fingerprint([more], "Neuro Radix") != source_fingerprint([a], "Neuro Radix")
+
+
+def test_old_rule_keys_are_refused_with_where_they_went():
+    data = json.loads((resources.files("neuroradix") / "data" / "series_rules.json").read_text())
+    with pytest.raises(ConfigError, match="max_slices is gone.*NEURORADIX_MAX_SERIES_INSTANCES"):
+        load_rules(json.dumps({**data, "max_slices": 2000}))
+    with pytest.raises(ConfigError, match="orientation_tolerance is gone"):
+        load_rules(json.dumps({**data, "orientation_tolerance": 0.001}))
+    with pytest.raises(ConfigError, match="unknown keys \\['max_slice'\\]"):
+        load_rules(json.dumps({**data, "max_slice": 1}))
+
+
+def _summaries(n: int, uid: str = "1.2.3.9") -> list[InstanceSummary]:
+    """Metadata of an ``n``-slice axial series (no datasets needed)."""
+    return [
+        InstanceSummary(
+            f"{uid}.{k}",
+            uid,
+            "1.2.840.10008.5.1.4.1.1.2",
+            "CT",
+            4,
+            "Thin chest",
+            ("ORIGINAL", "PRIMARY", "AXIAL"),
+            (1, 0, 0, 0, 1, 0),
+            (0.0, 0.0, 0.5 * k),
+            (0.7, 0.7),
+            512,
+            512,
+            16,
+        )
+        for k in range(n)
+    ]
+
+
+def test_the_slice_cap_is_the_setting_alone():
+    """Raising NEURORADIX_MAX_SERIES_INSTANCES is enough: no second cap in the rules file skips the series."""
+    metadata = {"1.2.3.9": _summaries(2500)}
+    summary = [SeriesSummary("1.2.3.9", "CT", 4, "Thin chest", "ACME", 2500)]
+    with pytest.raises(InputTooLargeError, match="2500 instances, above the limit of 2000.*NEURORADIX_MAX_SERIES"):
+        select_series(summary, metadata, RULES, "Neuro Radix", size_limits(PipelineSettings()))
+    raised = PipelineSettings(max_series_instances=3000, max_volume_voxels=2500 * 512 * 512)
+    chosen = select_series(summary, metadata, RULES, "Neuro Radix", size_limits(raised))
+    assert chosen.n_slices == 2500
+
+
+def _enhanced(series, **kwargs):
+    ds = classic_to_enhanced_ct(series, **kwargs)
+    del ds.PixelData  # metadata, as WADO-RS gives it
+    return [ds]
+
+
+def _as_wado_metadata(datasets) -> list[InstanceSummary]:
+    return [InstanceSummary.from_json(ds.to_json_dict(bulk_data_threshold=1 << 20)) for ds in datasets]
+
+
+def test_enhanced_ct_is_selected_by_its_frames():
+    study = "1.2.3"
+    thick = ct_series(_vol(40), slice_spacing=5.0, study_uid=study, series_number=2)
+    thin = _enhanced(ct_series(_vol(120), slice_spacing=1.25, study_uid=study, series_number=3))
+    summaries = [_summary(s) for s in (thick, thin)]
+    metadata = {str(thick[0].SeriesInstanceUID): _as_wado_metadata(thick)}
+    metadata[str(thin[0].SeriesInstanceUID)] = _as_wado_metadata(thin)
+    assert len(metadata[str(thin[0].SeriesInstanceUID)][0].planes) == 120  # frames read from DICOM JSON
+    chosen = select_series(summaries, metadata, RULES, "Neuro Radix")
+    assert chosen.series_uid == thin[0].SeriesInstanceUID and chosen.n_slices == 120
+    assert chosen.slice_spacing == pytest.approx(1.25)
+
+
+def test_enhanced_frames_are_checked_like_slices():
+    localizer = _enhanced(ct_series(_vol(20), series_number=5, description="Thorax"))
+    frames = localizer[0].PerFrameFunctionalGroupsSequence
+    frames[0].CTImageFrameTypeSequence = pydicom_sequence(
+        ["ORIGINAL", "PRIMARY", "LOCALIZER", "NONE"], localizer[0].SharedFunctionalGroupsSequence[0]
+    )
+    few = _enhanced(ct_series(_vol(6), series_number=6))
+    with pytest.raises(NotEligibleError) as err:
+        select_series([_summary(localizer), _summary(few)], _metadata(localizer, few), RULES, "Neuro Radix")
+    assert "series 5 (CT): frame type contains ['LOCALIZER'] (frame 1)" in str(err.value)
+    assert "series 6 (CT): 6 slices, fewer than 10" in str(err.value)
+
+
+def pydicom_sequence(frame_type, shared):
+    """A per-frame CT Image Frame Type item that overrides the shared one with ``frame_type``."""
+    item = copy.deepcopy(shared.CTImageFrameTypeSequence[0])
+    item.FrameType = frame_type
+    return pydicom.sequence.Sequence([item])

@@ -7,10 +7,12 @@ import pytest
 
 from neuroradix.config import PipelineSettings
 from neuroradix.errors import BadInputError, InputTooLargeError, NotEligibleError
+from neuroradix.imaging.enhanced import classic_to_enhanced_ct
 from neuroradix.imaging.volume import SizeLimits
 from neuroradix.pacs.series import candidate_uids, load_rules, select_series
 from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary
-from neuroradix.pipeline import LocalSource, process_study
+from neuroradix.pipeline.run import process_study
+from neuroradix.pipeline.sources import LocalSource
 from tests.factory import ct_series
 
 RULES = load_rules()
@@ -120,3 +122,18 @@ def test_summaries_carry_bits_and_frames_from_dicom_json():
     summary = InstanceSummary.from_json(ds.to_json_dict())
     assert (summary.rows, summary.columns, summary.bits_allocated, summary.number_of_frames) == (8, 8, 16, 3)
     assert InstanceSummary.from_dataset(ct_series(_vol(12))[0]).number_of_frames is None
+
+
+def test_enhanced_ct_frames_count_against_the_limits_before_the_fetch():
+    """NumberOfFrames x Rows x Columns from the metadata: an Enhanced CT over a limit is never fetched."""
+    enhanced = [classic_to_enhanced_ct(ct_series(_vol(30, 16, 16)))]
+    source = CountingSource(enhanced)  # the PACS counts 1 instance
+    with pytest.raises(InputTooLargeError, match=r"30 x 16 x 16 = 7,680 voxels.*NEURORADIX_MAX_VOLUME_VOXELS"):
+        process_study(source, [], PipelineSettings(max_volume_voxels=30 * 16 * 16 - 1), [])
+    assert source.metadata_asked == [str(enhanced[0].SeriesInstanceUID)] and source.fetched == []
+    source = CountingSource(enhanced)
+    with pytest.raises(
+        InputTooLargeError, match="30 frames in 1 multi-frame instance.*NEURORADIX_MAX_SERIES_INSTANCES"
+    ):
+        process_study(source, [], PipelineSettings(max_series_instances=29), [])
+    assert source.fetched == []

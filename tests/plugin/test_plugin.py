@@ -8,12 +8,7 @@ import sys
 import types
 
 import pytest
-
-from neuroradix.node.orthanc import packaged_file
-
-PLUGIN_DIR = packaged_file("plugin", "neuroradix_plugin.py").parent
-sys.path.insert(0, str(PLUGIN_DIR))
-from handoff import Handoff, HandoffConfig  # noqa: E402
+from neuroradix_plugin.handoff import Handoff, HandoffConfig
 
 OWN = "Neuro Radix"
 
@@ -166,8 +161,8 @@ def test_glue_registers_callback_and_only_queues_in_it(monkeypatch):
     fake.RegisterOnChangeCallback = registered.append
     monkeypatch.setitem(sys.modules, "orthanc", fake)
     monkeypatch.setenv("NEURORADIX_SIDECAR_TOKEN", "t0ken-t0ken-t0ken")
-    sys.modules.pop("neuroradix_plugin", None)
-    glue = importlib.import_module("neuroradix_plugin")
+    sys.modules.pop("neuroradix_plugin.glue", None)
+    glue = importlib.import_module("neuroradix_plugin.glue")
     assert registered == [glue.on_change] and glue.HANDOFF is not None
     glue.on_change(ChangeType.STABLE_STUDY, 0, "study-id")
     glue.on_change(ChangeType.NEW_INSTANCE, 0, "instance-id")
@@ -178,7 +173,7 @@ def test_glue_registers_callback_and_only_queues_in_it(monkeypatch):
 def test_plugin_and_sidecar_compute_the_same_fingerprint():
     """The plugin (Orthanc REST) and the worker (QIDO) must agree, or every study would rerun."""
     import pydicom
-    from handoff import source_fingerprint, source_items
+    from neuroradix_plugin.handoff import source_fingerprint, source_items
 
     from neuroradix.pacs.series import source_fingerprint as sidecar_fingerprint
 

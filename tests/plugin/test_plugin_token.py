@@ -6,8 +6,8 @@ import os
 import stat
 
 from neuroradix.config import Settings
-from neuroradix.node import launcher
-from neuroradix.node.orthanc import OrthancProcess
+from neuroradix.deploy import launcher
+from neuroradix.deploy.orthanc import OrthancProcess
 
 
 def test_make_up_generates_scoped_tokens_once_and_adds_them_to_an_old_secrets_file(tmp_path, monkeypatch):

@@ -14,11 +14,7 @@ import threading
 import types
 
 import pytest
-
-from neuroradix.node.orthanc import packaged_file
-
-sys.path.insert(0, str(packaged_file("plugin", "policy.py").parent))
-from policy import (  # noqa: E402
+from neuroradix_plugin.policy import (
     PEOPLE,
     REFUSED_NOT_AUTHORIZED,
     SIDECAR,
@@ -51,7 +47,15 @@ ROUTES = {
     ("POST", "/tools/lookup"): {PEOPLE, SIDECAR},
     ("DELETE", f"/series/{SERIES_ID}"): {PEOPLE, SIDECAR},  # an own series: see below
     ("GET", "/patients"): {PEOPLE},
-    ("GET", "/system"): {PEOPLE},
+    ("GET", "/system"): {PEOPLE, SIDECAR},  # the version check at start (CVE minimum) and label support
+    ("PUT", f"/studies/{SERIES_ID}/labels/ai-urgent"): {PEOPLE, SIDECAR},
+    ("DELETE", f"/studies/{SERIES_ID}/labels/ai-pending"): {PEOPLE, SIDECAR},
+    ("GET", f"/studies/{SERIES_ID}/labels"): {PEOPLE, SIDECAR},
+    ("PUT", f"/studies/{SERIES_ID}/labels/teaching-file"): {PEOPLE},  # not a triage label
+    ("DELETE", f"/studies/{SERIES_ID}/labels/ai-urgent-x"): {PEOPLE},
+    ("PUT", f"/studies/{SERIES_ID}/metadata/NeuroRadixTriage"): {PEOPLE, SIDECAR},
+    ("PUT", f"/studies/{SERIES_ID}/metadata/Other"): {PEOPLE},
+    ("PUT", "/studies/not-an-id/labels/ai-urgent"): {PEOPLE},
     ("POST", "/instances"): {PEOPLE},
     ("DELETE", f"/studies/{SERIES_ID}"): {PEOPLE},
     ("POST", "/tools/shutdown"): {PEOPLE},
@@ -158,10 +162,10 @@ def glue(monkeypatch):
         setattr(fake, name, lambda callback: None)
     monkeypatch.setitem(sys.modules, "orthanc", fake)
     monkeypatch.setenv("NEURORADIX_SIDECAR_TOKEN", "t0ken-t0ken-t0ken")
-    sys.modules.pop("neuroradix_plugin", None)
-    module = importlib.import_module("neuroradix_plugin")
+    sys.modules.pop("neuroradix_plugin.glue", None)
+    module = importlib.import_module("neuroradix_plugin.glue")
     yield module, fake
-    sys.modules.pop("neuroradix_plugin", None)
+    sys.modules.pop("neuroradix_plugin.glue", None)
 
 
 def test_glue_filter_gives_each_account_its_scope(glue):

@@ -158,7 +158,7 @@ def test_contrastive_resumes_with_the_losses_of_an_uninterrupted_run(mini_ctrate
 
 def test_phantom_prompts_are_the_reports_own_sentences():
     from neuroradix_train.data.phantoms import PLANTED, phantom_report
-    from neuroradix_train.smoke import phantom_prompts
+    from tests.training.smoke import phantom_prompts
 
     prompts = phantom_prompts()
     assert list(prompts) == list(PLANTED)

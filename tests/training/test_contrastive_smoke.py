@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from neuroradix.weights import load_release
-from neuroradix_train.smoke import VIT_THRESHOLDS, run_vit_smoke
+from neuroradix.models.release import load_release
+from tests.training.smoke import VIT_THRESHOLDS, run_vit_smoke
 
 pytestmark = [pytest.mark.slow, pytest.mark.smoke]
 

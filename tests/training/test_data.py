@@ -16,7 +16,7 @@ from neuroradix.samples.phantom import PLANTED, findings_phantom
 from neuroradix_train.data import dataset as data
 from neuroradix_train.data.findings import FINDINGS
 from neuroradix_train.data.phantoms import PHANTOM_VERSION
-from neuroradix_train.smoke import ensure_dataset
+from tests.training.smoke import ensure_dataset
 
 
 def test_records_join_reports_labels_metadata(mini_ctrate):
@@ -93,7 +93,7 @@ def test_smoke_rebuilds_a_dataset_of_an_older_phantom_version(tmp_path):
     ensure_dataset(root, n_train=1, n_valid=1, real_ct_dir=None)
     version = root / "dataset" / "phantoms.version"
     assert version.read_text().strip() == PHANTOM_VERSION
-    stale = root / "cache" / "stage1" / "old.npz"
+    stale = root / "cache" / "segmentation" / "old.npz"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"x")
     ensure_dataset(root, n_train=1, n_valid=1, real_ct_dir=None)  # same version: kept as is

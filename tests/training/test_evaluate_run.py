@@ -10,7 +10,7 @@ from neuroradix.errors import ConfigError
 from neuroradix_train.config import CONFIG_DIR, load_config
 from neuroradix_train.evaluation.evaluate import evaluate_run
 from neuroradix_train.evaluation.tables import write_results_table
-from neuroradix_train.stages.stage3 import train_head
+from neuroradix_train.stages.head import train_head
 from tests.training.test_head_resume import _embedding_export
 
 
@@ -20,8 +20,8 @@ def head_run(tmp_path_factory):
     export = _embedding_export(root / "emb", n_train=16, n_valid=12)
     train_head(
         load_config(
-            "stage3",
-            [CONFIG_DIR / "stage3-tiny.yaml"],
+            "head",
+            [CONFIG_DIR / "head-tiny.yaml"],
             [
                 f"data.embeddings={export}",
                 f"train.out_dir={root / 'head'}",

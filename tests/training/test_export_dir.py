@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neuroradix.errors import ConfigError
-from neuroradix_train.stages.stage2 import BACKBONE_SHA, _claim_export_dir
+from neuroradix_train.stages.embeddings import BACKBONE_SHA, _claim_export_dir
 
 
 def test_export_dir_is_claimed_by_one_backbone(tmp_path):

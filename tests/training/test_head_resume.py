@@ -16,7 +16,7 @@ from tests.training.training_helpers import kill_after_steps
 
 
 def _embedding_export(directory, n_train=48, n_valid=16, seed=0):
-    """A stage-2 export whose embeddings carry the planted findings (one direction per finding)."""
+    """An embeddings export whose embeddings carry the planted findings (one direction per finding)."""
     from neuroradix.models.config import tiny_config
     from neuroradix.models.embeddings import save_embeddings
     from neuroradix.models.sliding import PatchGrid
@@ -67,12 +67,12 @@ def _sets(export, out, epochs):
 
 
 def _cfg(export, out, epochs):
-    return load_config("stage3", [CONFIG_DIR / "stage3-tiny.yaml"], _sets(export, out, epochs))
+    return load_config("head", [CONFIG_DIR / "head-tiny.yaml"], _sets(export, out, epochs))
 
 
 def test_head_resumes_after_sigkill_with_the_same_losses(export, tmp_path):
     """Killed with SIGKILL after step 5 and resumed, the head logs the losses of an uninterrupted run."""
-    from neuroradix_train.stages.stage3 import train_head
+    from neuroradix_train.stages.head import train_head
 
     whole = tmp_path / "whole"
     train_head(_cfg(export, whole, epochs=4))
@@ -81,7 +81,7 @@ def test_head_resumes_after_sigkill_with_the_same_losses(export, tmp_path):
         [
             "train-head",
             "--config",
-            str(CONFIG_DIR / "stage3-tiny.yaml"),
+            str(CONFIG_DIR / "head-tiny.yaml"),
             *[a for s in _sets(export, out, 4) for a in ("--set", s)],
         ],
         out / "steps.jsonl",
@@ -101,12 +101,12 @@ def test_head_resumes_after_sigkill_with_the_same_losses(export, tmp_path):
 
 @pytest.mark.slow
 def test_head_learns_planted_findings_and_reports(export, tmp_path):
-    from neuroradix_train.stages.stage3 import train_head
+    from neuroradix_train.stages.head import train_head
 
     r = train_head(
         load_config(
-            "stage3",
-            [CONFIG_DIR / "stage3-tiny.yaml"],
+            "head",
+            [CONFIG_DIR / "head-tiny.yaml"],
             [
                 f"data.embeddings={export}",
                 f"train.out_dir={tmp_path / 'h'}",

@@ -1,4 +1,4 @@
-"""The stage-1 loss: MONAI's DiceCELoss as is, or with the Dice averaged over the classes present."""
+"""The segmentation loss: MONAI's DiceCELoss as is, or with the Dice averaged over the classes present."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neuroradix.errors import ConfigError
-from neuroradix_train.stages.stage1 import SegLoss
+from neuroradix_train.stages.segmentation import SegLoss
 
 
 def _batch():

@@ -12,7 +12,7 @@ from neuroradix_train.cli import main as train_cli
 from neuroradix_train.data.findings import FINDINGS
 from neuroradix_train.evaluation.predictions import evaluate_predictions
 from neuroradix_train.evaluation.tables import find_metrics, write_results_table
-from neuroradix_train.smoke import format_protocols, protocol_summary
+from tests.training.smoke_checks import format_protocols, protocol_summary
 
 
 @pytest.fixture(scope="module")

@@ -106,3 +106,13 @@ def test_pdf_states_warnings_and_a_densitometry_table(result, ctx):
     assert "Upper zone of right lung" in text and "-929.0" in text  # the right upper zone's Perc15
     plain = _text(render_pdf_bytes(replace(dense, warnings=()), ctx))
     assert "Scan-quality warnings" not in plain
+
+
+def test_pdf_says_how_a_display_range_map_is_coloured_and_why_it_is_smoothed(result, ctx):
+    """A local LAA-950 map is coloured from its floor to its top, and its note is stated."""
+    amap = result.attention[0]
+    shown = replace(amap, name="Local LAA-950", display_range=(0.06, 0.30), note="smoothed: sharp kernel")
+    text = " ".join(_text(render_pdf_bytes(replace(result, attention=(shown,)), ctx)).split())
+    assert "Local LAA-950 from red (6 %) to yellow (30 % and above); below 6 % not coloured" in text
+    assert "Map smoothed: sharp kernel" in text
+    assert "attention from dark red (low)" not in text

@@ -7,7 +7,14 @@ import pytest
 
 from neuroradix.config import PmapGrid
 from neuroradix.types import AttentionMap
-from neuroradix.writers.pmap import STORED_MAX, build_pmaps, downsample_in_plane, resample_to_source
+from neuroradix.writers.pmap import (
+    DISPLAY_MIN_STORED,
+    STORED_MAX,
+    build_pmaps,
+    display_scaled,
+    downsample_in_plane,
+    resample_to_source,
+)
 from tests.writers.writer_fixtures import N_COLS, N_ROWS, N_SLICES, dciodvfy
 
 
@@ -114,3 +121,48 @@ def test_pmap_passes_dciodvfy(result, ctx, roundtrip, grid):
     _, path = roundtrip(build_pmaps(result, replace(ctx, pmap_grid=grid))[0])
     errors, _ = dciodvfy(path)
     assert errors == []
+
+
+def _display_result(result):
+    """The fixture's map (values 0 to 1) as a local LAA-950 map: floor 0.06, top 0.30, below the floor 0."""
+    amap = result.attention[0]
+    array = np.where(amap.array >= 0.06, amap.array, 0.0).astype(np.float32)
+    shown = replace(amap, array=array, display_range=(0.06, 0.30), note="smoothed: sharp kernel")
+    return replace(result, attention=(shown,)), shown
+
+
+@pytest.mark.parametrize("grid", list(PmapGrid))
+def test_display_range_map_is_stored_as_floats_from_floor_to_top(result, ctx, roundtrip, grid):
+    result, amap = _display_result(result)
+    back, path = roundtrip(build_pmaps(result, replace(ctx, pmap_grid=grid))[0])
+    assert "FloatPixelData" in back and back.BitsAllocated == 32
+    stored = back.pixel_array
+    assert stored.dtype == np.float32
+    mapping = back.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert float(mapping.RealWorldValueIntercept) == pytest.approx(0.06)
+    assert float(mapping.RealWorldValueSlope) == pytest.approx(0.24)
+    assert float(mapping.DoubleFloatRealWorldValueFirstValueMapped) == DISPLAY_MIN_STORED  # 0 is "below the floor"
+    # Every stored value is 0 (below the floor) or maps back to a value at or above the floor.
+    shown = stored[stored > 0] * 0.24 + 0.06
+    assert shown.min() >= 0.06 - 1e-6 and shown.max() <= amap.array.max() + 1e-4
+    if grid is PmapGrid.ATTENTION:
+        expected = np.sort(amap.array.ravel())
+        np.testing.assert_allclose(
+            np.sort(np.where(stored > 0, stored * 0.24 + 0.06, 0.0).ravel()), expected, atol=1e-5
+        )
+    # The recommended window is stored 0..1 = floor..top, the same range OHIF's fixed PMAP window shows.
+    voi = back.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (0.5, 1.0)
+    assert back.SeriesDescription.endswith("(smoothed: sharp kernel)") and len(back.SeriesDescription) <= 64
+    errors, _ = dciodvfy(path)
+    assert errors == []
+
+
+def test_ohif_default_rendering_spans_floor_to_top():
+    """OHIF 3.13's PMAP viewport multiplies stored values by 100 and windows them 0..100 (center 50,
+    width 100): with display scaling, 6 % lands at the bottom of its colour map and 30 % at the top."""
+    values = np.array([0.0, 0.05, 0.06, 0.18, 0.30, 0.60], dtype=np.float32)
+    ohif = display_scaled(values, (0.06, 0.30)) * 100.0  # what OHIF puts in its volume
+    position = np.clip((ohif - (50 - 100 / 2)) / 100, 0.0, 1.0)  # in its window
+    np.testing.assert_allclose(position, [0.0, 0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-4)
+    assert display_scaled(values, (0.06, 0.30))[2] > 0  # the floor itself is shown, below it is not

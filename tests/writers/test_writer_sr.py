@@ -221,3 +221,67 @@ def test_densitometry_groups_and_warnings_round_trip(result, ctx, roundtrip):
     assert texts == list(dense.warnings)
     errors, _ = dciodvfy(path)
     assert errors == []
+
+
+def _triage_items(ds):
+    """The study-level triage items of a read-back SR: (concept meaning, code value or text)."""
+    out = []
+    for item in _walk(ds.ContentSequence):
+        concept = item.ConceptNameCodeSequence[0]
+        if concept.CodingSchemeDesignator == "99NRX" and concept.CodeValue.startswith("triage-"):
+            value = item.ConceptCodeSequence[0].CodeValue if item.ValueType == "CODE" else item.TextValue
+            out.append((concept.CodeMeaning, value))
+    return out
+
+
+def test_triage_item_round_trips_and_passes_dciodvfy(result, ctx, objects, roundtrip):
+    seg, pmaps, _ = objects
+    decision = {
+        "level": "urgent",
+        "reasons": ["pleural effusion", "severe emphysema"],
+        "policy_version": "site-2026-12-01",
+    }
+    ds, path = roundtrip(build_sr(result, ctx, seg, pmaps, triage=decision))
+    assert _triage_items(ds) == [
+        ("AI triage level", "urgent"),
+        ("AI triage reason", "pleural effusion"),
+        ("AI triage reason", "severe emphysema"),
+        ("AI triage policy version", "site-2026-12-01"),
+    ]
+    level = next(i for i in _walk(ds.ContentSequence) if i.ValueType == "CODE" and _name(i) == "AI triage level")
+    assert level.RelationshipType == "CONTAINS"
+    assert level.ConceptCodeSequence[0].CodingSchemeDesignator == "99NRX"
+    assert level.ConceptCodeSequence[0].CodeMeaning == "Urgent"
+    assert "99NRX" in {s.CodingSchemeDesignator for s in ds.CodingSchemeIdentificationSequence}
+    # the triage items sit in the Qualitative Evaluations container, beside the report text
+    container = next(i for i in ds.ContentSequence if _name(i) == "Qualitative Evaluations")
+    assert ("AI triage level", "urgent") in _triage_items(container)
+    errors, warnings = dciodvfy(path)
+    assert errors == []
+    _, plain = roundtrip(build_sr(result, ctx, seg, pmaps), name="plain.dcm")
+    assert set(warnings) <= set(dciodvfy(plain)[1]), "the triage item adds no dciodvfy warning"
+    # highdicom still reads it as a TID 1500 report
+    assert hd.sr.srread(path).content.get_volumetric_roi_measurement_groups()
+
+
+def test_without_triage_no_triage_items(objects, roundtrip):
+    ds, _ = roundtrip(objects[2])
+    assert _triage_items(ds) == []
+
+
+def test_triage_not_analyzed_without_seg_or_maps(result, ctx, roundtrip):
+    decision = {"level": "not-analyzed", "reasons": ["failed: 3 slices missing"], "policy_version": "v1"}
+    ds, path = roundtrip(build_sr(result, ctx, None, [], triage=decision))
+    assert _triage_items(ds)[:2] == [
+        ("AI triage level", "not-analyzed"),
+        ("AI triage reason", "failed: 3 slices missing"),
+    ]
+    errors, _ = dciodvfy(path)
+    assert errors == []
+
+
+def test_triage_level_must_be_known(result, ctx):
+    with pytest.raises(ValueError, match="triage level"):
+        build_sr(result, ctx, None, [], triage={"level": "stat", "reasons": [], "policy_version": "v1"})
+    with pytest.raises(TypeError, match="reasons"):
+        build_sr(result, ctx, None, [], triage={"level": "urgent", "reasons": "x", "policy_version": "v1"})

@@ -1,9 +1,11 @@
 """Training subcommands of the ``neuroradix`` CLI.
 
-``register(subparsers)`` adds ``train-seg``, ``train-contrastive``, ``export-embeddings``, ``train-head``, ``evaluate``
-(or ``evaluate --labeler-agreement``), ``results-table``, ``publish-release`` and ``train-smoke`` to an ``argparse`` sub-parser set; ``main()`` runs them
-stand-alone (``python -m neuroradix_train.cli ...``). Every stage command takes
-``--config FILE`` (merged on the shipped defaults, repeatable) and ``--set key=value``.
+``register(subparsers)`` adds ``train-seg`` (the segmentation stage), ``train-contrastive``,
+``export-embeddings``, ``train-head``, ``evaluate`` (or ``evaluate --labeler-agreement``),
+``results-table`` and ``publish-release`` to an ``argparse`` sub-parser set; ``main()`` runs them
+stand-alone (``python -m neuroradix_train.cli ...``). Every stage command takes ``--config FILE``
+(merged on the shipped defaults, repeatable) and ``--set key=value``. ``train-smoke`` only says where
+the smoke run went: it is test orchestration (``tests/training/smoke.py``, ``make train-smoke``).
 """
 
 from __future__ import annotations
@@ -23,21 +25,34 @@ from neuroradix_train.evaluation.evaluate import evaluate_run, labeler_agreement
 from neuroradix_train.evaluation.radbert import RadBERTLabeler
 from neuroradix_train.evaluation.tables import write_results_table
 from neuroradix_train.release import publish_release
-from neuroradix_train.smoke import format_protocols, run_smoke, run_vit_smoke
+from neuroradix_train.settings import (
+    ContrastiveConfig,
+    EmbeddingsConfig,
+    EvaluateConfig,
+    HeadTrainingConfig,
+    SegmentationConfig,
+    as_dict,
+)
 from neuroradix_train.stages.contrastive import train_contrastive
-from neuroradix_train.stages.stage1 import train_seg
-from neuroradix_train.stages.stage2 import export_embeddings
-from neuroradix_train.stages.stage3 import train_head
+from neuroradix_train.stages.embeddings import export_embeddings
+from neuroradix_train.stages.head import train_head
+from neuroradix_train.stages.segmentation import train_seg
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _STAGES = {
-    "train-seg": "stage1",
+    "train-seg": "segmentation",
     "train-contrastive": "contrastive",
-    "export-embeddings": "stage2",
-    "train-head": "stage3",
+    "export-embeddings": "embeddings",
+    "train-head": "head",
     "evaluate": "evaluate",
 }
+"""Each stage command and the stage (shipped config ``configs/<stage>.yaml``) it runs."""
+
+SMOKE_MOVED = (
+    "train-smoke is test orchestration and is not installed with the package: in a source checkout run "
+    "`make train-smoke` (or `python -m tests.training.smoke --encoder swinunetr|vit`)"
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -55,7 +70,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     """Add the training subcommands to an ``argparse`` sub-parser set."""
-    p = subparsers.add_parser("train-seg", help="stage 1: train the SwinUNETR segmentation backbone")
+    p = subparsers.add_parser("train-seg", help="segmentation stage: train the SwinUNETR segmentation backbone")
     _common(p)
     p.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
@@ -69,11 +84,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps in total")
     p.set_defaults(func=_run_stage, stage="train-contrastive")
 
-    p = subparsers.add_parser("export-embeddings", help="stage 2: patch embeddings of every scan + manifest")
+    p = subparsers.add_parser("export-embeddings", help="embeddings stage: patch embeddings of every scan + manifest")
     _common(p)
     p.set_defaults(func=_run_stage, stage="export-embeddings")
 
-    p = subparsers.add_parser("train-head", help="stage 3: train the multitask head (findings + report)")
+    p = subparsers.add_parser("train-head", help="head stage: train the multitask head (findings + report)")
     _common(p)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--max-steps", type=int, default=None)
@@ -113,7 +128,7 @@ def register(subparsers) -> None:
     p.add_argument("--title", help="heading (default: the folder's name)")
     p.set_defaults(func=_results_table)
 
-    p = subparsers.add_parser("publish-release", help="write a weights/ release from a stage-1 and a stage-3 run")
+    p = subparsers.add_parser("publish-release", help="write a weights/ release from a segmentation and a head run")
     p.add_argument("--backbone-run", type=Path, required=True)
     p.add_argument("--head-run", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="release folder, e.g. weights/swinunetr-ctrate-1.0.0")
@@ -123,25 +138,9 @@ def register(subparsers) -> None:
     p.add_argument("--untrained", action="store_true", help="mark the release as test output (smoke runs)")
     p.set_defaults(func=_publish)
 
-    p = subparsers.add_parser("train-smoke", help="all three stages on a miniature phantom dataset, with assertions")
-    p.add_argument("--work", type=Path, default=Path("var/train-smoke"))
-    p.add_argument("--real-ct", type=Path, default=Path("../shared/data/real-ct"))
-    p.add_argument("--no-assert", action="store_true", help="report the numbers without failing on thresholds")
-    p.add_argument(
-        "--encoder",
-        choices=("swinunetr", "vit"),
-        default="swinunetr",
-        help="swinunetr: stages 1-3; vit: the contrastive ViT, its tokens and the head on them",
-    )
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="STAGE:KEY=VALUE",
-        help="override one setting of one stage, e.g. --set stage1:train.amp=false (repeatable)",
-    )
-    p.set_defaults(func=_smoke)
+    p = subparsers.add_parser("train-smoke", help="moved: run `make train-smoke` in a source checkout")
+    p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=_smoke_moved)
 
 
 def _run_stage(args) -> int:
@@ -149,17 +148,18 @@ def _run_stage(args) -> int:
         return _labeler_agreement(args)
     cfg = load_config(_STAGES[args.stage], args.config, args.sets)
     if args.print_config:
-        sys.stdout.write(yaml.safe_dump(cfg, sort_keys=False))
+        sys.stdout.write(yaml.safe_dump(as_dict(cfg), sort_keys=False))
         return 0
-    if args.stage == "train-seg":
+    if isinstance(cfg, SegmentationConfig):
         result = train_seg(cfg, resume=args.resume, max_steps=args.max_steps)
-    elif args.stage == "train-contrastive":
+    elif isinstance(cfg, ContrastiveConfig):
         result = train_contrastive(cfg, resume=args.resume, max_steps=args.max_steps)
-    elif args.stage == "export-embeddings":
+    elif isinstance(cfg, EmbeddingsConfig):
         result = {"manifest": str(export_embeddings(cfg))}
-    elif args.stage == "train-head":
+    elif isinstance(cfg, HeadTrainingConfig):
         result = train_head(cfg, resume=args.resume, max_steps=args.max_steps)
     else:
+        assert isinstance(cfg, EvaluateConfig)
         result = evaluate_run(cfg)
     sys.stdout.write(json.dumps(_summary(result), indent=1, default=float) + "\n")
     return 0
@@ -224,25 +224,9 @@ def _publish(args) -> int:
     return 0
 
 
-def _smoke(args) -> int:
-    if args.encoder == "vit":
-        result = run_vit_smoke(
-            args.work,
-            real_ct_dir=args.real_ct if args.real_ct.is_dir() else None,
-            check=not args.no_assert,
-            extra_sets=args.sets,
-        )
-        sys.stdout.write(json.dumps(result, indent=1, default=float) + "\n")
-        return 0
-    result = run_smoke(
-        args.work,
-        real_ct_dir=args.real_ct if args.real_ct.is_dir() else None,
-        check=not args.no_assert,
-        extra_sets=args.sets,
-    )
-    sys.stdout.write(json.dumps(result, indent=1, default=float) + "\n")
-    sys.stdout.write(format_protocols(result["protocols"]) + "\n")
-    return 0
+def _smoke_moved(args) -> int:
+    sys.stderr.write(f"error: {SMOKE_MOVED}\n")
+    return 2
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,4 @@
-"""Publish trained runs as a ``weights/`` release the node loads (:mod:`neuroradix.weights`)."""
+"""Publish trained runs as a ``weights/`` release the node loads (:mod:`neuroradix.models.release`)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 
 from neuroradix.errors import ConfigError
 from neuroradix.models.config import HeadConfig, ModelConfig
-from neuroradix.weights import load_release, make_test_release, write_release
+from neuroradix.models.release import load_release, make_test_release, write_release
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CTRATE = {
     "name": "CT-RATE",
@@ -37,7 +37,7 @@ def publish_release(
 
     The head run's model config (which carries the stage-1 preprocessing and backbone) is the
     release's config; a backbone whose state dict does not fit it is refused. The release is
-    loaded back through :func:`neuroradix.weights.load_release` before returning.
+    loaded back through :func:`neuroradix.models.release.load_release` before returning.
     """
     backbone_run, head_run = Path(backbone_run), Path(head_run)
     for p in (
@@ -75,7 +75,7 @@ def publish_release(
     )
     release = load_release(out, allow_untrained=untrained)
     release.build_models()  # the state dicts fit the configured modules (strict)
-    log.info("release %s written to %s", version, out)
+    logger.info("release %s written to %s", version, out)
     return Path(out)
 
 
@@ -111,5 +111,5 @@ def untrained_encoder_release(
     release = load_release(out, allow_untrained=True, encoder=encoder)
     if verify_weights:
         release.build_models()  # pinned encoder weights + the head's state dict (strict)
-    log.info("untrained %s release %s written to %s", encoder, version, out)
+    logger.info("untrained %s release %s written to %s", encoder, version, out)
     return Path(out)

@@ -1,7 +1,7 @@
 """The deep-learning analyzer: image encoder (SwinUNETR segmentation + patch embeddings, or another
 encoder's tokens) -> multitask head.
 
-The release's manifest names the encoder (:mod:`neuroradix.weights`).  A SwinUNETR release runs the
+The release's manifest names the encoder (:mod:`neuroradix.models.release`).  A SwinUNETR release runs the
 sliding-window pass (labels and window embeddings at once).  Any other encoder
 (:mod:`neuroradix.models.encoders`: the pretrained I3ResNet-152s of Merlin and Astra, the ViT) runs
 its own preprocessing and forward pass; its tokens are the head's patches and its token grid is
@@ -40,13 +40,13 @@ from neuroradix.models.backbone import (
 )
 from neuroradix.models.encoders.base import Encoder
 from neuroradix.models.findings import load_findings
+from neuroradix.models.release import load_release
 from neuroradix.models.sliding import PatchGrid, SlidingOptions, sliding_segment
 from neuroradix.models.transforms import (
     preprocess_volume,
 )
 from neuroradix.schemes import load_scheme
 from neuroradix.types import AnalyzerInfo, AttentionMap, Code, Finding, ReportAttention, StudyResult, Volume
-from neuroradix.weights import load_release
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class DeepAnalyzer:
     Parameters
     ----------
     release_dir:
-        Folder of a release (:mod:`neuroradix.weights`); ``None`` means not configured.
+        Folder of a release (:mod:`neuroradix.models.release`); ``None`` means not configured.
     allow_untrained:
         Test-only switch: accept a release marked untrained.
     device:

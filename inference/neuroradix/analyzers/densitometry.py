@@ -15,6 +15,11 @@ Whole-lung only: the number of low-attenuation clusters (6-connected components 
 and the exponent D of their cumulative size distribution, ``N(size >= s) ~ s^-D`` (Mishima et al.,
 PNAS 1999;96:8829-8834: D falls as small clusters merge into large ones in emphysema).
 
+The low-attenuation map (:func:`laa_map`, settings :class:`LaaMapConfig`): local LAA-950 in a round
+(Gaussian, 10 mm FWHM) neighbourhood of parenchyma, 0 below a display floor of 6 % (the report's
+emphysema cut-off), shown up to 30 %; wider on sharp-kernel or thick scans and none above 5 mm
+(:func:`plan_laa_map`). References in the class docstring and ``docs/lung-analyzer.md``.
+
 Codes come from ``data/lung-hu-codes.json`` (validated on load).
 """
 
@@ -221,20 +226,140 @@ def density_measurements(d: Densitometry, codes: LungCodes, segment_of: dict[str
     return tuple(out)
 
 
+@dataclass(frozen=True)
+class LaaMapConfig:
+    """How the local LAA-950 map is made and shown (mm, fractions); see ``docs/lung-analyzer.md``.
+
+    Parameters
+    ----------
+    fwhm_mm:
+        Full width at half maximum of the round (Gaussian) neighbourhood: 10 mm, about one
+        secondary pulmonary lobule (10-25 mm across; Webb, Radiology 2006;239:322-338), the unit
+        in which centrilobular emphysema is seen.
+    floor:
+        Local LAA-950 below which the map stores 0 (not shown): the whole-lung LAA-950 at which the
+        report says emphysema (:data:`LAA_REPORT_CUTOFF_PERCENT`, 6 %). Normal lungs reach about
+        5-6 % LAA-950 on thin-section soft-kernel CT (Gevenois et al. 1996; COPDGene), so a
+        neighbourhood below that is within normal and is not coloured.
+    display_top:
+        Local LAA-950 at the top of the colour scale (30 %: in the Fleischner Society's grading,
+        Lynch et al., Radiology 2015;277:192-205, lucencies that fill a large part of a region
+        are confluent or advanced destructive emphysema).
+    degraded_fwhm_factor:
+        The neighbourhood is this much wider on a scan with a sharp kernel. On slices thicker than
+        the quality limit its sigma is at least the slice thickness (three slices within +-1 sigma).
+    sharp_presmooth_sigma_mm:
+        On a sharp-kernel scan, the HU are smoothed with a Gaussian of this sigma before the
+        threshold, an approximation of a soft kernel (noise filtering before emphysema scoring:
+        Schilham et al., IEEE TMI 2006;25:451-463; kernel effect: Boedeker et al., Radiology
+        2004;232:295-301).
+    max_slice_mm:
+        Thicker slices get no map: a lobule-sized neighbourhood holds only one or two of them and
+        partial volume averages lucencies of a few mm away.
+    """
+
+    fwhm_mm: float = 10.0
+    floor: float = LAA_REPORT_CUTOFF_PERCENT / 100.0
+    display_top: float = 0.30
+    degraded_fwhm_factor: float = 1.5
+    sharp_presmooth_sigma_mm: float = 1.0
+    max_slice_mm: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.fwhm_mm <= 0 or self.max_slice_mm <= 0:
+            raise ValueError("fwhm_mm and max_slice_mm must be positive")
+        if not 0.0 <= self.floor < self.display_top <= 1.0:
+            raise ValueError("floor and display_top must satisfy 0 <= floor < display_top <= 1")
+        if self.degraded_fwhm_factor < 1.0 or self.sharp_presmooth_sigma_mm < 0:
+            raise ValueError("degraded_fwhm_factor must be >= 1 and sharp_presmooth_sigma_mm >= 0")
+
+
+@dataclass(frozen=True)
+class LaaMapPlan:
+    """How the map of one scan is made, from its quality: kernel sigmas, a note, or why there is none."""
+
+    sigma_mm: float
+    presmooth_sigma_mm: float = 0.0
+    note: str = ""  # a few words for the series description, e.g. "smoothed: sharp kernel"
+    skip_reason: str = ""  # non-empty: no map, and this sentence says why
+
+    def to_dict(self) -> dict:
+        """JSON-able, for ``StudyResult.extra``."""
+        return {
+            "sigma_mm": round(self.sigma_mm, 2),
+            "presmooth_sigma_mm": self.presmooth_sigma_mm,
+            "note": self.note,
+            "skip_reason": self.skip_reason,
+        }
+
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+def plan_laa_map(config: LaaMapConfig, slice_mm: float, sharp_kernel: bool, thin_slice_mm: float) -> LaaMapPlan:
+    """The map's smoothing for a scan with slices of ``slice_mm`` and a sharp kernel or not.
+
+    Parameters
+    ----------
+    config:
+        The map settings.
+    slice_mm:
+        Slice thickness (the larger of the header's thickness and the slice spacing).
+    sharp_kernel:
+        The reconstruction kernel is a known sharp one (:func:`~.scan_quality.kernel_sharpness`).
+    thin_slice_mm:
+        Above this the quality checks flag the slices as thick
+        (:attr:`~.scan_quality.QualityConfig.max_slice_thickness_mm`).
+    """
+    if slice_mm > config.max_slice_mm + 1e-3:
+        return LaaMapPlan(
+            0.0,
+            skip_reason=f"No low-attenuation map: slices {slice_mm:.1f} mm thick (above {config.max_slice_mm:.0f} mm)",
+        )
+    sigma = config.fwhm_mm / FWHM_PER_SIGMA
+    if sharp_kernel:
+        sigma *= config.degraded_fwhm_factor
+    # Thick slices: at least three slices within +-1 sigma. Up to about 4 mm the default
+    # neighbourhood already holds them, so the map stays the default one there.
+    thick = slice_mm > thin_slice_mm + 1e-3 and slice_mm > sigma
+    if thick:
+        sigma = slice_mm
+    what = [w for w, flag in (("sharp", sharp_kernel), ("thick", thick)) if flag]
+    note = ""
+    if len(what) == 2:
+        note = "smoothed: sharp, thick"
+    elif what == ["sharp"]:
+        note = "smoothed: sharp kernel"
+    elif what == ["thick"]:
+        note = "smoothed: thick slices"
+    return LaaMapPlan(float(sigma), config.sharp_presmooth_sigma_mm if sharp_kernel else 0.0, note)
+
+
 def laa_map(
     volume: Volume,
     labels: np.ndarray,
     lung_box: tuple[slice, ...],
     threshold_hu: float,
-    window_mm: float,
+    plan: LaaMapPlan,
+    config: LaaMapConfig,
     quantity: Code,
-) -> AttentionMap:
-    """Fraction of parenchyma voxels (labels 2 and 3) below ``threshold_hu`` in a ``window_mm`` box.
+) -> tuple[AttentionMap, float]:
+    """Local LAA-950: the fraction of parenchyma (labels 2 and 3) below ``threshold_hu`` in a round neighbourhood.
 
-    On a grid coarser in plane.
+    A normalised Gaussian convolution (``G * low / G * lung``, sigma ``plan.sigma_mm``, the same in
+    mm along every axis) counts only parenchyma, so the lung border is not diluted by the chest
+    wall. Values below ``config.floor`` are stored as 0. A single low voxel colours nothing: a
+    10 mm FWHM neighbourhood holds about 3400 mm3 of lung, so one voxel of at most a few mm3
+    gives well below 1 %.
 
     The grid takes every 2nd voxel in plane (and every 2nd slice below 1.25 mm); each of its
     voxels sits at the centre of the block it summarises, as its affine says.
+
+    Returns
+    -------
+    amap, coloured_fraction
+        The map (``display_range`` = floor to top, ``note`` from the plan) and the fraction of
+        the parenchyma voxels that lie in its non-zero blocks.
     """
     spacing = volume.spacing
     factors = (2 if spacing[0] < 1.25 else 1, 2, 2)
@@ -242,21 +367,39 @@ def laa_map(
     box = tuple(slice(b.start - b.start % f, b.stop) for b, f in zip(lung_box, factors))
     sub = labels[box]
     lung = (sub == 2) | (sub == 3)
-    low = block_sum(lung & (volume.array[box] < threshold_hu), factors)
-    lung = block_sum(lung, factors)
-    size = [max(1, int(round(window_mm / (s * f)))) | 1 for s, f in zip(spacing, factors)]
-    lung_box_sum = ndimage.uniform_filter(lung, size=size, mode="constant")
-    low_box_sum = ndimage.uniform_filter(low, size=size, mode="constant")
-    ratio = np.where(lung > 0, low_box_sum / np.maximum(lung_box_sum, 1e-6), 0.0)
+    hu = volume.array[box]
+    if plan.presmooth_sigma_mm > 0:
+        hu = ndimage.gaussian_filter(hu.astype(np.float32), sigma=[plan.presmooth_sigma_mm / s for s in spacing])
+    low = block_sum(lung & (hu < threshold_hu), factors)
+    del hu
+    lung_count = block_sum(lung, factors)
+    sigma = [plan.sigma_mm / (s * f) for s, f in zip(spacing, factors)]
+    low_local = ndimage.gaussian_filter(low, sigma=sigma, mode="constant", truncate=3.0)
+    lung_local = ndimage.gaussian_filter(lung_count, sigma=sigma, mode="constant", truncate=3.0)
+    ratio = np.where(lung_count > 0, low_local / np.maximum(lung_local, 1e-6), 0.0).astype(np.float32)
+    np.clip(ratio, 0.0, 1.0, out=ratio)
+    ratio[ratio < config.floor] = 0.0
+    total = float(lung_count.sum())
+    coloured = float(lung_count[ratio > 0].sum()) / total if total else 0.0
     array = np.zeros(out_shape, dtype=np.float32)
     start = [b.start // f for b, f in zip(box, factors)]
     array[
         start[0] : start[0] + ratio.shape[0], start[1] : start[1] + ratio.shape[1], start[2] : start[2] + ratio.shape[2]
-    ] = np.clip(ratio, 0.0, 1.0)
+    ] = ratio
     affine = volume.affine.copy()
     affine[:3, :3] = volume.affine[:3, :3] * np.asarray(factors, dtype=np.float64)
     affine[:3, 3] = volume.affine[:3, :3] @ ((np.asarray(factors) - 1) / 2.0) + volume.affine[:3, 3]
-    return AttentionMap("Low attenuation density", array, affine, quantity, UNIT_ONE)
+    amap = AttentionMap(
+        "Local LAA-950",
+        array,
+        affine,
+        quantity,
+        UNIT_ONE,
+        display_range=(config.floor, config.display_top),
+        note=plan.note,
+    )
+    logger.debug("LAA map: sigma %.1f mm, %.2f %% of the parenchyma coloured", plan.sigma_mm, 100.0 * coloured)
+    return amap, coloured
 
 
 def report_text(density: Densitometry, branch_count: int, generations: int, coverage: dict, warnings: int) -> str:
@@ -292,6 +435,9 @@ def report_text(density: Densitometry, branch_count: int, generations: int, cove
 
 __all__ = [
     "laa_map",
+    "plan_laa_map",
+    "LaaMapConfig",
+    "LaaMapPlan",
     "report_text",
     "LAA_REPORT_CUTOFF_PERCENT",
     "DensityStats",

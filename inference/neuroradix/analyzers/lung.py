@@ -30,6 +30,9 @@ then mapped back to the full grid; the airway tree on a grid of about 1.25 mm):
    parenchyma = lung minus tree.
 9. Densitometry of the parenchyma by lung and zone (:mod:`.densitometry`) and scan-quality checks
    (:mod:`.scan_quality`), which become ``StudyResult.warnings`` and never change a number.
+10. The low-attenuation map (local LAA-950, :func:`~.densitometry.laa_map`): its neighbourhood
+    follows the kernel and slice-thickness checks (:func:`~.densitometry.plan_laa_map`); above
+    5 mm there is none, and a warning says why.
 
 Design choice: a CT without lungs (e.g. an abdomen CT showing only the lung bases) raises
 :class:`BadInputError` with the volume of lung-like air found, because lung volumes and emphysema
@@ -61,10 +64,12 @@ from neuroradix.analyzers.densitometry import (
     LAA_REPORT_CUTOFF_PERCENT,
     UNIT_HU,
     UNIT_ONE,
+    LaaMapConfig,
     density_measurements,
     laa_map,
     lung_codes,
     measure_parenchyma,
+    plan_laa_map,
     report_text,
 )
 from neuroradix.analyzers.scan_quality import (
@@ -75,13 +80,14 @@ from neuroradix.analyzers.scan_quality import (
     check_kernel,
     check_slice_thickness,
     external_air_hu,
+    kernel_sharpness,
     mediastinal_vessel_hu,
     tracheal_air_hu,
 )
 from neuroradix.errors import BadInputError
 from neuroradix.imaging.ctseries import axial_axes, reorient, undo_reorient
 from neuroradix.schemes import load_scheme
-from neuroradix.types import AnalyzerInfo, Code, Measurement, StudyResult, Volume
+from neuroradix.types import AnalyzerInfo, AttentionMap, Code, Measurement, StudyResult, Volume
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +107,7 @@ class LungAnalyzerConfig:
     trachea_search_mm: float = 40.0
     min_lung_ml: float = 250.0
     lung_median_hu: tuple[float, float] = (-960.0, -600.0)
-    attention_window_mm: float = 10.0
+    laa_map: LaaMapConfig = field(default_factory=LaaMapConfig)
     airway: AirwayConfig = field(default_factory=AirwayConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
 
@@ -544,15 +550,28 @@ class LungAnalyzer:
                     Measurement(f"{name} attenuation", float(check.value[:-3]), UNIT_HU, concepts["attenuation"], site)
                 )
         warnings = tuple(c.warning for c in checks if not c.ok and c.warning)
-        text = report_text(density, tree.branch_count, tree.generations, coverage, len(warnings))
-        attention = (
-            laa_map(
-                volume, labels, lung_box, cfg.laa_threshold_hu, cfg.attention_window_mm, concepts["laa950_fraction"]
-            ),
+        # The map follows the quality checks: wider on thick or sharp-kernel scans, none on very thick ones.
+        acquisition = volume.acquisition
+        slice_mm = max(
+            (acquisition.slice_thickness_mm or 0.0) if acquisition else 0.0, float(volume.spacing[grid.order[0]])
         )
+        sharp = bool(acquisition and kernel_sharpness(acquisition.convolution_kernel))
+        plan = plan_laa_map(cfg.laa_map, slice_mm, sharp, cfg.quality.max_slice_thickness_mm)
+        attention: tuple[AttentionMap, ...] = ()
+        map_notes = plan.to_dict()
+        if plan.skip_reason:
+            warnings += (plan.skip_reason,)
+        else:
+            amap, coloured = laa_map(
+                volume, labels, lung_box, cfg.laa_threshold_hu, plan, cfg.laa_map, concepts["laa950_fraction"]
+            )
+            attention = (amap,)
+            map_notes["coloured_percent_of_parenchyma"] = round(100.0 * coloured, 2)
+        text = report_text(density, tree.branch_count, tree.generations, coverage, len(warnings))
         extra = dict(grid.notes)
         extra.update(
             {
+                "laa_map": map_notes,
                 "coverage": coverage,
                 "laa_threshold_hu": cfg.laa_threshold_hu,
                 "airways_ml": round(float(counts[4]) * volume.voxel_volume_ml, 1),

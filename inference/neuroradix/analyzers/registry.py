@@ -18,7 +18,7 @@ from neuroradix.analyzers.lung import LungAnalyzer
 from neuroradix.config import ANALYZER_NAMES, PipelineSettings
 from neuroradix.errors import NotConfiguredError
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,23 @@ def _build_deep(settings: PipelineSettings) -> Built:
         NAME,
         DeepAnalyzer,
     )
+    from neuroradix.models.release import is_published_release  # noqa: PLC0415 - keeps the registry light
 
+    if settings.weights_dir is not None and is_published_release(settings.weights_dir):
+        # a release imported from a published model (COLIPRI, CT-CLIP, Merlin) runs in its own analyzer
+        from neuroradix.analyzers.published import PublishedAnalyzer  # noqa: PLC0415 - optional heavy dependency
+
+        try:
+            return PublishedAnalyzer(
+                settings.weights_dir, allow_untrained=settings.allow_untrained, device=settings.device
+            )
+        except NotConfiguredError as exc:
+            logger.warning("published-model analyzer not configured: %s", exc)
+            return Unavailable(NAME, f"not configured: {exc}")
     try:
         return DeepAnalyzer(settings.weights_dir, allow_untrained=settings.allow_untrained, device=settings.device)
     except NotConfiguredError as exc:
-        LOG.warning("deep-learning analyzer not configured: %s", exc)
+        logger.warning("deep-learning analyzer not configured: %s", exc)
         return Unavailable(NAME, f"not configured: {exc}")
 
 

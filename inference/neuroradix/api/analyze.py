@@ -1,7 +1,7 @@
 """``POST /v1/analyze``: analyze an uploaded zip of one study through the node's own job machinery.
 
 The upload is streamed to a file under the node's var directory (chunk by chunk: never held in
-memory whole, let alone twice), checked (:func:`~neuroradix.offline.inspect_zip`: a zip of safe,
+memory whole, let alone twice), checked (:func:`~neuroradix.pipeline.sources.inspect_zip`: a zip of safe,
 readable members, DICOM headers, one study; 422 with the reason otherwise, 413 past a size limit)
 and queued as a job whose input is that file
 (``source="upload"``). A worker process runs it like any job and keeps its results in the job's
@@ -33,13 +33,13 @@ from neuroradix.api.jobs import job_view
 from neuroradix.api.results import results_archive, zip_response
 from neuroradix.config import Settings
 from neuroradix.errors import BadInputError, InputTooLargeError
-from neuroradix.jobs.ledger import Job, JobState, Ledger
-from neuroradix.jobs.worker import UPLOAD, uploads_dir
-from neuroradix.offline import ZipInventory, inspect_zip
+from neuroradix.jobs.ledger import UPLOAD, Job, JobState, Ledger
 from neuroradix.pacs.dicomweb import PacsClient
+from neuroradix.pipeline.layout import uploads_dir
+from neuroradix.pipeline.sources import ZipInventory, inspect_zip
 from neuroradix.uids import short_hash
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["results"])
 
@@ -168,7 +168,7 @@ async def analyze_upload(
         job, inventory = await _accept(request, settings, ledger, limit)
     finally:
         slots.give_back()
-    LOG.info("upload of study %s (%d files): job %d", short_hash(inventory.study_uid), inventory.n_files, job.id)
+    logger.info("upload of study %s (%d files): job %d", short_hash(inventory.study_uid), inventory.n_files, job.id)
     headers = {"Location": f"/v1/jobs/{job.id}"}
     deadline = time.monotonic() + wait
     while wait > 0 and not job.state.terminal and time.monotonic() < deadline:

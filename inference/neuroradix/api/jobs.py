@@ -13,7 +13,7 @@ from neuroradix.config import Settings
 from neuroradix.jobs.ledger import Job, JobState, Ledger
 from neuroradix.uids import short_hash, valid_uid
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["jobs"])
 
@@ -94,7 +94,7 @@ def create_job(
         max_attempts=settings.max_attempts,
         fingerprint=request.source_fingerprint,
     )
-    LOG.info(
+    logger.info(
         "job %d for study %s: %s (%s)",
         job.id,
         short_hash(request.study_uid),

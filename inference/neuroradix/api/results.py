@@ -1,15 +1,14 @@
 """Result routes: a job's results zip, and where the generated report looked.
 
-The zip is made from what the job recorded: the worker's job folder
-(:func:`~neuroradix.jobs.worker.job_results_dir`: ``results.json`` and each analyzer's
-``labels.nii.gz``, plus the DICOM objects of an uploaded study) and, for a PACS study, the
-objects the job stored, fetched from the PACS as stored. Nothing is decoded or recomputed here;
+The zip is made from what the job recorded: the job's results folder (its layout is
+:mod:`neuroradix.pipeline.layout`: ``results.json`` and each analyzer's ``labels.nii.gz``, plus
+the DICOM objects of an uploaded study) and, for a PACS study, the objects the job stored, fetched
+from the PACS as stored. Nothing is decoded or recomputed here;
 report-token maps are rendered by the deep analyzer's own :func:`~neuroradix.analyzers.deep.report_token_map`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Optional
 
@@ -21,14 +20,21 @@ from neuroradix.api.deps import get_ledger, get_pacs, get_settings
 from neuroradix.api.jobs import checked_uid
 from neuroradix.config import Settings
 from neuroradix.imaging.nifti import volume_to_nifti_bytes
-from neuroradix.jobs.ledger import Job, JobState, Ledger
-from neuroradix.jobs.worker import UPLOAD, job_results_dir
-from neuroradix.offline import ArchiveGroup, archive_entries, folder_entries, zip_bytes
+from neuroradix.jobs.ledger import UPLOAD, Job, JobState, Ledger
 from neuroradix.pacs.dicomweb import PacsClient
+from neuroradix.pipeline.layout import (
+    ArchiveGroup,
+    archive_entries,
+    folder_entries,
+    job_results_dir,
+    read_document,
+    read_labels,
+    zip_bytes,
+)
 from neuroradix.types import ReportAttention
 from neuroradix.uids import short_hash
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["results"])
 
@@ -77,7 +83,8 @@ def results_archive(job: Job, settings: Settings, pacs: PacsClient) -> Optional[
         Per analyzer ``NN-<modality>.dcm`` and ``labels.nii.gz``, and ``results.json``.
     """
     folder = job_results_dir(settings.var_dir, job.id)
-    if not (folder / "results.json").is_file():
+    document = read_document(folder)
+    if document is None:
         return None
     if job.source == UPLOAD:  # the folder holds everything (no PACS has the objects)
         return zip_bytes(folder_entries(folder))
@@ -85,13 +92,10 @@ def results_archive(job: Job, settings: Settings, pacs: PacsClient) -> Optional[
     for record in job.output_uids:
         ds = pacs.retrieve_instance(job.study_uid, record["series_instance_uid"], record["sop_instance_uid"])
         datasets.setdefault(record["analyzer"], []).append(ds)
-    groups = []
-    for analyzer in job.details.get("analyzers", {}):
-        labels = folder / analyzer / "labels.nii.gz"
-        groups.append(
-            ArchiveGroup(analyzer, datasets.get(analyzer, []), labels.read_bytes() if labels.is_file() else None)
-        )
-    document = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    groups = [
+        ArchiveGroup(analyzer, datasets.get(analyzer, []), read_labels(folder, analyzer))
+        for analyzer in job.details.get("analyzers", {})
+    ]
     return zip_bytes(archive_entries(groups, document))
 
 
@@ -105,7 +109,7 @@ def _zip_for(job: Optional[Job], settings: Settings, pacs: PacsClient) -> Respon
             "the job's result files are not on this node (made before they were kept, or on a "
             "worker with another var directory): rerun the job",
         )
-    LOG.info("results zip for study %s (job %d)", short_hash(job.study_uid), job.id)
+    logger.info("results zip for study %s (job %d)", short_hash(job.study_uid), job.id)
     return zip_response(data)
 
 

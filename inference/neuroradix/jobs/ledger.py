@@ -43,7 +43,7 @@ from sqlalchemy.pool import NullPool
 
 from neuroradix.errors import LedgerUnavailableError
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIGRATIONS = "neuroradix.jobs:migrations"  # Alembic script location, resolved by importlib.resources
@@ -51,6 +51,7 @@ BASELINE_REVISION = "0001"  # the schema of the first release, which had no vers
 VERSION_TABLE = "neuroradix_ledger_version"  # not alembic_version: the database may be shared
 _MIGRATION_LOCK_KEY = 0x4E52_4C45  # PostgreSQL advisory lock held while the schema is upgraded
 RETRYABLE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError)
+UPLOAD = "upload"  # Job.source of a study sent to POST /v1/analyze (the other source: "pacs")
 
 
 class JobState(str, enum.Enum):
@@ -109,6 +110,64 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("study_uid", "pipeline_version", name="uq_job_study_version"),
     sa.Index("ix_jobs_claim", "state", "next_attempt_at"),  # migration 0002
+)
+
+
+# Triage (migration 0005, see neuroradix.jobs.triage_store): each study's decision, the outbox of
+# notifications and the append-only audit trail, in the same database so that a decision and its
+# notifications are written in one transaction.
+triage_studies = sa.Table(
+    "triage_studies",
+    metadata,
+    sa.Column("study_uid", sa.String(64), primary_key=True),
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Column("decision", sa.Text, nullable=False),
+    sa.Column("context", sa.Text, nullable=False),
+    sa.Column("decision_seq", sa.Integer, nullable=False),
+    sa.Column("decided_job_id", sa.Integer),
+    sa.Column("decided_job_finished_at", sa.DateTime(timezone=True)),
+    sa.Column("label_wanted", sa.String(32)),
+    sa.Column("label_applied", sa.String(32)),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("decided_at", sa.DateTime(timezone=True)),
+    sa.Column("labelled_at", sa.DateTime(timezone=True)),
+    sa.Column("acknowledged_by", sa.String(100)),
+    sa.Column("acknowledged_at", sa.DateTime(timezone=True)),
+    sa.Column("escalated_at", sa.DateTime(timezone=True)),
+    sa.Column("max_wait_notified_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_triage_studies_level", "level"),
+)
+
+triage_deliveries = sa.Table(
+    "triage_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("study_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("destination", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("lease_owner", sa.String(100)),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("last_detail", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_triage_deliveries_due", "state", "next_attempt_at"),
+)
+
+triage_events = sa.Table(
+    "triage_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
 )
 
 
@@ -276,7 +335,7 @@ def _upgrade_on(conn: Connection) -> None:
     config.attributes["version_table"] = VERSION_TABLE
     inspector = sa.inspect(conn)
     if inspector.has_table("jobs") and not inspector.has_table(VERSION_TABLE):
-        LOG.info("ledger made by the first release: stamping schema revision %s", BASELINE_REVISION)
+        logger.info("ledger made by the first release: stamping schema revision %s", BASELINE_REVISION)
         alembic_command.stamp(config, BASELINE_REVISION)
     alembic_command.upgrade(config, "head")
 
@@ -325,7 +384,7 @@ class Ledger:
                 if attempt == self.write_attempts:
                     raise LedgerUnavailableError(f"ledger {what} failed {attempt} times; last error {reason}") from exc
                 delay = self.write_backoff_seconds * 2 ** (attempt - 1)
-                LOG.warning(
+                logger.warning(
                     "ledger %s failed (%s); try %d of %d in %.2f s",
                     what,
                     reason,
@@ -484,7 +543,7 @@ class Ledger:
             if candidate is None:
                 return "empty"
             if candidate.state == JobState.RUNNING.value:
-                LOG.warning("job %d: lease expired (worker died?), claiming it again", candidate.id)
+                logger.warning("job %d: lease expired (worker died?), claiming it again", candidate.id)
                 self.lease_takeovers += 1  # read by jobs.metrics (neuroradix_lease_takeovers_total)
             counted = candidate.attempts - candidate.transient_attempts
             if counted >= candidate.max_attempts:
@@ -580,7 +639,7 @@ class Ledger:
         if state is None:
             raise LeaseLost(f"job {job_id} is no longer held by {worker_id}")
         if state == JobState.QUEUED.value and values.get("state") != JobState.QUEUED.value:
-            LOG.info("job %d: the study changed while it ran; queued again", job_id)
+            logger.info("job %d: the study changed while it ran; queued again", job_id)
         return JobState(state)
 
     def succeed(

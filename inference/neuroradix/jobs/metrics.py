@@ -6,7 +6,7 @@ Two sources:
   of the oldest queued job. Whoever scrapes the sidecar sees the whole node, all hosts included.
 * **the worker processes** (:class:`MeteredLedger`, the ledger a worker writes its outcomes
   through): finished jobs by outcome, per-stage durations (the pipeline's
-  :class:`~neuroradix.pipeline.StageTimer` totals each job records), failures and retries by
+  :class:`~neuroradix.pipeline.run.StageTimer` totals each job records), failures and retries by
   error class, lease take-overs, studies per analyzer, each worker's last-seen time, the GPU
   memory peak. Workers the sidecar starts write them to files (prometheus_client's multiprocess
   mode, ``PROMETHEUS_MULTIPROC_DIR`` = ``<var>/run/metrics``) that the sidecar's ``/metrics``
@@ -38,9 +38,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from neuroradix.jobs.ledger import Job, JobState, Ledger, jobs, utcnow
+from neuroradix.jobs.triage_store import DeliveryState, TriageStore
 from neuroradix.uids import short_hash
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -77,6 +78,8 @@ LEDGER_METRICS = (
     "neuroradix_queue_depth",
     "neuroradix_oldest_queued_age_seconds",
     "neuroradix_ledger_up",
+    "neuroradix_notifications",
+    "neuroradix_triage_studies",
 )
 """The families :class:`LedgerCollector` yields."""
 
@@ -110,7 +113,7 @@ class LedgerCollector(Collector):
                     sa.select(sa.func.min(jobs.c.created_at)).where(jobs.c.state == JobState.QUEUED.value)
                 ).scalar()
         except Exception as exc:  # noqa: BLE001 - a scrape reports the ledger down, it does not fail
-            LOG.warning("metrics: the ledger did not answer (%s)", type(exc).__name__)
+            logger.warning("metrics: the ledger did not answer (%s)", type(exc).__name__)
             up.add_metric([], 0)
             yield up
             return
@@ -124,6 +127,25 @@ class LedgerCollector(Collector):
         oldest.add_metric([], age)
         up.add_metric([], 1)
         yield from (by_state, depth, oldest, up)
+        yield from self._triage()
+
+    def _triage(self) -> Iterator[Metric]:
+        """Triage notifications by state (pending, delivered, dead) and studies by triage level."""
+        notices = GaugeMetricFamily(
+            "neuroradix_notifications", "Triage notifications in the outbox by state", labels=["state"]
+        )
+        levels = GaugeMetricFamily("neuroradix_triage_studies", "Studies by triage level", labels=["level"])
+        try:
+            store = TriageStore(self.ledger)
+            delivery_counts, level_counts = store.delivery_counts(), store.level_counts()
+        except Exception as exc:  # noqa: BLE001 - a scrape reports what it can
+            logger.warning("metrics: the triage tables did not answer (%s)", type(exc).__name__)
+            return
+        for state in DeliveryState:
+            notices.add_metric([state.value], delivery_counts.get(state.value, 0))
+        for level, count in sorted(level_counts.items()):
+            levels.add_metric([level], count)
+        yield from (notices, levels)
 
 
 # --- the worker side ---------------------------------------------------------------------------
@@ -144,7 +166,7 @@ def record_gpu_peak(worker_id: str) -> None:
         for index in range(torch.cuda.device_count()):
             GPU_MEMORY_PEAK.labels(worker_id, f"cuda:{index}").set(torch.cuda.max_memory_allocated(index))
     except Exception:  # noqa: BLE001 - a metric must never fail a job
-        LOG.debug("metrics: no GPU memory figure", exc_info=True)
+        logger.debug("metrics: no GPU memory figure", exc_info=True)
 
 
 def observe_timings(timings: Optional[dict]) -> None:
@@ -239,6 +261,7 @@ def prepare_multiprocess_dir(path: Path) -> Path:
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(mode=0o700, parents=True)
+    # prometheus_client reads this folder only from its environment, in this process and the workers it starts.
     os.environ[MULTIPROC_ENV] = str(path)
     return path
 

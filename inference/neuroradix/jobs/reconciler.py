@@ -40,7 +40,7 @@ from neuroradix.jobs.ledger import Job, JobState, Ledger
 from neuroradix.pacs.dicomweb import PacsClient
 from neuroradix.uids import short_hash
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def sweep(settings: Settings, ledger: Ledger, pacs: PacsClient, page_size: int = 200) -> int:
@@ -84,7 +84,7 @@ def sweep(settings: Settings, ledger: Ledger, pacs: PacsClient, page_size: int =
             break
         offset += page_size
     if enqueued:
-        LOG.info("reconciler: enqueued %d study(ies) that had no job", enqueued)
+        logger.info("reconciler: enqueued %d study(ies) that had no job", enqueued)
     return enqueued
 
 
@@ -101,7 +101,7 @@ def requeue_gave_up(settings: Settings, ledger: Ledger, limit: int = 100) -> int
         again, _ = ledger.enqueue(job.study_uid, job.pipeline_version, trigger="reconciler", rerun=True)
         requeued += int(again.state == JobState.QUEUED)
     if requeued:
-        LOG.info("reconciler: the PACS answers again; queued %d job(s) that had given up on an outage", requeued)
+        logger.info("reconciler: the PACS answers again; queued %d job(s) that had given up on an outage", requeued)
     return requeued
 
 
@@ -144,7 +144,7 @@ def verify_results(settings: Settings, ledger: Ledger, pacs: PacsClient, after_i
         reason = missing_results(job, pacs)
         if reason is None:
             continue
-        LOG.warning("reconciler: study %s: %s; running it again", short_hash(job.study_uid), reason)
+        logger.warning("reconciler: study %s: %s; running it again", short_hash(job.study_uid), reason)
         again, _ = ledger.enqueue(job.study_uid, job.pipeline_version, trigger="reconciler", rerun=True)
         requeued += int(again.state == JobState.QUEUED)
     return requeued, (page[-1].id if len(page) == limit else 0)
@@ -202,9 +202,9 @@ class Reconciler:
                 self.last_error = None
             except TransientError as exc:
                 self.last_error = str(exc)
-                LOG.warning("reconciler: %s", exc)
+                logger.warning("reconciler: %s", exc)
             except Exception as exc:  # noqa: BLE001 - keep sweeping
                 self.last_error = str(exc)
-                LOG.exception("reconciler sweep failed")
+                logger.exception("reconciler sweep failed")
             if self._stop.wait(self.settings.reconcile_interval_seconds):
                 return

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Optional
 
-from neuroradix.config import Settings
+from neuroradix.config import WorkerSettings
 
 
 def describe_seconds(seconds: float) -> str:
@@ -72,7 +72,7 @@ class RetryPolicy:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter}")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
+    def from_settings(cls, settings: WorkerSettings) -> RetryPolicy:
         """The policy the node's settings describe (``NEURORADIX_RETRY_*``)."""
         return cls(
             base_seconds=settings.retry_base_seconds,

@@ -12,7 +12,7 @@ This is the only place that catches broadly. Each error class maps to what happe
 anything else              queued again after backoff (a bug, logged with traceback);
                            failed when ``max_attempts`` counted attempts are used up
 past ``job_timeout``       "timed out after N s", counted like a bug; the worker process exits
-                           and the supervisor (:mod:`neuroradix.node.serve`) starts a new one
+                           and the supervisor (:mod:`neuroradix.runtime.supervisor`) starts a new one
 =========================  ==================================================
 
 A lost lease or a ledger that refuses a write, in any branch, is logged and the loop goes on.
@@ -22,9 +22,10 @@ hook can count them.
 
 A job's study comes from the PACS (``source="pacs"``: QIDO/WADO-RS in, STOW-RS out) or from an
 uploaded zip (``source="upload"``, ``POST /v1/analyze``). Either way the worker runs the one
-:func:`~neuroradix.pipeline.process_study` and writes the job's folder
-(:func:`job_results_dir`): ``<analyzer>/labels.nii.gz`` and ``results.json``, plus the DICOM
-objects for an upload (which no PACS keeps). The API's results zip reads that folder.
+:func:`~neuroradix.pipeline.run.process_study` and writes the job's results folder
+(:func:`~neuroradix.pipeline.layout.job_results_dir`): ``<analyzer>/labels.nii.gz`` and
+``results.json``, plus the DICOM objects for an upload (which no PACS keeps). The API's results
+zip reads that folder through the same layout module.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Optional, Sequence, Union
 
 from neuroradix.analyzers.base import Analyzer
 from neuroradix.analyzers.registry import Unavailable, build_analyzers
-from neuroradix.config import Settings
+from neuroradix.config import WorkerSettings
 from neuroradix.errors import (
     BadInputError,
     LedgerUnavailableError,
@@ -49,27 +50,27 @@ from neuroradix.errors import (
     NotEligibleError,
     TransientError,
 )
-from neuroradix.jobs.ledger import Job, LeaseLost, Ledger, utcnow
+from neuroradix.jobs.ledger import UPLOAD, Job, LeaseLost, Ledger, utcnow
 from neuroradix.jobs.retry import RetryPolicy
-from neuroradix.offline import FolderSink, read_zip
+from neuroradix.jobs.triage_store import TriageStore
 from neuroradix.pacs.dicomweb import PacsClient
-from neuroradix.pipeline import LocalSource, PacsSink, PacsSource, Sink, Source, StageTimer, process_study
+from neuroradix.pipeline.layout import job_results_dir
+from neuroradix.pipeline.run import StageTimer, process_study
+from neuroradix.pipeline.sinks import FolderSink, PacsSink, Sink
+from neuroradix.pipeline.sources import LocalSource, PacsSource, Source, read_zip
+from neuroradix.triage.decide import Decision, Outcome, decide
+from neuroradix.triage.policy import Mode, PolicyStore, node_policy_path
 from neuroradix.uids import short_hash
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-UPLOAD = "upload"  # Job.source of a study sent to POST /v1/analyze
 EXIT_TIMED_OUT = 75  # the worker's exit status after a job ran past its time limit (EX_TEMPFAIL)
 
 
-def job_results_dir(var_dir: Path, job_id: int) -> Path:
-    """The folder where the worker keeps what job ``job_id`` produced (read by the results zip)."""
-    return Path(var_dir) / "results" / f"job-{job_id}"
-
-
-def uploads_dir(var_dir: Path) -> Path:
-    """The folder where uploaded studies wait for their job."""
-    return Path(var_dir) / "uploads"
+def _fingerprint(source: Optional[Source]) -> Optional[str]:
+    """The study's source fingerprint, where the job's source got as far as listing the study."""
+    listed = source.listed if source is not None else None
+    return listed.fingerprint if listed is not None else None
 
 
 class _Heartbeat:
@@ -105,11 +106,11 @@ class _Heartbeat:
             try:
                 self._ledger.renew(self._job.id, self._worker_id, self._lease)
             except LeaseLost:
-                LOG.error("job %d: lease lost while running", self._job.id)
+                logger.error("job %d: lease lost while running", self._job.id)
                 self.lost = True
                 return
             except Exception:  # noqa: BLE001 - a ledger hiccup must not kill the heartbeat
-                LOG.exception("job %d: lease renewal failed; will try again", self._job.id)
+                logger.exception("job %d: lease renewal failed; will try again", self._job.id)
 
     def __enter__(self) -> _Heartbeat:
         self._thread.start()
@@ -118,6 +119,15 @@ class _Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def make_worker_id(index: int = 0) -> str:
+    """The one worker id: ``<hostname>-<pid>-<index>``, unique per process, naming the host that holds a lease.
+
+    The lease owner in the ledger and the ``worker`` label of the metrics. ``index`` is the
+    worker's number under its supervisor (``neuroradix worker --index``).
+    """
+    return f"{socket.gethostname()}-{os.getpid()}-{index}"
 
 
 class Worker:
@@ -142,7 +152,7 @@ class Worker:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         ledger: Optional[Ledger] = None,
         pacs: Optional[PacsClient] = None,
         analyzers: Optional[Sequence[Union[Analyzer, Unavailable]]] = None,
@@ -163,7 +173,10 @@ class Worker:
             timeout=settings.http_timeout_seconds,
         )
         self.analyzers = list(analyzers) if analyzers is not None else build_analyzers(settings)
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = worker_id or make_worker_id()
+        # The triage policy, for the SR's study-level triage item (the sweep in the sidecar decides
+        # with the same file; a worker on another host without it uses the shipped default).
+        self.policies = PolicyStore(node_policy_path(settings.var_dir, settings.triage_policy))
         self._exit_process = exit_process
         self._stop = threading.Event()
 
@@ -179,7 +192,7 @@ class Worker:
         """Claim and process jobs until SIGTERM/SIGINT."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        LOG.info("worker %s started (pipeline %s)", self.worker_id, self.settings.pipeline_version)
+        logger.info("worker %s started (pipeline %s)", self.worker_id, self.settings.pipeline_version)
         failures = 0
         while not self._stop.is_set():
             try:
@@ -189,16 +202,18 @@ class Worker:
                 failures += 1
                 delay = min(self.settings.poll_seconds * 2**failures, 60.0)
                 if isinstance(exc, LedgerUnavailableError):  # cannot even claim: the ledger may come back
-                    LOG.error("worker %s: ledger unavailable (%s); trying again in %.0f s", self.worker_id, exc, delay)
+                    logger.error(
+                        "worker %s: ledger unavailable (%s); trying again in %.0f s", self.worker_id, exc, delay
+                    )
                 else:
-                    LOG.exception(
+                    logger.exception(
                         "worker %s: unexpected error outside a job; trying again in %.0f s", self.worker_id, delay
                     )
                 self._stop.wait(delay)
                 continue
             if not worked:
                 self._stop.wait(self.settings.poll_seconds)
-        LOG.info("worker %s stopped", self.worker_id)
+        logger.info("worker %s stopped", self.worker_id)
 
     def run_once(self) -> bool:
         """Claim and process one job; False when there was none."""
@@ -239,16 +254,16 @@ class Worker:
         try:
             self._handle(job)
         except (LeaseLost, LedgerUnavailableError) as exc:  # the outcome could not be recorded
-            LOG.error("job %d: outcome not recorded (%s); the lease expires and the job runs again", job.id, exc)
+            logger.error("job %d: outcome not recorded (%s); the lease expires and the job runs again", job.id, exc)
         finally:
             try:
                 self._discard_upload(job)
             except Exception:  # noqa: BLE001 - cleaning up an upload must not stop the worker
-                LOG.exception("job %d: could not clean up its upload", job.id)
+                logger.exception("job %d: could not clean up its upload", job.id)
 
     def _handle(self, job: Job) -> None:
         tag = short_hash(job.study_uid)
-        LOG.info(
+        logger.info(
             "job %d (study %s): attempt %d (%d of %d counted)",
             job.id,
             tag,
@@ -258,6 +273,7 @@ class Worker:
         )
         started = time.perf_counter()
         timer = StageTimer()
+        source: Optional[Source] = None
         heartbeat = _Heartbeat(
             self.ledger,
             job,
@@ -269,7 +285,9 @@ class Worker:
         try:
             with heartbeat:
                 source, sinks = self._source_and_sinks(job)
-                outcome = process_study(source, sinks, self.settings, self.analyzers, timer)
+                outcome = process_study(
+                    source, sinks, self.settings, self.analyzers, timer, triage=self._sr_triage(job)
+                )
             if heartbeat.timed_out:
                 raise LeaseLost(f"job {job.id} finished after its time limit; its timeout was recorded")
             if heartbeat.lost:
@@ -282,13 +300,13 @@ class Worker:
                 output_uids=outcome.output_records(),
                 timings=timings,
                 details=outcome.details(),
-                fingerprint=timer.fingerprint,
+                fingerprint=_fingerprint(source),
             )
-            LOG.info("job %d (study %s): succeeded in %.1f s", job.id, tag, timings["total"])
+            logger.info("job %d (study %s): succeeded in %.1f s", job.id, tag, timings["total"])
         except LeaseLost as exc:
-            LOG.error("job %d: %s; its new owner records the outcome", job.id, exc)
+            logger.error("job %d: %s; its new owner records the outcome", job.id, exc)
         except NotEligibleError as exc:
-            LOG.info("job %d (study %s): skipped: %s", job.id, tag, exc)
+            logger.info("job %d (study %s): skipped: %s", job.id, tag, exc)
             self.ledger.fail(
                 job.id,
                 self.worker_id,
@@ -296,32 +314,52 @@ class Worker:
                 str(exc),
                 skipped=True,
                 timings=timer.seconds,
-                fingerprint=timer.fingerprint,
+                fingerprint=_fingerprint(source),
             )
         except (BadInputError, NotConfiguredError) as exc:
-            LOG.warning("job %d (study %s): failed: %s", job.id, tag, exc)
+            logger.warning("job %d (study %s): failed: %s", job.id, tag, exc)
             self.ledger.fail(
                 job.id,
                 self.worker_id,
                 type(exc).__name__,
                 str(exc),
                 timings=timer.seconds,
-                fingerprint=timer.fingerprint,
+                fingerprint=_fingerprint(source),
             )
         except LedgerUnavailableError:
             raise  # recording the outcome failed: handle() logs it, nothing more can be written now
         except TransientError as exc:
             if heartbeat.timed_out:
-                LOG.error("job %d: %s after its time limit; its timeout was recorded", job.id, exc)
+                logger.error("job %d: %s after its time limit; its timeout was recorded", job.id, exc)
                 return
             self._retry_transient(job, exc, timer)
         except Exception as exc:  # noqa: BLE001 - the loop must survive any one job
             if heartbeat.timed_out:
-                LOG.error("job %d: %r after its time limit; its timeout was recorded", job.id, exc)
+                logger.error("job %d: %r after its time limit; its timeout was recorded", job.id, exc)
                 return
-            LOG.exception("job %d (study %s): unexpected error", job.id, tag)
+            logger.exception("job %d (study %s): unexpected error", job.id, tag)
             delay = self.backoff(job.counted_attempts)
             self.ledger.retry_later(job.id, self.worker_id, type(exc).__name__, f"internal error: {exc}", delay)
+
+    def _sr_triage(self, job: Job) -> Optional[Callable[[dict[str, dict]], Optional[dict]]]:
+        """The decision the SR states for a PACS study (active policy only), from this run's results.
+
+        Made with the policy in force and the study's previous decision (a level is never lowered
+        by a rerun), like the sidecar's triage sweep, which decides again from the recorded outcome
+        and is the one that labels and notifies.
+        """
+        if job.source == UPLOAD:
+            return None
+        policy = self.policies.current()
+        if policy.mode is not Mode.ACTIVE:
+            return None
+
+        def decide_for_sr(summaries: dict[str, dict]) -> Optional[dict]:
+            row = TriageStore(self.ledger).get(job.study_uid)
+            previous = Decision.from_json(row.decision) if row is not None and row.decision else None
+            return decide(policy, {"results": summaries}, Outcome.SUCCEEDED, previous, now=utcnow()).to_json()
+
+        return decide_for_sr
 
     def _retry_transient(self, job: Job, exc: TransientError, timer: StageTimer) -> None:
         """Queue the job again after a transient error, or fail it once the retry window is spent."""
@@ -331,13 +369,13 @@ class Worker:
         delay = self.policy.transient_delay(since, now, job.transient_attempts + 1)
         if delay is None:
             reason = f"gave up after {self.policy.window}: {exc}"
-            LOG.warning("job %d (study %s): failed: %s", job.id, tag, reason)
+            logger.warning("job %d (study %s): failed: %s", job.id, tag, reason)
             self.ledger.fail(
                 job.id, self.worker_id, type(exc).__name__, reason, timings=timer.seconds, retrying_since=since
             )
             return
         state = self.ledger.retry_transient(job.id, self.worker_id, type(exc).__name__, str(exc), delay, since)
-        LOG.warning("job %d (study %s): %s; %s (retry in %.0f s)", job.id, tag, exc, state.value, delay)
+        logger.warning("job %d (study %s): %s; %s (retry in %.0f s)", job.id, tag, exc, state.value, delay)
 
     def _time_out(self, job: Job) -> None:
         """The job ran past its time limit: record it (retried or failed by count), then end the process.
@@ -346,14 +384,14 @@ class Worker:
         """
         limit = self.settings.job_timeout_seconds
         message = f"timed out after {limit:g} s"
-        LOG.error("job %d (study %s): %s; ending the worker process", job.id, short_hash(job.study_uid), message)
+        logger.error("job %d (study %s): %s; ending the worker process", job.id, short_hash(job.study_uid), message)
         try:
             state = self.ledger.retry_later(
                 job.id, self.worker_id, "JobTimeout", message, self.backoff(job.counted_attempts)
             )
-            LOG.error("job %d: %s after the timeout", job.id, state.value)
+            logger.error("job %d: %s after the timeout", job.id, state.value)
         except (LeaseLost, LedgerUnavailableError) as exc:
-            LOG.error("job %d: timeout not recorded (%s); the lease expires and the job runs again", job.id, exc)
+            logger.error("job %d: timeout not recorded (%s); the lease expires and the job runs again", job.id, exc)
         for handler in logging.getLogger().handlers:
             handler.flush()
         self._exit_process(EXIT_TIMED_OUT)

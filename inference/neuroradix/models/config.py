@@ -1,7 +1,7 @@
 """Typed, validated configuration of the deep-learning model (preprocessing, backbone, head).
 
 Every number that changes what the network sees or computes lives here and is written into a
-weights release (:mod:`neuroradix.weights`), so a checkpoint is never used with a different
+weights release (:mod:`neuroradix.models.release`), so a checkpoint is never used with a different
 preprocessing than the one it was trained with.  Each dataclass is frozen, checks itself in
 ``__post_init__`` (``ValueError`` naming the field) and round-trips through ``to_dict`` /
 ``from_dict``; ``from_dict`` refuses unknown keys so a typo in a manifest is an error.

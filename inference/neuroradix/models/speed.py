@@ -147,6 +147,7 @@ def set_compile_cache(cache_dir: Union[str, Path]) -> Path:
     """
     path = Path(cache_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
+    # Inductor reads its cache folder only from its environment (this process and the ones it starts).
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     inductor_config.fx_graph_cache = True
     return path

@@ -6,8 +6,9 @@ credentials (401/403) :class:`PacsAuthError` (retried too: the operator fixes th
 study becomes :class:`NotEligibleError`, anything else the PACS refuses becomes
 :class:`BadInputError`.
 
-Facts about Orthanc 1.10.1 that shape this module (see DESIGN.md): it does not URL-decode query
-strings, so only UID/date/modality filters are used; frame retrieval with the client's default
+Facts about Orthanc that shape this module (see DESIGN.md): only UID/date/modality filters are
+used (Orthanc 1.10.1 did not URL-decode query strings; 1.12.11+, the node's minimum, does:
+tests/integration/test_orthanc_current.py); frame retrieval with the client's default
 Accept fails, so instances are requested as ``application/dicom`` with ``transfer-syntax=*``
 (stored as received, JPEG 2000 decoded locally by pylibjpeg-openjpeg), with a fallback to
 Orthanc transcoding to Explicit VR Little Endian where the local decoder fails.
@@ -30,7 +31,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from neuroradix.errors import BadInputError, NotEligibleError, PacsAuthError, PartialStoreError, TransientError
 from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary, StudySummary
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 AS_STORED = (("application/dicom", "*"),)
 EXPLICIT_LITTLE = (("application/dicom", "1.2.840.10008.1.2.1"),)
@@ -231,7 +232,7 @@ class PacsClient:
             try:
                 self.delete_series(series_uid)
             except (TransientError, BadInputError, NotEligibleError) as exc:
-                LOG.warning("partial STOW: could not delete a stored series again (%s); the retry replaces it", exc)
+                logger.warning("partial STOW: could not delete a stored series again (%s); the retry replaces it", exc)
 
     def delete_series(self, series_uid: str) -> bool:
         """Delete one series of the node's own output before it is stored again (a rerun).

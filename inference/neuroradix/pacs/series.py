@@ -26,10 +26,11 @@ import numpy as np
 import pydicom
 
 from neuroradix.errors import BadInputError, ConfigError, InputTooLargeError, NotEligibleError
-from neuroradix.imaging.volume import SizeLimits
+from neuroradix.imaging.frames import MULTIFRAME_CT_SOP_CLASSES
+from neuroradix.imaging.volume import GeometryLimits, SizeLimits, check_orientations
 from neuroradix.pacs.summaries import InstanceSummary, SeriesSummary
 
-LOG = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TOO_LARGE = "too large:"
 """Marks the reason of a series :func:`prefilter` dropped for its instance count."""
@@ -45,22 +46,27 @@ class SeriesRules:
     image_type_excluded: tuple[str, ...]
     series_description_excluded: tuple[str, ...]
     min_slices: int
-    max_slices: int
     max_slice_spacing_mm: float
     max_normal_angle_from_axial_deg: float
-    orientation_tolerance: float
     ranking: tuple[str, ...]
 
     _RANKINGS = ("most_slices", "thinnest_slices", "series_number")
 
     def __post_init__(self) -> None:
-        if self.min_slices < 2 or self.max_slices < self.min_slices:
-            raise ConfigError("series rules: need 2 <= min_slices <= max_slices")
+        if self.min_slices < 2:
+            raise ConfigError("series rules: need min_slices >= 2")
         unknown = set(self.ranking) - set(self._RANKINGS)
         if unknown:
             raise ConfigError(f"series rules: unknown ranking keys {sorted(unknown)}; known {list(self._RANKINGS)}")
         if not 0 < self.max_normal_angle_from_axial_deg <= 90:
             raise ConfigError("series rules: max_normal_angle_from_axial_deg must be in (0, 90]")
+
+
+_MOVED = {
+    "max_slices": "is gone: the one slice cap is the setting NEURORADIX_MAX_SERIES_INSTANCES",
+    "orientation_tolerance": "is gone: one orientation rule for selection and assembly "
+    "(neuroradix.imaging.volume.check_orientations)",
+}
 
 
 def load_rules(text: Optional[str] = None) -> SeriesRules:
@@ -72,6 +78,12 @@ def load_rules(text: Optional[str] = None) -> SeriesRules:
     missing = [f for f in fields if f not in data]
     if missing:
         raise ConfigError(f"series rules: missing keys {missing}")
+    moved = sorted(set(data) & set(_MOVED))
+    if moved:
+        raise ConfigError("series rules: " + "; ".join(f"{key} {_MOVED[key]}" for key in moved))
+    unknown = sorted(set(data) - set(fields) - {"version", "description"})
+    if unknown:
+        raise ConfigError(f"series rules: unknown keys {unknown}")
     values: dict[str, Any] = {f: tuple(data[f]) if isinstance(data[f], list) else data[f] for f in fields}
     return SeriesRules(**values)
 
@@ -92,13 +104,17 @@ def check_series(
 ) -> Candidate:
     """Check one series' instance metadata against the rules (and the size limits, when given).
 
+    A multi-frame CT (Enhanced CT) is checked frame by frame: its frames are the slices (their count,
+    their FrameType, their geometry from the functional groups).
+
     Raises
     ------
     NotEligibleError
         With the reason the series cannot be used.
     BadInputError
         From ``limits``: the series is too large (:class:`~neuroradix.errors.InputTooLargeError`) or
-        its image size, BitsAllocated or frame count make no CT volume.
+        its image size, BitsAllocated or frame count make no CT volume. The slice cap is
+        ``limits.max_instances`` (setting ``NEURORADIX_MAX_SERIES_INSTANCES``), the only one.
     """
     if not instances:
         raise NotEligibleError("series has no instances")
@@ -108,34 +124,37 @@ def check_series(
     sop_classes = {i.sop_class_uid for i in instances}
     if not sop_classes <= set(rules.sop_classes):
         names = sorted(pydicom.uid.UID(uid).name for uid in sop_classes - set(rules.sop_classes))
-        raise NotEligibleError(
-            f"SOP class {', '.join(names)} is not CT Image Storage (only single-frame CT images are analyzed)"
-        )
+        known = ", ".join(pydicom.uid.UID(uid).name for uid in rules.sop_classes)
+        raise NotEligibleError(f"SOP class {', '.join(names)} is not one the node analyzes ({known})")
     description = first.series_description
     if any(word in description.lower() for word in rules.series_description_excluded):
         raise NotEligibleError(f"series description {description!r} marks a localizer/report")
+    multiframe = any(i.sop_class_uid in MULTIFRAME_CT_SOP_CLASSES for i in instances)
+    planes = [plane for item in instances for plane in item.planes]
     for item in instances:
         if item.image_type and item.image_type[0] not in rules.image_type_required:
             raise NotEligibleError(f"image type {'/'.join(item.image_type)} is not ORIGINAL")
         excluded = set(item.image_type) & set(rules.image_type_excluded)
         if excluded:
             raise NotEligibleError(f"image type contains {sorted(excluded)}")
-    if len(instances) < rules.min_slices:
-        raise NotEligibleError(f"{len(instances)} slices, fewer than {rules.min_slices}")
-    if len(instances) > rules.max_slices:
-        raise NotEligibleError(f"{len(instances)} slices, more than {rules.max_slices}")
-    for item in instances:
-        if (
-            item.image_orientation is None
-            or len(item.image_orientation) != 6
-            or item.image_position is None
-            or len(item.image_position) != 3
-            or item.pixel_spacing is None
-        ):
-            raise NotEligibleError("instances lack ImageOrientationPatient/ImagePositionPatient/PixelSpacing")
-    orientations = np.array([i.image_orientation for i in instances], dtype=float)
-    if np.abs(orientations - orientations[0]).max() > rules.orientation_tolerance:
-        raise NotEligibleError("mixed orientations within the series")
+    if multiframe:
+        for plane in planes:
+            if plane.frame_type and plane.frame_type[0] not in rules.image_type_required:
+                raise NotEligibleError(f"frame type {'/'.join(plane.frame_type)} is not ORIGINAL")
+            excluded = set(plane.frame_type) & set(rules.image_type_excluded)
+            if excluded:
+                raise NotEligibleError(f"frame type contains {sorted(excluded)} (frame {plane.frame})")
+    if len(planes) < rules.min_slices:
+        raise NotEligibleError(f"{len(planes)} slices, fewer than {rules.min_slices}")
+    for plane in planes:
+        if plane.orientation is None or plane.position is None or plane.spacing is None:
+            raise NotEligibleError(
+                "frames lack ImageOrientationPatient/ImagePositionPatient/PixelSpacing in their functional groups"
+                if multiframe
+                else "instances lack ImageOrientationPatient/ImagePositionPatient/PixelSpacing"
+            )
+    orientations = np.array([p.orientation for p in planes], dtype=float)
+    check_orientations(orientations, GeometryLimits().orientation_tolerance, "frames" if multiframe else "slices")
     normal = np.cross(orientations[0][:3], orientations[0][3:])
     angle = float(np.degrees(np.arccos(min(1.0, abs(normal[2]) / max(float(np.linalg.norm(normal)), 1e-9)))))
     if angle > rules.max_normal_angle_from_axial_deg:
@@ -145,14 +164,23 @@ def check_series(
         raise NotEligibleError(f"mixed image sizes {sorted(sizes)}")
     if limits is not None:
         bits = [i.bits_allocated for i in instances if i.bits_allocated is not None]
-        limits.check(
-            len(instances),
-            first.rows,
-            first.columns,
-            bits_allocated=max(bits) if bits else None,
-            frames=max((i.number_of_frames or 1 for i in instances), default=1),
-        )
-    positions = np.sort(np.array([np.dot(np.asarray(i.image_position, float), normal) for i in instances]))
+        if multiframe:
+            limits.check(
+                len(instances),
+                first.rows,
+                first.columns,
+                bits_allocated=max(bits) if bits else None,
+                total_frames=sum(i.number_of_frames or 1 for i in instances),
+            )
+        else:
+            limits.check(
+                len(instances),
+                first.rows,
+                first.columns,
+                bits_allocated=max(bits) if bits else None,
+                frames=max((i.number_of_frames or 1 for i in instances), default=1),
+            )
+    positions = np.sort(np.array([np.dot(np.asarray(p.position, float), normal) for p in planes]))
     steps = np.diff(positions)
     spacing = float(np.median(steps)) if steps.size else 0.0
     if spacing <= 0:
@@ -161,7 +189,7 @@ def check_series(
         raise NotEligibleError(f"slice spacing {spacing:.1f} mm is above {rules.max_slice_spacing_mm} mm")
     return Candidate(
         series_uid=first.series_uid,
-        n_slices=len(instances),
+        n_slices=len(planes),
         slice_spacing=spacing,
         series_number=first.series_number or 0,
         description=description,
@@ -207,10 +235,7 @@ def prefilter(
         if any(word in s.description.lower() for word in rules.series_description_excluded):
             reasons.append(f"{s.label}: series description {s.description!r} marks a localizer/report")
             continue
-        count = s.n_instances or 0
-        if 1 < count < rules.min_slices:  # one instance may be a multi-frame image: check_series names it
-            reasons.append(f"{s.label}: {count} slices, fewer than {rules.min_slices}")
-            continue
+        count = s.n_instances or 0  # a few instances may be multi-frame images: check_series counts the frames
         if limits is not None and count > limits.max_instances:
             reasons.append(
                 f"{s.label}: {TOO_LARGE} {count} instances, above the limit of {limits.max_instances} "
@@ -243,9 +268,10 @@ def select_series(
     series:
         The study's series summaries (QIDO-RS, or a folder's files).
     instances:
-        Instance metadata by series UID, for the series :func:`candidate_uids` names. The groups of
-        equal size are considered largest first; the first group with a usable series wins, ranked
-        by ``rules.ranking``. A candidate missing from the mapping counts as having no instances.
+        Instance metadata by series UID, for the series :func:`candidate_uids` names. The usable
+        series with the most slices (counted from the metadata, so an Enhanced CT counts its frames)
+        wins, ties broken by ``rules.ranking``. A candidate missing from the mapping counts as
+        having no instances.
     rules:
         The selection rules (:func:`load_rules`).
     own_manufacturer:
@@ -270,8 +296,8 @@ def select_series(
     groups, reasons = prefilter(series, rules, own_manufacturer, limits)
     refused: Optional[type[BadInputError]] = InputTooLargeError if any(TOO_LARGE in r for r in reasons) else None
     labels = {s.series_uid: s.label for s in series}
+    candidates = []
     for group in groups:
-        candidates = []
         for uid in group:
             try:
                 candidates.append(check_series(instances.get(uid, ()), rules, limits))
@@ -280,10 +306,11 @@ def select_series(
             except BadInputError as exc:  # refused by the size limits: another series may do
                 reasons.append(f"{labels.get(uid, 'a series')}: {exc}")
                 refused = refused or type(exc)
-        if candidates:
-            best = min(candidates, key=lambda c: _rank_key(c, rules.ranking))
-            LOG.info("selected a series of %d slices at %.2f mm", best.n_slices, best.slice_spacing)
-            return best
+    if candidates:
+        # Most slices first (counted from the metadata: an Enhanced CT's frames), then the rules' ranking.
+        best = min(candidates, key=lambda c: (-c.n_slices, *_rank_key(c, rules.ranking)))
+        logger.info("selected a series of %d slices at %.2f mm", best.n_slices, best.slice_spacing)
+        return best
     if reasons:
         detail = "; ".join(reasons)
     elif series:

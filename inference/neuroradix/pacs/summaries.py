@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 import pydicom
 
+from neuroradix.imaging.frames import FramePlane, frame_planes, is_multiframe_ct
+
 
 def _value(ds: pydicom.Dataset, keyword: str, default: Any = None) -> Any:
     """The attribute's value, ``default`` when it is absent or empty."""
@@ -115,6 +117,22 @@ class InstanceSummary:
     columns: Optional[int] = None
     bits_allocated: Optional[int] = None
     number_of_frames: Optional[int] = None  # None when absent (a single-frame image)
+    frames: tuple[FramePlane, ...] = ()  # a multi-frame CT's frames, from its functional groups; () otherwise
+
+    @property
+    def planes(self) -> tuple[FramePlane, ...]:
+        """The instance's image planes: each frame of a multi-frame CT, else the one slice."""
+        if self.frames:
+            return self.frames
+        return (
+            FramePlane(
+                frame=None,
+                orientation=self.image_orientation,
+                position=self.image_position,
+                spacing=self.pixel_spacing,
+                frame_type=self.image_type,
+            ),
+        )
 
     @classmethod
     def from_dataset(cls, ds: pydicom.Dataset) -> InstanceSummary:
@@ -137,6 +155,7 @@ class InstanceSummary:
             columns=_int(ds, "Columns"),
             bits_allocated=_int(ds, "BitsAllocated"),
             number_of_frames=_int(ds, "NumberOfFrames"),
+            frames=frame_planes(ds) if is_multiframe_ct(ds) else (),
         )
 
     @classmethod

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import subprocess
 import sys
 import tarfile
@@ -26,6 +25,7 @@ from typing import Optional
 
 import numpy as np
 
+from neuroradix.config import ToolSettings
 from neuroradix.errors import NeuroRadixError
 from neuroradix.imaging.nifti import nifti_to_volume
 from neuroradix.samples.phantom import thorax_phantom
@@ -56,12 +56,12 @@ class SampleUnavailableError(NeuroRadixError):
 
 def default_shared_dir() -> Path:
     """``$NEURORADIX_SHARED_DIR``, else ``../shared`` relative to the working directory."""
-    return Path(os.environ.get("NEURORADIX_SHARED_DIR", Path.cwd().parent / "shared"))
+    return ToolSettings().shared_dir or Path.cwd().parent / "shared"
 
 
 def default_cache_dir() -> Path:
     """``$NEURORADIX_CACHE`` or ``~/.cache/neuroradix``."""
-    return Path(os.environ.get("NEURORADIX_CACHE", Path.home() / ".cache" / "neuroradix"))
+    return ToolSettings().cache or Path.home() / ".cache" / "neuroradix"
 
 
 def _sha256(path: Path) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Optional, Sequence
 
@@ -27,6 +27,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from neuroradix import MANUFACTURER
 from neuroradix.config import DEFAULT_PMAP_GRID, DEFAULT_SEG_TYPE, PmapGrid, SegType
 from neuroradix.errors import BadInputError
+from neuroradix.imaging.frames import frame_planes, is_multiframe_ct
 from neuroradix.types import Code, StudyResult, Volume
 from neuroradix.uids import derive_uid
 
@@ -79,8 +80,10 @@ class OutputContext:
     ----------
     source:
         The selected source CT series, one dataset per slice, sorted so that
-        ``source[i]`` is slice ``i`` of ``volume`` and of ``StudyResult.labels``. Only
-        their metadata are read.
+        ``source[i]`` is slice ``i`` of ``volume`` and of ``StudyResult.labels``; or the
+        multi-frame (Enhanced) CT instance(s) whose frames are the slices, in any frame order
+        (each frame is matched to its slice by position: :attr:`slice_frames`). Only their
+        metadata are read.
     volume:
         The HU volume built from ``source`` (same grid).
     pipeline_version:
@@ -127,6 +130,8 @@ class OutputContext:
     institution_name: Optional[str] = None
     encode_workers: int = 0
     uid_key: str = ""  # the node's secret (Settings.uid_key); "" derives public UIDs
+    slice_frames: tuple[tuple[int, int], ...] = field(init=False, default=(), repr=False, compare=False)
+    """For a multi-frame source: ``(source index, 1-based frame number)`` of each slice; else ``()``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", tuple(self.source))
@@ -134,7 +139,9 @@ class OutputContext:
             raise ValueError("OutputContext.source must hold at least one dataset")
         if not isinstance(self.volume, Volume):
             raise TypeError("OutputContext.volume must be a neuroradix.types.Volume")
-        if len(self.source) != self.volume.shape[0]:
+        if any(is_multiframe_ct(ds) for ds in self.source):
+            pass  # frames, not instances, are the slices: _check_order maps them
+        elif len(self.source) != self.volume.shape[0]:
             raise ValueError(
                 f"OutputContext.source has {len(self.source)} datasets but the volume has "
                 f"{self.volume.shape[0]} slices"
@@ -166,6 +173,9 @@ class OutputContext:
     def _check_order(self) -> None:
         """``source[i]`` must lie where the volume puts slice ``i`` (frames map to instances)."""
         tolerance = 0.05 * float(min(self.volume.spacing)) + 1e-3
+        if any(is_multiframe_ct(ds) for ds in self.source):
+            self._map_frames(tolerance)
+            return
         for i, ds in enumerate(self.source):
             if "ImagePositionPatient" not in ds:
                 continue
@@ -176,6 +186,120 @@ class OutputContext:
                     f"OutputContext.source[{i}] (InstanceNumber {ds.get('InstanceNumber', '?')}) is not at slice {i} "
                     "of the volume: sort the source datasets like the volume"
                 )
+
+    def _map_frames(self, tolerance: float) -> None:
+        """Match every frame of a multi-frame source to the slice of the volume at its position."""
+        step = self.volume.affine[:3, 0]
+        origin = self.volume.affine[:3, 3]
+        n = self.volume.shape[0]
+        found: dict[int, tuple[int, int]] = {}
+        for index, ds in enumerate(self.source):
+            for plane in frame_planes(ds):
+                if plane.position is None or plane.frame is None:
+                    raise ValueError(f"OutputContext.source[{index}] has a frame without a position")
+                actual = np.asarray(plane.position)
+                k = int(round(float(np.dot(actual - origin, step) / np.dot(step, step))))
+                if not 0 <= k < n or np.max(np.abs(actual - (origin + k * step))) > tolerance or k in found:
+                    raise ValueError(
+                        f"OutputContext.source[{index}] frame {plane.frame} is at no free slice of the volume"
+                    )
+                found[k] = (index, plane.frame)
+        if len(found) != n:
+            raise ValueError(f"OutputContext.source has {len(found)} frames but the volume has {n} slices")
+        object.__setattr__(self, "slice_frames", tuple(found[k] for k in range(n)))
+
+    @property
+    def several_multiframe(self) -> bool:
+        """Whether the source is several multi-frame instances (highdicom derives from one only)."""
+        return bool(self.slice_frames) and len(self.source) > 1
+
+    @property
+    def source_images(self) -> list[Dataset]:
+        """The ``source_images`` a highdicom constructor takes: the slices, or the multi-frame instance.
+
+        For several multi-frame instances only the first (highdicom takes one); pass the pixels
+        through :meth:`pixels_for` and the object through :meth:`reference_frames`, which point
+        every frame at its own source frame.
+        """
+        return list(self.source[:1]) if self.several_multiframe else list(self.source)
+
+    def pixels_for(self, array: np.ndarray) -> np.ndarray | hd.Volume:
+        """The ``pixel_array`` a highdicom constructor takes for ``array`` (slices first, on the source grid).
+
+        The array itself (single-frame slices), in the source's frame order (one multi-frame
+        instance), or a :class:`highdicom.Volume` on the source grid (several multi-frame instances).
+        """
+        if self.several_multiframe:
+            return hd.Volume(
+                array=array,
+                affine=self.volume.affine,
+                coordinate_system="PATIENT",
+                frame_of_reference_uid=self.frame_of_reference_uid,
+            )
+        return self.in_frame_order(array)
+
+    def reference_frames(self, ds: Dataset) -> Dataset:
+        """Point each frame of a derived object at the source frame at its position (several multi-frame instances).
+
+        highdicom references the frames of one multi-frame source only; for a series of several
+        multi-frame instances this rewrites each frame's Derivation Image Sequence (the instance and
+        ReferencedFrameNumber of the slice at the frame's ImagePositionPatient) and lists every
+        instance in the Referenced Series Sequence. Otherwise ``ds`` is returned unchanged.
+        """
+        if not self.several_multiframe:
+            return ds
+        step, origin = self.volume.affine[:3, 0], self.volume.affine[:3, 3]
+        tolerance = 0.05 * float(min(self.volume.spacing)) + 1e-3
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "113076", "DCM", "Segmentation"
+        purpose = Dataset()
+        purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
+        purpose.CodeMeaning = "Source image for image processing operation"
+        for item in ds.PerFrameFunctionalGroupsSequence:
+            position = np.asarray([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+            k = int(round(float(np.dot(position - origin, step) / np.dot(step, step))))
+            if not 0 <= k < len(self.slice_frames) or np.max(np.abs(position - (origin + k * step))) > tolerance:
+                continue  # not a plane of the source grid (an attention map on its own grid)
+            index, frame = self.slice_frames[k]
+            source = self.source[index]
+            reference = Dataset()
+            reference.ReferencedSOPClassUID = source.SOPClassUID
+            reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+            reference.ReferencedFrameNumber = frame
+            reference.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
+            reference.SpatialLocationsPreserved = "YES"
+            derivation = Dataset()
+            old = item.get("DerivationImageSequence")
+            derivation.DerivationCodeSequence = (
+                old[0].DerivationCodeSequence if old and "DerivationCodeSequence" in old[0] else DicomSequence([code])
+            )
+            derivation.SourceImageSequence = DicomSequence([reference])
+            item.DerivationImageSequence = DicomSequence([derivation])
+        instances = []
+        for source in self.source:
+            item = Dataset()
+            item.ReferencedSOPClassUID = source.SOPClassUID
+            item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+            instances.append(item)
+        series = Dataset()
+        series.SeriesInstanceUID = self.source_series_uid
+        series.ReferencedInstanceSequence = DicomSequence(instances)
+        ds.ReferencedSeriesSequence = DicomSequence([series])
+        return ds
+
+    def in_frame_order(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (slices first) reordered to the source's frames: item ``f`` is for frame ``f + 1``.
+
+        For a single-frame series (or frames stored in slice order) this is ``array`` itself.
+        """
+        if not self.slice_frames:
+            return array
+        slice_of_frame = np.empty(len(self.slice_frames), dtype=np.intp)
+        for k, (_, frame) in enumerate(self.slice_frames):
+            slice_of_frame[frame - 1] = k
+        if np.array_equal(slice_of_frame, np.arange(len(slice_of_frame))):
+            return array
+        return array[slice_of_frame]
 
     @property
     def study_uid(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, Mapping, Optional
 
 from pydicom import Dataset
 
@@ -17,11 +18,12 @@ from neuroradix.writers.sr import build_sr
 logger = logging.getLogger(__name__)
 
 
-def encode_result(result: StudyResult, ctx: OutputContext) -> list[Dataset]:
+def encode_result(result: StudyResult, ctx: OutputContext, triage: Optional[Mapping[str, Any]] = None) -> list[Dataset]:
     """Build SEG (when a segment has voxels), Parametric Maps, SR and PDF.
 
     The SR references the SEG segments and the Parametric Maps, so they are built
-    first; the PDF lists the SR and SEG as its source instances.
+    first; the PDF lists the SR and SEG as its source instances. ``triage`` (a
+    ``Decision.to_json()``) adds the study-level triage item to the SR.
 
     Returns
     -------
@@ -32,7 +34,7 @@ def encode_result(result: StudyResult, ctx: OutputContext) -> list[Dataset]:
     check_result(result, ctx)
     seg = build_seg(result, ctx)
     pmaps = build_pmaps(result, ctx)
-    sr = build_sr(result, ctx, seg, pmaps) if (result.findings or result.measurements) else None
+    sr = build_sr(result, ctx, seg, pmaps, triage=triage) if (result.findings or result.measurements) else None
     pdf = build_pdf(result, ctx, seg=seg, sr=sr)
     objects = [d for d in [seg, *pmaps, sr, pdf] if d is not None]
     logger.info(

@@ -166,14 +166,33 @@ def _blend_labels(rgb: np.ndarray, labels: np.ndarray, result: StudyResult) -> n
     return out
 
 
-def _blend_heat(rgb: np.ndarray, values: np.ndarray) -> np.ndarray:
-    high = float(values.max()) if values.size else 0.0
-    if high <= 0:
-        return rgb
-    v = np.clip(values / high, 0.0, 1.0)
+def _blend_heat(rgb: np.ndarray, values: np.ndarray, display_range: Optional[tuple[float, float]] = None) -> np.ndarray:
+    """Red (low) to yellow (high): relative to the maximum, or from floor to top of ``display_range``
+    (nothing below the floor)."""
+    if display_range is not None:
+        floor, top = display_range
+        v = np.clip((values - floor) / (top - floor), 0.0, 1.0)
+        alpha = np.where(values >= floor, 0.25 + 0.45 * v, 0.0)[..., None]
+    else:
+        high = float(values.max()) if values.size else 0.0
+        if high <= 0:
+            return rgb
+        v = np.clip(values / high, 0.0, 1.0)
+        alpha = (np.clip((v - 0.15) / 0.85, 0.0, 1.0) * 0.6)[..., None]
     heat = np.stack([np.ones_like(v), np.clip(2 * v - 1, 0, 1), np.zeros_like(v)], axis=-1)  # red to yellow
-    alpha = (np.clip((v - 0.15) / 0.85, 0.0, 1.0) * 0.6)[..., None]
     return rgb * (1 - alpha) + heat * alpha
+
+
+def _heat_legend(result: StudyResult) -> str:
+    """How the attention overlay is coloured, and why the map differs from the default (its note)."""
+    amap = result.attention[0] if result.attention else None
+    if amap is None or amap.display_range is None:
+        return "attention from dark red (low) to yellow (high)."
+    floor, top = amap.display_range
+    text = f"{amap.name} from red ({floor:.0%}) to yellow ({top:.0%} and above); " f"below {floor:.0%} not coloured."
+    if amap.note:
+        text += f" Map {amap.note} (wider neighbourhood because of the scan-quality warnings)."
+    return text.replace("%", " %")
 
 
 def _label_mask(labels: np.ndarray, values: list[int]) -> np.ndarray:
@@ -218,8 +237,8 @@ def key_images(result: StudyResult, volume: Volume, max_images: int = 4) -> list
                 rgb = _blend_labels(rgb, result.labels[flat], result)
                 caption = f"{view.capitalize()}, segmentation"
             elif amap is not None:
-                rgb = _blend_heat(rgb, _sample_attention(amap, volume, view, position))
-                caption = f"{view.capitalize()}, attention: {amap.name}"
+                rgb = _blend_heat(rgb, _sample_attention(amap, volume, view, position), amap.display_range)
+                caption = f"{view.capitalize()}, attention: {amap.name}" + (f" ({amap.note})" if amap.note else "")
             images.append(KeyImage((np.clip(rgb, 0, 1) * 255).astype(np.uint8), _pixel_mm(volume, view), caption))
     return images[:max_images]
 
@@ -441,8 +460,7 @@ def render_pdf_bytes(result: StudyResult, ctx: OutputContext) -> bytes:
             table,
             Paragraph(
                 "Lung window (L -600, W 1500 HU); patient's right on the image left. "
-                "Segments in their recommended colours; attention from dark red (low) to "
-                "yellow (high).",
+                "Segments in their recommended colours; " + _heat_legend(result),
                 small,
             ),
         ]

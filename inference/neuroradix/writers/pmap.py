@@ -5,6 +5,17 @@ of reference. Values are stored as uint16 and a Real World Value Mapping
 (``value = slope * stored + intercept``, quantity and unit from the map) gives them
 back; the quantisation error is at most ``slope / 2``.
 
+A map with a ``display_range`` ``(floor, top)`` (the lung analyzer's local LAA-950) is stored
+as 32-bit floats instead (:func:`display_scaled`): ``stored = (value - floor) / (top - floor)``
+for values at or above the floor, 0 below it, with a Real World Value Mapping of slope
+``top - floor`` and intercept ``floor`` over the stored range ``[DISPLAY_MIN_STORED, max]``
+(stored 0 is outside it: "below the floor, not shown") and a window of stored 0 to 1. OHIF 3.13
+(``extensions/cornerstone-dicom-pmap``) ignores both the mapping and the window: it reads the
+raw stored values (FloatPixelData, or PixelData as integers), multiplies them by 100 and shows
+them with its own fixed window (center 50, width 100, i.e. raw 0 to 1) in the ``rainbow_2``
+colour map with opacity rising from 0 at raw 0 to 0.99 at raw 0.9. With this encoding its fixed
+window is the floor-to-top window; integer stored values would be shown as 0 or saturated.
+
 Two grids (``ctx.pmap_grid``):
 
 ``ATTENTION`` (default)
@@ -47,6 +58,8 @@ from neuroradix.writers.common import (
 logger = logging.getLogger(__name__)
 
 STORED_MAX = 65535  # uint16
+DISPLAY_MIN_STORED = 1e-6
+"""Smallest stored value of a display-scaled map at or above its floor (0 means below it)."""
 _BLOCK_VALUES = 1 << 20  # quantize this many values at a time
 AXIS_TOLERANCE = 1e-3
 """Map voxels the separable resampling may drift by, over the grid, from ignored off-axis terms."""
@@ -78,6 +91,60 @@ def quantize(array: np.ndarray) -> tuple[np.ndarray, float, float]:
         np.clip(block, 0, STORED_MAX, out=block)
         out[start : start + _BLOCK_VALUES] = block
     return stored, slope, low
+
+
+def display_scaled(values: np.ndarray, display_range: tuple[float, float]) -> np.ndarray:
+    """Float32 ``(value - floor) / (top - floor)`` at or above ``floor``, 0 below it.
+
+    Values at the floor are stored as :data:`DISPLAY_MIN_STORED` so that 0 keeps meaning
+    "below the floor"; values above ``top`` go above 1 (a viewer's window clips them, the
+    stored value keeps them).
+    """
+    floor, top = (float(v) for v in display_range)
+    values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    scaled = (values - np.float32(floor)) / np.float32(top - floor)
+    np.maximum(scaled, np.float32(DISPLAY_MIN_STORED), out=scaled)
+    scaled[values < floor] = 0.0
+    return scaled.astype(np.float32, copy=False)
+
+
+def _encoding(
+    amap: AttentionMap, values: np.ndarray
+) -> tuple[np.ndarray, hd.pm.RealWorldValueMapping, hd.VOILUTTransformation, str]:
+    """Stored values, their Real World Value Mapping, the window and the content description."""
+    if amap.display_range is not None:
+        floor, top = amap.display_range
+        stored = display_scaled(values, amap.display_range)
+        slope, intercept = top - floor, floor
+        value_range: tuple[float, float] | tuple[int, int] = (
+            DISPLAY_MIN_STORED,
+            max(float(stored.max()), DISPLAY_MIN_STORED),
+        )
+        window = hd.VOILUTTransformation(
+            window_center=0.5, window_width=1.0, window_explanation=f"{floor:g} to {top:g} {amap.unit.value}"
+        )
+        explanation = f"{amap.name}; 0 = below {floor:g} (not shown)"
+        unit = "" if amap.unit.value == "1" else f" {amap.unit.value}"
+        content = f"{amap.quantity.meaning}, shown from {floor:g} to {top:g}{unit}"
+    else:
+        stored, slope, intercept = quantize(values)
+        value_range = (0, STORED_MAX)
+        window = hd.VOILUTTransformation(
+            window_center=STORED_MAX / 2, window_width=STORED_MAX, window_explanation="full range"
+        )
+        explanation = f"{amap.quantity.meaning} ({amap.name})"
+        high = intercept + slope * STORED_MAX
+        content = f"{amap.quantity.meaning}, {intercept:.3g} to {high:.3g} {amap.unit.value}"
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label=short_string(amap.name, 16),
+        lut_explanation=short_string(explanation),
+        unit=coded(amap.unit),
+        value_range=value_range,
+        slope=slope,
+        intercept=intercept,
+        quantity_definition=coded(amap.quantity),
+    )
+    return stored, mapping, window, short_string(content)
 
 
 def downsample_in_plane(amap: AttentionMap, max_in_plane: int) -> tuple[np.ndarray, np.ndarray]:
@@ -250,31 +317,22 @@ def build_pmap(result: StudyResult, ctx: OutputContext, index: int) -> Dataset:
     amap = result.attention[index]
     if ctx.pmap_grid is PmapGrid.SOURCE:
         values = resample_to_source(amap, ctx)
-        stored, slope, intercept = quantize(values)
-        pixel_array: np.ndarray | hd.Volume = stored
+        stored, mapping, window, content = _encoding(amap, values)
+        pixel_array: np.ndarray | hd.Volume = ctx.pixels_for(stored)  # a multi-frame source: its frame order
     else:
         values, affine = downsample_in_plane(amap, ctx.pmap_max_in_plane)
-        stored, slope, intercept = quantize(values)
+        stored, mapping, window, content = _encoding(amap, values)
         pixel_array = hd.Volume(
             array=stored,
             affine=affine,
             coordinate_system="PATIENT",
             frame_of_reference_uid=ctx.frame_of_reference_uid,
         )
-    mapping = hd.pm.RealWorldValueMapping(
-        lut_label=short_string(amap.name, 16),
-        lut_explanation=short_string(f"{amap.quantity.meaning} ({amap.name})"),
-        unit=coded(amap.unit),
-        value_range=(0, STORED_MAX),
-        slope=slope,
-        intercept=intercept,
-        quantity_definition=coded(amap.quantity),
-    )
+    del values
     series_uid, sop_uid = output_uids(result, ctx, ObjectKind.PMAP, index)
-    description = series_description(result, f"attention map {amap.name}")
-    high = intercept + slope * STORED_MAX
+    description = series_description(result, f"attention map {amap.name}" + (f" ({amap.note})" if amap.note else ""))
     pmap = hd.pm.ParametricMap(
-        source_images=list(ctx.source),
+        source_images=ctx.source_images,
         pixel_array=pixel_array,
         series_instance_uid=series_uid,
         series_number=series_number(ctx, ObjectKind.PMAP, index),
@@ -282,19 +340,15 @@ def build_pmap(result: StudyResult, ctx: OutputContext, index: int) -> Dataset:
         instance_number=1,
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
-        voi_lut_transformations=[
-            hd.VOILUTTransformation(
-                window_center=STORED_MAX / 2, window_width=STORED_MAX, window_explanation="full range"
-            )
-        ],
+        voi_lut_transformations=[window],
         transfer_syntax_uid=ExplicitVRLittleEndian,
         content_label="ATTENTION",
-        content_description=short_string(f"{amap.quantity.meaning}, {intercept:.3g} to {high:.3g} {amap.unit.value}"),
+        content_description=content,
         series_description=description,
         **equipment_kwargs(result, ctx),
     )
     pmap.Laterality = ""  # Type 2C in the General Series module; highdicom leaves it out
-    return finish_dataset(pmap, result, ctx, description)
+    return finish_dataset(ctx.reference_frames(pmap), result, ctx, description)
 
 
 def build_pmaps(result: StudyResult, ctx: OutputContext) -> list[Dataset]:

@@ -2,7 +2,9 @@
 
 The label map lies on the source grid, so frame ``i`` of the segmentation is derived
 from ``ctx.source[i]`` and highdicom copies each source instance's position into the
-frame's functional groups (and references it in the Derivation Image Sequence).
+frame's functional groups (and references it in the Derivation Image Sequence). For a
+multi-frame (Enhanced CT) source the label map is put in the source's frame order, so that
+each segmentation frame references its source frame (ReferencedFrameNumber).
 
 Segments that are empty in the label map are left out; the remaining segments are
 numbered 1..n in label order (DICOM requires segment numbers without gaps), and
@@ -165,8 +167,8 @@ def build_seg(result: StudyResult, ctx: OutputContext) -> Optional[Dataset]:
     series_uid, sop_uid = output_uids(result, ctx, ObjectKind.SEG)
     description = series_description(result, "organ segmentation")
     seg = hd.seg.Segmentation(
-        source_images=list(ctx.source),
-        pixel_array=numbered,
+        source_images=ctx.source_images,
+        pixel_array=ctx.pixels_for(numbered),  # a multi-frame source: in its frame order
         segmentation_type=ctx.seg_type.value,
         segment_descriptions=[_segment_description(i, d, result, ctx) for i, d in enumerate(segments, start=1)],
         series_instance_uid=series_uid,
@@ -181,7 +183,7 @@ def build_seg(result: StudyResult, ctx: OutputContext) -> Optional[Dataset]:
         series_description=description,
         **equipment_kwargs(result, ctx),
     )
-    return finish_dataset(seg, result, ctx, description)
+    return finish_dataset(ctx.reference_frames(seg), result, ctx, description)
 
 
 def segment_numbers(seg: Dataset) -> dict[str, int]:

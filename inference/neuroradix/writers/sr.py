@@ -16,7 +16,13 @@ Content tree (``highdicom.sr.MeasurementReport``):
 * a "Qualitative Evaluations" container (TID 1500 rows 10-12) with the report text,
   one TEXT item per ``StudyResult.warnings`` entry (private concept 99NRX QCWARN "Scan quality
   warning", e.g. "LAA-950 not comparable: sharp kernel B70f") and a comment that carries "Not for diagnostic use" and, for untrained analyzers,
-  "UNTRAINED - TEST OUTPUT".
+  "UNTRAINED - TEST OUTPUT";
+* when a triage decision is given (``build_sr(..., triage=decision.to_json())``), the
+  same container holds the study-level triage item: the level as a CODE (99NRX "AI triage level",
+  value e.g. 99NRX "urgent"), one TEXT "AI triage reason" per reason (the names of the rules that
+  fired, or why the study was not analyzed) and a TEXT "AI triage policy version". The concepts
+  are private (99NRX, identified in the Coding Scheme Identification Sequence): no DICOM or SNOMED
+  concept names an AI worklist priority.
 
 The document is UNVERIFIED and PARTIAL (machine output, never signed off).
 """
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import highdicom as hd
 from pydicom import Dataset
@@ -63,6 +69,18 @@ WHOLE_STUDY = Code("whole-study", "99NRX", "Whole study")
 #: A stated caveat of the result (``StudyResult.warnings``), e.g. a sharp kernel: private, as no
 #: DICOM concept says "scan-quality warning".
 QUALITY_WARNING = Code("QCWARN", "99NRX", "Scan quality warning")
+#: The study-level triage item: private concepts, as no standard one names an AI triage level.
+TRIAGE_LEVEL = Code("triage-level", "99NRX", "AI triage level")
+TRIAGE_REASON = Code("triage-reason", "99NRX", "AI triage reason")
+TRIAGE_POLICY = Code("triage-policy", "99NRX", "AI triage policy version")
+#: The values of :data:`TRIAGE_LEVEL`, one per ``neuroradix.triage.Level`` value.
+TRIAGE_LEVELS = {
+    "urgent": Code("urgent", "99NRX", "Urgent"),
+    "priority": Code("priority", "99NRX", "Priority"),
+    "routine": Code("routine", "99NRX", "Routine"),
+    "pending": Code("pending", "99NRX", "Pending"),
+    "not-analyzed": Code("not-analyzed", "99NRX", "Not analyzed"),
+}
 
 
 def _algorithm(result: StudyResult) -> hd.sr.AlgorithmIdentification:
@@ -180,11 +198,55 @@ def _measurement_groups(result: StudyResult, ctx: OutputContext, seg: Optional[D
     return groups
 
 
-def _text_container(result: StudyResult) -> hd.sr.ContainerContentItem:
+def triage_content(decision: Mapping[str, Any]) -> list[hd.sr.ContentItem]:
+    """The SR items of a study's triage decision: level (CODE), reasons and policy version (TEXT).
+
+    Parameters
+    ----------
+    decision:
+        A decision as ``neuroradix.triage.Decision.to_json()`` gives it: ``level`` (one of
+        :data:`TRIAGE_LEVELS`), ``reasons`` (a list of text) and ``policy_version``.
+
+    Returns
+    -------
+    list[highdicom.sr.ContentItem]
+        Items with relationship CONTAINS, for the "Qualitative Evaluations" container.
+
+    Raises
+    ------
+    ValueError
+        For an unknown level; ``TypeError`` when reasons is not a list of text.
+    """
+    level = decision.get("level")
+    if level not in TRIAGE_LEVELS:
+        raise ValueError(f"triage level must be one of {sorted(TRIAGE_LEVELS)}, got {level!r}")
+    reasons = decision.get("reasons", [])
+    if isinstance(reasons, str) or not all(isinstance(r, str) for r in reasons):
+        raise TypeError("triage reasons must be a list of text")
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(name=coded(TRIAGE_LEVEL), value=coded(TRIAGE_LEVELS[level]), relationship_type=contains)
+    ]
+    items += [
+        hd.sr.TextContentItem(name=coded(TRIAGE_REASON), value=ascii_text(r), relationship_type=contains)
+        for r in reasons
+        if r.strip()
+    ]
+    items.append(
+        hd.sr.TextContentItem(
+            name=coded(TRIAGE_POLICY),
+            value=ascii_text(str(decision.get("policy_version", ""))) or "unknown",
+            relationship_type=contains,
+        )
+    )
+    return items
+
+
+def _text_container(result: StudyResult, triage: Optional[Mapping[str, Any]] = None) -> hd.sr.ContainerContentItem:
     container = hd.sr.ContainerContentItem(
         name=coded(QUALITATIVE_EVALUATIONS), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
-    items = []
+    items: list[hd.sr.ContentItem] = [] if triage is None else triage_content(triage)
     if result.report_text.strip():
         items.append(
             hd.sr.TextContentItem(
@@ -210,7 +272,13 @@ def _text_container(result: StudyResult) -> hd.sr.ContainerContentItem:
     return container
 
 
-def build_sr(result: StudyResult, ctx: OutputContext, seg: Optional[Dataset], pmaps: Sequence[Dataset]) -> Dataset:
+def build_sr(
+    result: StudyResult,
+    ctx: OutputContext,
+    seg: Optional[Dataset],
+    pmaps: Sequence[Dataset],
+    triage: Optional[Mapping[str, Any]] = None,
+) -> Dataset:
     """Build the TID 1500 Comprehensive 3D SR.
 
     Parameters
@@ -225,6 +293,9 @@ def build_sr(result: StudyResult, ctx: OutputContext, seg: Optional[Dataset], pm
     pmaps:
         The Parametric Maps from :func:`~neuroradix.writers.pmap.build_pmaps`, in
         ``result.attention`` order: ``Finding.attention_index`` picks one.
+    triage:
+        The study's triage decision (``Decision.to_json()``), written as the study-level triage
+        item (see :func:`triage_content`); ``None`` writes none.
 
     Returns
     -------
@@ -251,7 +322,7 @@ def build_sr(result: StudyResult, ctx: OutputContext, seg: Optional[Dataset], pm
         procedure_reported=coded(CT_CHEST),
         imaging_measurements=groups,
     )
-    report[0].ContentSequence.append(_text_container(result))
+    report[0].ContentSequence.append(_text_container(result, triage))
     evidence = list(ctx.source) + ([seg] if seg is not None else []) + pmaps
     series_uid, sop_uid = output_uids(result, ctx, ObjectKind.SR)
     description = series_description(result, "findings and measurements")

@@ -21,7 +21,7 @@ def result_summary(result: StudyResult) -> dict[str, Any]:
     counts = np.bincount(
         result.labels.ravel().astype(np.int64), minlength=max([0] + [s.label for s in result.segments]) + 1
     )
-    return {
+    summary: dict[str, Any] = {
         "analyzer": {
             "name": result.analyzer.name,
             "version": result.analyzer.version,
@@ -61,6 +61,9 @@ def result_summary(result: StudyResult) -> dict[str, Any]:
         "report_text": result.report_text,
         "warnings": list(result.warnings),
     }
+    if result.embedding is not None:  # beside the findings: the model's global image embedding, as returned
+        summary["embedding"] = [float(v) for v in result.embedding]
+    return summary
 
 
 def results_document(

@@ -33,7 +33,7 @@ from neuroradix.imaging.nifti import array_to_volume
 from neuroradix.types import Volume
 from neuroradix_train.data.findings import FINDINGS
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid")
 REPORT_COLUMNS = ("VolumeName", "Findings_EN", "Impressions_EN")
@@ -125,7 +125,7 @@ def read_csv_checked(path: Path, required: tuple[str, ...]) -> list[dict[str, st
         if not name:
             raise ConfigError(f"{path}: row {i + 2} has an empty VolumeName")
         if name in seen:
-            log.warning("%s: VolumeName %s appears more than once; the first row is used", path.name, name)
+            logger.warning("%s: VolumeName %s appears more than once; the first row is used", path.name, name)
         seen.add(name)
     return rows
 
@@ -226,7 +226,7 @@ def load_records(
     if missing_volumes and require_volumes:
         raise ConfigError(f"{len(missing_volumes)} volume file(s) missing, first: {missing_volumes[0]}")
     if missing_volumes:
-        log.warning("%d volumes listed in the reports are not on disk; skipped", len(missing_volumes))
+        logger.warning("%d volumes listed in the reports are not on disk; skipped", len(missing_volumes))
     return records
 
 

@@ -25,7 +25,7 @@ from neuroradix.imaging.nifti import volume_to_nifti
 from neuroradix.samples.phantom import PHANTOM_VERSION, PLANTED, TOTALSEG_IDS, PhantomSpec, findings_phantom
 from neuroradix_train.data.findings import FINDINGS
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TS = TOTALSEG_IDS
 """TotalSegmentator-117 ids of the phantom's organs (the generator's :data:`~neuroradix.samples.phantom.TOTALSEG_IDS`)."""
@@ -133,7 +133,7 @@ def build_miniature_ctrate(
         " plus TotalSegmentator test CTs, Apache-2.0). Not CT-RATE data.\n",
         encoding="utf-8",
     )
-    log.info("miniature dataset written to %s (%d train, %d valid phantoms)", ds, n_train, n_valid)
+    logger.info("miniature dataset written to %s (%d train, %d valid phantoms)", ds, n_train, n_valid)
     return out_dir
 
 
@@ -147,7 +147,7 @@ def _add_real_cts(real: Path, ds: Path, rows: dict) -> None:
     for split, pid, vol, seg in items:
         src = real / vol
         if not src.is_file():
-            log.warning("real CT %s not found; skipped", src)
+            logger.warning("real CT %s not found; skipped", src)
             continue
         name = f"{split}_{pid}_a_1.nii.gz"
         vol_dir = ds / split / f"{split}_{pid}" / f"{split}_{pid}_a"

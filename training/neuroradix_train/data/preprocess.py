@@ -25,7 +25,7 @@ from neuroradix.models.transforms import preprocess_volume
 from neuroradix.types import Volume
 from neuroradix_train.data.dataset import load_label_map, load_volume
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def labels_to_grid(labels: np.ndarray, grid) -> np.ndarray:

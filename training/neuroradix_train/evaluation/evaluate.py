@@ -27,27 +27,26 @@ from neuroradix.models.config import ModelConfig
 from neuroradix.models.head import MultitaskHead
 from neuroradix.models.tokenizer import load_tokenizer
 from neuroradix.schemes import load_scheme
-from neuroradix_train.config import require
 from neuroradix_train.data.dataset import load_records, read_csv_checked
 from neuroradix_train.data.findings import FINDINGS
 from neuroradix_train.evaluation.labeler import ReportLabeler, agreement, build_labeler
 from neuroradix_train.evaluation.predictions import evaluate_predictions
-from neuroradix_train.evaluation.protocols import N_BOOTSTRAP, PROTOCOLS
 from neuroradix_train.evaluation.radbert import RadBERTLabeler
+from neuroradix_train.settings import EvaluateConfig, require
 from neuroradix_train.stages import distributed as D
-from neuroradix_train.stages.stage1 import prepare_cache, validate
-from neuroradix_train.stages.stage3 import EmbeddingDataset, predict, usable_rows
+from neuroradix_train.stages.head import EmbeddingDataset, predict, usable_rows
+from neuroradix_train.stages.segmentation import prepare_cache, validate
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
-def evaluate_run(cfg: dict) -> dict:
-    """The ``evaluate`` command: Dice (stage-1 run), findings (both protocols) and reports (head run) on a split.
+def evaluate_run(cfg: EvaluateConfig) -> dict:
+    """The ``evaluate`` command: Dice (segmentation run), findings (both protocols) and reports (head run) on a split.
 
     Parameters
     ----------
     cfg:
-        The merged ``evaluate.yaml`` configuration.
+        The ``evaluate`` configuration (``evaluate.yaml`` and overrides).
 
     Returns
     -------
@@ -56,50 +55,52 @@ def evaluate_run(cfg: dict) -> dict:
         :func:`~neuroradix_train.evaluation.predictions.evaluate_predictions` returns); also written to
         ``<out_dir>/evaluation.json``, the head's files under ``<out_dir>/head``.
     """
-    e = cfg["evaluate"]
-    info = D.setup(e["device"])
-    out = Path(require(cfg, "evaluate.out_dir"))
-    result: dict = {"split": e["split"]}
-    if e.get("segmentation"):
-        run = Path(e["segmentation"])
+    e = cfg.evaluate
+    info = D.setup(e.device)
+    out = Path(require(e.out_dir, "evaluate.out_dir"))
+    result: dict = {"split": e.split}
+    if e.segmentation:
+        run = Path(e.segmentation)
         mcfg = ModelConfig.from_dict(json.loads((run / "model_config.json").read_text()))
         model = build_backbone(mcfg.backbone)
         model.load_state_dict(torch.load(run / "backbone.pt", map_location="cpu", weights_only=True))
         model.to(info.device)
-        scfg = {"data": dict(cfg["data"]), "train": {}}
-        items = prepare_cache(scfg, e["split"], mcfg.preprocess, need_labels=True)
-        dice = validate(model, items, mcfg.preprocess, info.device, e["amp"], mcfg.backbone.out_channels)
+        items = prepare_cache(cfg.data, e.split, mcfg.preprocess, need_labels=True)
+        dice = validate(model, items, mcfg.preprocess, info.device, e.amp, mcfg.backbone.out_channels)
         scheme = load_scheme("chest-ct-43")
         dice["dice_per_class_named"] = {
             scheme.by_label(c).name: v for c, v in dice["dice_per_class"].items() if c <= len(scheme)
         }
         result["segmentation"] = dice
-    if e.get("head"):
+    if e.head:
         # the labeler first: a RadBERT file that is missing fails before the head's predictions are computed
         labeler = build_labeler(
-            e.get("labeler", "rule"), e.get("radbert_checkpoint"), e.get("radbert_tokenizer"), device=str(info.device)
+            e.labeler,
+            Path(e.radbert_checkpoint) if e.radbert_checkpoint else None,
+            Path(e.radbert_tokenizer) if e.radbert_tokenizer else None,
+            device=str(info.device),
         )
-        run = Path(e["head"])
+        run = Path(e.head)
         mcfg = ModelConfig.from_dict(json.loads((run / "model_config.json").read_text()))
         head = MultitaskHead(mcfg.head, load_tokenizer(run / "tokenizer"))
         head.load_state_dict(torch.load(run / "head.pt", map_location="cpu", weights_only=True))
         head.to(info.device)
-        ds = EmbeddingDataset(usable_rows(Path(require(cfg, "data.embeddings")), e["split"]))
-        pred = predict(head, ds, info.device, generate=e["generate"], amp=e["amp"])
+        ds = EmbeddingDataset(usable_rows(Path(require(cfg.data.embeddings, "data.embeddings")), e.split))
+        pred = predict(head, ds, info.device, generate=e.generate, amp=e.amp)
         thr_path = run / "thresholds.json"
         thresholds = None
-        if thr_path.is_file() and e["split"] != cfg["data"].get("threshold_split", "valid"):
+        if thr_path.is_file() and e.split != cfg.data.threshold_split:
             thresholds = list(json.loads(thr_path.read_text()).values())
         result["head"] = evaluate_predictions(
             pred,
             out / "head",
             thresholds=thresholds,
-            protocols=e.get("protocols", PROTOCOLS),
-            n_bootstrap=int(e.get("n_bootstrap", N_BOOTSTRAP)),
+            protocols=e.protocols,
+            n_bootstrap=e.n_bootstrap,
             labeler=labeler,
         )
-    if not (e.get("segmentation") or e.get("head")):
-        raise ConfigError("evaluate needs evaluate.segmentation (a stage-1 run) and/or evaluate.head (a stage-3 run)")
+    if not (e.segmentation or e.head):
+        raise ConfigError("evaluate needs evaluate.segmentation (a segmentation run) and/or evaluate.head (a head run)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(result, indent=1, default=float))
     return result
@@ -189,7 +190,7 @@ def labeler_agreement_reports(
             "n_without_labels": len(reports) - len(names),
         }
     )
-    log.info(
+    logger.info(
         "rule labeler vs %s on %d reports: micro F1 %.3f, macro F1 %.3f",
         source,
         len(names),

@@ -13,7 +13,7 @@ import numpy as np
 
 from neuroradix_train.evaluation.metrics import calibration_bins, roc_curve
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _plt():

@@ -24,7 +24,7 @@ from neuroradix_train.evaluation.metrics import (
 from neuroradix_train.evaluation.plots import plot_calibration, plot_roc
 from neuroradix_train.evaluation.protocols import CT_CLIP, N_BOOTSTRAP, PROTOCOLS, ct_clip_protocol
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PUBLISHED_ANCHORS = {
     "CT-CLIP zero-shot mean AUROC (ct-clip protocol)": 0.731,
@@ -129,7 +129,7 @@ def evaluate_predictions(
                 row["generated"] = pred["generated"][i]
             fh.write(json.dumps(row) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1, default=float))
-    log.info(
+    logger.info(
         "held-out-threshold: macro AUROC %.3f, macro F1 %.3f (%d findings)%s%s",
         cls["macro"]["auroc"],
         cls["macro"]["f1"],

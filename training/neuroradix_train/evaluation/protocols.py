@@ -35,7 +35,7 @@ import numpy as np
 
 from neuroradix_train.evaluation.metrics import HELD_OUT_THRESHOLD, auroc
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CT_CLIP = "ct-clip"
 """Name of the published protocol."""
@@ -198,7 +198,7 @@ def ct_clip_protocol(
                 ]
             )
         mean["ci"] = {m: _interval(boot_means[:, i]) for i, m in enumerate(CT_CLIP_METRICS)}
-    log.info(
+    logger.info(
         "ct-clip protocol: mean AUROC %.3f, weighted F1 %.3f over %d findings, %d resamples",
         mean["auroc"],
         mean["f1_weighted"],

@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig
 from neuroradix.errors import ConfigError
 from neuroradix_train.data.findings import FINDINGS
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("vocab.txt",))
 """Any one of these sets of files makes a usable tokenizer folder."""
@@ -158,7 +158,7 @@ class RadBERTLabeler:
         self.threshold = threshold
         self.max_length = max_length
         self.batch_size = batch_size
-        log.info(
+        logger.info(
             "radbert labeler loaded (%s, %d parameters)",
             config.model_type,
             sum(p.numel() for p in self.model.parameters()),

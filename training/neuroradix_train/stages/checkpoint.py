@@ -17,7 +17,7 @@ import torch
 
 from neuroradix.errors import ConfigError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LAST = "last.pt"
 
@@ -78,7 +78,7 @@ def save_checkpoint(
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
-    log.info("checkpoint written: %s (step %d)", path, step)
+    logger.info("checkpoint written: %s (step %d)", path, step)
     return path
 
 
@@ -104,5 +104,5 @@ def load_checkpoint(
         scheduler.load_state_dict(payload["scheduler"])
     if restore_rng and payload.get("rng") is not None:
         set_rng_state(payload["rng"])
-    log.info("resumed from %s at step %d", path, payload["step"])
+    logger.info("resumed from %s at step %d", path, payload["step"])
     return payload

@@ -19,8 +19,8 @@ Validation metrics (``val_every_epochs`` and at the end, in ``val_metrics.json``
   later scripts use ``"{pathology} is present."`` / ``"{pathology} is not present."``, the default
   here), then the AUROC per finding (:func:`neuroradix_train.evaluation.metrics.auroc`).
 
-The trained ViT is written as ``encoder.json`` + ``encoder.pt`` (:func:`save_vit`): stage 2 exports
-its tokens (:func:`vit_export_sets`), stage 3 trains the head on them, and
+The trained ViT is written as ``encoder.json`` + ``encoder.pt`` (:func:`save_vit`): the embeddings
+stage exports its tokens (:func:`vit_export_sets`), the head stage trains the head on them, and
 :func:`publish_vit_release` makes a release whose manifest names the ``vit`` encoder.
 """
 
@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -43,29 +42,19 @@ from transformers import BertConfig, BertModel
 
 from neuroradix.errors import ConfigError
 from neuroradix.models.config import ModelConfig
-from neuroradix.models.encoders.vit import ENCODER_CONFIG, ENCODER_WEIGHTS, ViTConfig, ViTEncoder, save_vit
+from neuroradix.models.encoders.vit import ENCODER_CONFIG, ENCODER_WEIGHTS, ViTEncoder, save_vit
+from neuroradix.models.release import load_release, write_release
 from neuroradix.models.tokenizer import load_tokenizer, train_tokenizer
-from neuroradix.weights import load_release, write_release
-from neuroradix_train.config import require, save_config
 from neuroradix_train.data.dataset import ScanRecord, load_records, load_volume
 from neuroradix_train.data.findings import FINDINGS
 from neuroradix_train.data.preprocess import cache_key
 from neuroradix_train.evaluation.metrics import auroc
 from neuroradix_train.evaluation.plots import plot_loss_curves, plot_roc
-from neuroradix_train.stages import checkpoint as ckpt
+from neuroradix_train.settings import ContrastiveConfig, ContrastiveData, ContrastiveModelSection
 from neuroradix_train.stages import distributed as D
-from neuroradix_train.stages.common import (
-    ResumableSampler,
-    RunCheckpoints,
-    begin_run,
-    optimizer_step,
-    out_dir,
-    progress,
-    set_threads,
-    warmup_cosine,
-)
+from neuroradix_train.stages.trainer import StageRun, StepOutput, TrainingTask, Validation, fit, progress
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 CT_CLIP_TEMPLATES = (("{finding} is present.", "{finding} is not present."),)
 """CT-CLIP's prompt pair (see the module docstring)."""
@@ -203,15 +192,11 @@ class ContrastiveModel(nn.Module):
         )
 
 
-def build_model(cfg: dict, tokenizer) -> ContrastiveModel:
-    """The model of ``cfg["model"]`` (sections ``vit`` and ``text``, ``embed_dim``, ``temperature``)."""
-    m = cfg["model"]
-    try:
-        vit = ViTEncoder(ViTConfig.from_dict(dict(m["vit"])))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"model.vit: {exc}") from exc
-    text = TextEncoder(dict(m["text"]), tokenizer, m["max_report_tokens"])
-    return ContrastiveModel(vit, text, int(m["embed_dim"]), float(m["temperature"]), bool(m["learn_temperature"]))
+def build_model(m: ContrastiveModelSection, tokenizer) -> ContrastiveModel:
+    """The model of the ``model`` section (``vit`` and ``text``, ``embed_dim``, ``temperature``)."""
+    vit = ViTEncoder(m.vit_config())
+    text = TextEncoder(dict(m.text), tokenizer, m.max_report_tokens)
+    return ContrastiveModel(vit, text, m.embed_dim, m.temperature, m.learn_temperature)
 
 
 # --------------------------------------------------------------------------- data
@@ -235,29 +220,27 @@ def _gather_ids(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def usable_records(cfg: dict, split: str) -> list[ScanRecord]:
+def usable_records(d: ContrastiveData, split: str) -> list[ScanRecord]:
     """Scans of a split with a report (the real CTs without one are left out), up to ``max_<split>_scans``."""
-    records = [r for r in load_records(require(cfg, "data.root"), split, require_labels=False) if r.report.strip()]
-    limit = cfg["data"].get(f"max_{split}_scans")
-    records = records[: int(limit)] if limit else records
+    records = d.limit([r for r in load_records(d.root_dir(), split, require_labels=False) if r.report.strip()], split)
     if not records:
         raise ConfigError(f"no scan of split {split!r} has a report")
     return records
 
 
-def cached_inputs(records: list[ScanRecord], vit: ViTEncoder, cfg: dict, show: bool) -> list[Path]:
+def cached_inputs(records: list[ScanRecord], vit: ViTEncoder, d: ContrastiveData, show: bool) -> list[Path]:
     """Preprocess each scan once for the ViT into ``data.cache_dir`` (float16 ``.npz``); returns the files."""
-    d = cfg["data"]
-    cache_dir = Path(d.get("cache_dir") or Path(require(cfg, "data.root")) / "cache" / "contrastive")
+    cache_dir = d.cache("contrastive")
     cache_dir.mkdir(parents=True, exist_ok=True)
     c = vit.config
     key_cfg = {"vit": [c.input_shape, c.target_spacing, c.hu_window, c.output_range]}
     out = []
     for r in progress(records, show, desc="preprocess"):
-        path = cache_dir / f"{r.stem}-{cache_key(r.path, key_cfg, None, d['intensity'])}.npz"
+        path = cache_dir / f"{r.stem}-{cache_key(r.path, key_cfg, None, d.intensity)}.npz"
         if not path.is_file():
-            vol = load_volume(r, intensity=d["intensity"])
-            x = vit.preprocess(vol.array, tuple(float(s) for s in vol.spacing))  # type: ignore[arg-type]
+            vol = load_volume(r, intensity=d.intensity)
+            sz, sy, sx = (float(s) for s in vol.spacing)
+            x = vit.preprocess(vol.array, (sz, sy, sx))
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, image=x[0].numpy().astype(np.float16))
             tmp.replace(path)
@@ -391,161 +374,101 @@ def _public(metrics: dict) -> dict:
 # --------------------------------------------------------------------------- training
 
 
-def train_contrastive(cfg: dict, *, resume: bool = False, max_steps: Optional[int] = None) -> dict:
+def train_contrastive(cfg: ContrastiveConfig, *, resume: bool = False, max_steps: Optional[int] = None) -> dict:
     """Run the contrastive stage; returns the last validation metrics and the paths written.
 
     Parameters
     ----------
     cfg:
-        Merged configuration (``contrastive.yaml`` and overrides).
+        The stage's configuration (``contrastive.yaml`` and overrides).
     resume:
         Continue from ``<out_dir>/last.pt`` (model, optimiser, scheduler, step, RNG states).
     max_steps:
         Stop after this many optimiser steps in total (to interrupt a run on purpose).
     """
-    t, zs = cfg["train"], cfg["zero_shot"]
-    set_threads(t.get("threads"))
-    info = D.setup(t["device"])
-    run_dir = out_dir(cfg)
-    ckpt.seed_everything(t["seed"])
-    train_records = usable_records(cfg, cfg["data"]["train_split"])
-    val_records = usable_records(cfg, cfg["data"]["val_split"])
-    tok_dir = run_dir / "tokenizer"
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        if not (tok_dir / "tokenizer.json").is_file():
-            train_tokenizer([r.report for r in train_records], vocab_size=t["vocab_size"], out_dir=tok_dir)
+    t, zs = cfg.train, cfg.zero_shot
+    run = StageRun.training(t)
+    info = run.info
+    train_records = usable_records(cfg.data, cfg.data.train_split)
+    val_records = usable_records(cfg.data, cfg.data.val_split)
+    tok_dir = run.dir / "tokenizer"
+    run.write_config(cfg)
+    if info.is_main and not (tok_dir / "tokenizer.json").is_file():
+        train_tokenizer([r.report for r in train_records], vocab_size=t.vocab_size, out_dir=tok_dir)
     D.barrier()
-    torch.manual_seed(t["seed"])
-    model = build_model(cfg, load_tokenizer(tok_dir))
+    torch.manual_seed(t.seed)
+    model = build_model(cfg.model, load_tokenizer(tok_dir))
     if info.is_main:
-        cached_inputs(train_records + val_records, model.image_encoder, cfg, True)
+        cached_inputs(train_records + val_records, model.image_encoder, cfg.data, True)
     D.barrier()
     pad = model.image_encoder.config.output_range[0]
     train_ds = ScanReportDataset(
-        cached_inputs(train_records, model.image_encoder, cfg, False),
+        cached_inputs(train_records, model.image_encoder, cfg.data, False),
         train_records,
-        shift=int(cfg["augment"]["shift_voxels"]),
-        seed=t["seed"],
+        shift=cfg.augment.shift_voxels,
+        seed=t.seed,
         pad=pad,
     )
-    val_ds = ScanReportDataset(cached_inputs(val_records, model.image_encoder, cfg, False), val_records, pad=pad)
+    val_ds = ScanReportDataset(cached_inputs(val_records, model.image_encoder, cfg.data, False), val_records, pad=pad)
     model = model.to(info.device)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=t["lr"], weight_decay=t["weight_decay"]
-    )
-    scheduler = warmup_cosine(optimizer, t, len(train_ds), info.world_size)
-    step, epoch, start_in_epoch, runlog = begin_run(
-        run_dir, t, resume=resume, is_main=info.is_main, model=model, optimizer=optimizer, scheduler=scheduler
-    )
-    ddp = D.wrap_ddp(model, info)
-    sampler = ResumableSampler(len(train_ds), seed=t["seed"], rank=info.rank, world_size=info.world_size)
-    stop_at = int(max_steps or t.get("max_steps") or 0) or None
-    checkpoints = RunCheckpoints(
-        run_dir,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        config=cfg,
-        is_main=info.is_main,
-        every=t["ckpt_every_steps"],
-        stop_at=stop_at,
-    )
-    eval_kw: dict[str, Any] = {
-        "templates": [tuple(p) for p in zs["templates"]],
-        "prompts": dict(zs.get("prompts") or {}),
-    }
-    amp = bool(t["amp"])
-    last_val: dict = {}
-    t0 = time.time()
-    model.train()
-    while epoch < t["epochs"] and (stop_at is None or step < stop_at):
-        sampler.set_epoch(epoch, start_in_epoch * t["batch_size"])
-        batch_in_epoch, broke, losses = start_in_epoch, False, []
-        loader = torch.utils.data.DataLoader(
-            train_ds, batch_size=t["batch_size"], sampler=sampler, collate_fn=_collate, num_workers=t["num_workers"]
+    eval_kw: dict[str, Any] = {"templates": [tuple(p) for p in zs.templates], "prompts": dict(zs.prompts)}
+    amp = t.amp
+
+    def step(batch, forward) -> StepOutput:
+        images, reports = batch
+        ids, mask = model.text_encoder.tokenize(reports)
+        tids = torch.tensor([text_id(r) for r in reports], device=info.device)
+        with D.autocast(info.device, amp):
+            img, txt, scale = forward(images.to(info.device), ids.to(info.device), mask.to(info.device))
+            loss = info_nce(_gather(img.float()), _gather(txt.float()), scale.float(), _gather_ids(tids))
+        return StepOutput({"loss": loss}, {"temperature": float(1.0 / scale.detach().exp())})
+
+    def check() -> Validation:
+        val = evaluate(model, val_ds, info.device, **eval_kw)
+        row = {k: v for k, v in _public(val).items() if isinstance(v, float | int)}
+        summary = (
+            f"recall@1 {val['recall@1']:.3f} (chance {val['chance@1']:.3f}) "
+            f"zero-shot mean AUROC {val['zero_shot_mean_auroc']:.3f}"
         )
-        for images, reports in progress(loader, info.is_main, desc=f"epoch {epoch}", leave=False):
-            ids, mask = model.text_encoder.tokenize(reports)
-            tids = torch.tensor([text_id(r) for r in reports], device=info.device)
-            with D.autocast(info.device, amp):
-                img, txt, scale = ddp(images.to(info.device), ids.to(info.device), mask.to(info.device))
-                loss = info_nce(_gather(img.float()), _gather(txt.float()), scale.float(), _gather_ids(tids))
-            optimizer_step(loss, model, optimizer, scheduler, t.get("grad_clip"))
-            step += 1
-            batch_in_epoch += 1
-            value = D.all_reduce_mean(loss.item())
-            losses.append(value)
-            runlog.step(
-                step=step,
-                epoch=epoch,
-                loss=value,
-                temperature=float(1.0 / scale.detach().exp()),
-                lr=scheduler.get_last_lr()[0],
-                seconds=round(time.time() - t0, 2),
-                gpu_peak_gb=D.peak_memory_gb(info.device),
-            )
-            if checkpoints.after_step(step, epoch, batch_in_epoch):
-                broke = batch_in_epoch < start_in_epoch + len(sampler)
-                break
-        start_in_epoch = 0
-        if not broke:
-            epoch += 1
-            if info.is_main and (epoch % t["val_every_epochs"] == 0 or epoch == t["epochs"]):
-                last_val = evaluate(model, val_ds, info.device, **eval_kw)
-                runlog.epoch(
-                    epoch=epoch,
-                    step=step,
-                    train_loss=float(np.mean(losses)) if losses else None,
-                    **{k: v for k, v in _public(last_val).items() if isinstance(v, float | int)},
-                )
-                log.info(
-                    "epoch %d step %d loss %.4f recall@1 %.3f (chance %.3f) zero-shot mean AUROC %.3f",
-                    epoch,
-                    step,
-                    np.mean(losses) if losses else float("nan"),
-                    last_val["recall@1"],
-                    last_val["chance@1"],
-                    last_val["zero_shot_mean_auroc"],
-                )
-        checkpoints.epoch_end(step, epoch, batch_in_epoch if broke else None)
-    result: dict = {"step": step, "epoch": epoch, "out_dir": str(run_dir)}
+        return Validation(val, row, summary)
+
+    task = TrainingTask(model=model, dataset=train_ds, collate=_collate, step=step, validate=check)
+    done = fit(run, task, t, cfg, resume=resume, max_steps=max_steps)
+    result: dict = {"step": done.step, "epoch": done.epoch, "out_dir": str(run.dir)}
     if info.is_main:
-        save_vit(model.image_encoder, run_dir, extra={"trained_by": "contrastive", "step": step})
-        plot_loss_curves(run_dir / "steps.jsonl", run_dir / "loss.png", title="contrastive: symmetric InfoNCE")
-        if epoch >= t["epochs"]:
-            if not last_val:
-                last_val = evaluate(model, val_ds, info.device, **eval_kw)
-            if eval_kw["prompts"]:  # per-finding prompts replace the templates: the generic pair's numbers too
-                generic = evaluate(model, val_ds, info.device, templates=CT_CLIP_TEMPLATES)
-                last_val["zero_shot_templates_only"] = {
-                    "templates": [list(t) for t in CT_CLIP_TEMPLATES],
-                    "auroc": generic["zero_shot_auroc"],
-                    "mean_auroc": generic["zero_shot_mean_auroc"],
-                }
-            if len(last_val["_y_true"]):
-                plot_roc(
-                    last_val["_y_true"],
-                    last_val["_y_score"],
-                    FINDINGS,
-                    last_val["zero_shot_auroc"],
-                    run_dir / "zero_shot_roc.png",
-                )
-            (run_dir / "val_metrics.json").write_text(
-                json.dumps(_public(last_val), indent=1, default=float), encoding="utf-8"
-            )
-            result.update(_public(last_val))
-    D.barrier()
-    D.teardown()
+        save_vit(model.image_encoder, run.dir, extra={"trained_by": "contrastive", "step": done.step})
+        plot_loss_curves(run.dir / "steps.jsonl", run.dir / "loss.png", title="contrastive: symmetric InfoNCE")
+        if done.finished:
+            result.update(_final_metrics(model, val_ds, info.device, eval_kw, done.validation, run.dir))
+    run.close()
     return result
 
 
-# --------------------------------------------------------------------------- stage 2 and the release
+def _final_metrics(
+    model: ContrastiveModel, val_ds: ScanReportDataset, device, eval_kw: dict, last: Optional[Validation], out: Path
+) -> dict:
+    """The finished run's validation (with the generic prompt pair's numbers too), ROC plot and ``val_metrics.json``."""
+    metrics = last.metrics if last is not None else evaluate(model, val_ds, device, **eval_kw)
+    if eval_kw["prompts"]:  # per-finding prompts replace the templates: the generic pair's numbers too
+        generic = evaluate(model, val_ds, device, templates=CT_CLIP_TEMPLATES)
+        metrics["zero_shot_templates_only"] = {
+            "templates": [list(t) for t in CT_CLIP_TEMPLATES],
+            "auroc": generic["zero_shot_auroc"],
+            "mean_auroc": generic["zero_shot_mean_auroc"],
+        }
+    if len(metrics["_y_true"]):
+        plot_roc(
+            metrics["_y_true"], metrics["_y_score"], FINDINGS, metrics["zero_shot_auroc"], out / "zero_shot_roc.png"
+        )
+    (out / "val_metrics.json").write_text(json.dumps(_public(metrics), indent=1, default=float), encoding="utf-8")
+    return _public(metrics)
+
+
+# --------------------------------------------------------------------------- the embeddings stage and the release
 
 
 def vit_export_sets(contrastive_run: Path) -> list[str]:
-    """``--set`` overrides of ``stage2`` that export the tokens of a contrastive run's ViT."""
+    """``--set`` overrides of the ``embeddings`` stage that export the tokens of a contrastive run's ViT."""
     meta = json.loads((Path(contrastive_run) / ENCODER_CONFIG).read_text(encoding="utf-8"))
     kwargs = json.dumps(meta["config"], separators=(",", ":"))
     return ["export.encoder=vit", f"export.encoder_kwargs={kwargs}", f"export.encoder_weights={contrastive_run}"]
@@ -561,7 +484,7 @@ def publish_vit_release(
     licence: str,
     untrained: bool = False,
 ) -> Path:
-    """A release of a contrastive run's ViT (``encoder.pt``) and a stage-3 head trained on its tokens.
+    """A release of a contrastive run's ViT (``encoder.pt``) and a head-stage run trained on its tokens.
 
     The manifest's encoder entry is ``{"name": "vit", "width", "kwargs": ViTConfig}``; the release
     is loaded back (strict state dicts, encoder ``"vit"``) before returning.
@@ -599,5 +522,5 @@ def publish_vit_release(
         encoder={"name": "vit", "width": int(meta["width"]), "kwargs": meta["config"]},
     )
     load_release(out, allow_untrained=untrained, encoder="vit").build_models()
-    log.info("vit release %s written to %s", version, out)
+    logger.info("vit release %s written to %s", version, out)
     return Path(out)

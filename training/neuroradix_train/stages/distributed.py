@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def setup(device: str = "auto") -> DistInfo:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         dist.init_process_group(backend=backend)
-        log.info("process group up: rank %d of %d, backend %s", rank, world, backend)
+        logger.info("process group up: rank %d of %d, backend %s", rank, world, backend)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
