@@ -74,6 +74,20 @@ def _read_frame(request: Any) -> bytes | None:
 
 
 @contextlib.contextmanager
+def _serving(server: Any, stop: threading.Event) -> Iterator[None]:
+    """Serve ``server`` in a daemon thread; on exit release waiting handlers, shut down and close it."""
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def mllp_listener() -> Iterator[MllpPeer]:
     peer_box: list[MllpPeer] = []
 
@@ -99,17 +113,10 @@ def mllp_listener() -> Iterator[MllpPeer]:
                 self.request.sendall(data[7:])
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
     peer = MllpPeer("127.0.0.1", server.server_address[1])
     peer_box.append(peer)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with _serving(server, peer.stop):
         yield peer
-    finally:
-        peer.stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 # --- HTTP ------------------------------------------------------------------------------------
@@ -166,17 +173,10 @@ def http_receiver() -> Iterator[HttpPeer]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
     peer = HttpPeer("127.0.0.1", server.server_address[1])
     peer_box.append(peer)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with _serving(server, peer.stop):
         yield peer
-    finally:
-        peer.stop.set()
-        server.shutdown()
-        server.server_close()
 
 
 def free_closed_port() -> int:

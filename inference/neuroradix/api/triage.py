@@ -84,10 +84,7 @@ def worklist(level: Optional[Level] = None, ledger: Ledger = Depends(get_ledger)
     store = TriageStore(ledger)
     rows = store.studies(level=level.value if level is not None else None)
     rows.sort(key=lambda r: (_ORDER.get(r.level, 0), r.received_at))
-    counts: dict[str, dict[str, int]] = {}
-    for delivery in store.deliveries(limit=5000):
-        per = counts.setdefault(delivery.study_uid, {})
-        per[delivery.state.value] = per.get(delivery.state.value, 0) + 1
+    counts = store.delivery_counts_by_study()
     return [worklist_item(r, counts.get(r.study_uid, {})) for r in rows]
 
 

@@ -122,7 +122,6 @@ triage_studies = sa.Table(
     sa.Column("study_uid", sa.String(64), primary_key=True),
     sa.Column("level", sa.String(16), nullable=False),
     sa.Column("decision", sa.Text, nullable=False),
-    sa.Column("context", sa.Text, nullable=False),
     sa.Column("decision_seq", sa.Integer, nullable=False),
     sa.Column("decided_job_id", sa.Integer),
     sa.Column("decided_job_finished_at", sa.DateTime(timezone=True)),

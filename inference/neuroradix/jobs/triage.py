@@ -33,7 +33,7 @@ import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from neuroradix.config import Settings
 from neuroradix.errors import LedgerUnavailableError, NeuroRadixError, NotEligibleError
@@ -47,7 +47,7 @@ from neuroradix.jobs.triage_store import (
     StudyTriage,
     TriageStore,
 )
-from neuroradix.notify.destinations import Destination, DestinationStore, deliver, destinations_path
+from neuroradix.notify.destinations import DestinationStore, deliver, destinations_path
 from neuroradix.notify.message import Evidence as NoticeEvidence
 from neuroradix.notify.message import Links, Notification, PatientInfo
 from neuroradix.pacs.study_flags import StudyFlags
@@ -209,10 +209,7 @@ class TriageDispatcher:
 
     def _decide(self, policy: TriagePolicy) -> int:
         count = 0
-        for job_id in self.store.ended_undecided(self.pipeline_version):
-            job = self.ledger.get(job_id)
-            if job is None or not job.state.terminal or job.finished_at is None:
-                continue
+        for job in self.store.ended_undecided(self.pipeline_version):
             try:
                 self.decide_job(job, policy)
                 count += 1
@@ -234,7 +231,7 @@ class TriageDispatcher:
         changed = previous is None or previous.level is not decision.level
         outgoing: list[Outgoing] = []
         if active and changed:
-            outgoing = self._outgoing(job, decision, "decision", self._patient(job.study_uid))
+            outgoing = self._outgoing(job.study_uid, job, decision, "decision")
         self.store.record_decision(
             job.study_uid,
             DecisionRecord(
@@ -243,7 +240,6 @@ class TriageDispatcher:
                 label_wanted=decision.level.label if active else None,
                 job_id=job.id,
                 job_finished_at=job.finished_at,
-                context={"job_id": job.id},
             ),
             outgoing,
             now=now,
@@ -277,44 +273,36 @@ class TriageDispatcher:
             results_url=f"{api}/v1/jobs/{job_id}/results" if api and job_id is not None else None,
         )
 
-    def _outgoing(
-        self, job: Optional[Job], decision: Decision, kind: str, patient: tuple[PatientInfo, str], study_uid: str = ""
-    ) -> list[Outgoing]:
-        study = job.study_uid if job is not None else study_uid
-        links = self._links(study, job.id if job is not None else None)
-        untrained = any(
-            bool(summary.get("analyzer", {}).get("untrained"))
-            for summary in (job.details.get("results", {}) if job is not None else {}).values()
-        )
+    def _outgoing(self, study_uid: str, job: Optional[Job], decision: Decision, kind: str) -> list[Outgoing]:
+        """One outbox entry per destination that wants this notice; the PACS is asked only when one does."""
+        wanted = [d for d in self.destinations.list() if d.wants(decision.level.value, kind)]
+        if not wanted:
+            return []
+        patient, accession = self._patient(study_uid)
+        links = self._links(study_uid, job.id if job is not None else None)
+        results = job.details.get("results", {}) if job is not None else {}
+        untrained = any(bool(summary.get("analyzer", {}).get("untrained")) for summary in results.values())
         note = "UNTRAINED model output: not for clinical use" if untrained else None
 
-        def build(destination: Destination) -> Any:
-            def _payload(delivery_id: str) -> dict:
-                created = utcnow().isoformat()
-                return Notification(
-                    delivery_id=delivery_id,
-                    kind=kind,
-                    study_uid=study,
-                    accession_number=patient[1],
-                    patient=patient[0],
-                    level=decision.level.value,
-                    reasons=decision.reasons,
-                    evidence=_notice_evidence(decision.evidence),
-                    policy_version=decision.policy_version,
-                    policy_sha256=decision.policy_sha256,
-                    decided_at=decision.decided_at,
-                    created_at=created,
-                    links=links,
-                    untrained_or_licence_note=note,
-                ).to_dict()
+        def payload(delivery_id: str) -> dict:  # the same notice for every destination, with its own id
+            return Notification(
+                delivery_id=delivery_id,
+                kind=kind,
+                study_uid=study_uid,
+                accession_number=accession,
+                patient=patient,
+                level=decision.level.value,
+                reasons=decision.reasons,
+                evidence=_notice_evidence(decision.evidence),
+                policy_version=decision.policy_version,
+                policy_sha256=decision.policy_sha256,
+                decided_at=decision.decided_at,
+                created_at=utcnow().isoformat(),
+                links=links,
+                untrained_or_licence_note=note,
+            ).to_dict()
 
-            return _payload
-
-        return [
-            Outgoing(destination=d.name, kind=kind, build=build(d))
-            for d in self.destinations.list()
-            if d.wants(decision.level.value, kind)
-        ]
+        return [Outgoing(destination=d.name, kind=kind, build=payload) for d in wanted]
 
     def _label(self) -> int:
         count = 0
@@ -365,11 +353,10 @@ class TriageDispatcher:
         job_id = row.decided_job_id
         job = self.ledger.get(job_id) if job_id is not None else None
         try:
-            patient = self._patient(row.study_uid)
+            outgoing = self._outgoing(row.study_uid, job, decision, kind)
         except NeuroRadixError as exc:
             logger.warning("triage: %s notice of study %s waits (%s)", kind, short_hash(row.study_uid), exc)
             return 0
-        outgoing = self._outgoing(job, decision, kind, patient, study_uid=row.study_uid)
         # Outbox times are wall-clock (due now); ``now`` only decided which studies were overdue.
         return int(self.store.record_notice(row.study_uid, kind, outgoing, now=utcnow()))
 

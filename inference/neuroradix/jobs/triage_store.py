@@ -22,13 +22,14 @@ import enum
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import sqlalchemy as sa
 
 from neuroradix.jobs.ledger import (
+    Job,
     JobState,
     Ledger,
     _aware,
@@ -72,7 +73,6 @@ class StudyTriage:
     study_uid: str
     level: str
     decision: dict
-    context: dict
     decision_seq: int
     decided_job_id: Optional[int]
     decided_job_finished_at: Optional[dt.datetime]
@@ -94,7 +94,6 @@ class StudyTriage:
             study_uid=m["study_uid"],
             level=m["level"],
             decision=json.loads(m["decision"] or "{}"),
-            context=json.loads(m["context"] or "{}"),
             decision_seq=m["decision_seq"],
             decided_job_id=m["decided_job_id"],
             decided_job_finished_at=_aware(m["decided_job_finished_at"]),
@@ -171,7 +170,7 @@ class Outgoing:
 
     destination: str
     kind: str
-    build: Any  # Callable[[str], dict]
+    build: Callable[[str], dict]
 
 
 @dataclass(frozen=True)
@@ -183,7 +182,6 @@ class DecisionRecord:
     label_wanted: Optional[str]
     job_id: Optional[int] = None
     job_finished_at: Optional[dt.datetime] = None
-    context: dict = field(default_factory=dict)
 
 
 class TriageStore:
@@ -244,7 +242,6 @@ class TriageStore:
                                 study_uid=study_uid,
                                 level=PENDING,
                                 decision="{}",
-                                context="{}",
                                 decision_seq=0,
                                 label_wanted=label,
                                 received_at=received_at,
@@ -280,7 +277,6 @@ class TriageStore:
                             study_uid=study_uid,
                             level=PENDING,
                             decision="{}",
-                            context="{}",
                             decision_seq=0,
                             received_at=record.job_finished_at or now,
                             updated_at=now,
@@ -298,7 +294,6 @@ class TriageStore:
                     .values(
                         level=record.level,
                         decision=json.dumps(record.decision, sort_keys=True),
-                        context=json.dumps(record.context, sort_keys=True),
                         decision_seq=new_seq,
                         decided_job_id=record.job_id,
                         decided_job_finished_at=record.job_finished_at,
@@ -434,11 +429,11 @@ class TriageStore:
         with self.engine.connect() as conn:
             return [(r[0], _aware(r[1])) for r in conn.execute(query)]
 
-    def ended_undecided(self, pipeline_version: str, limit: int = 100) -> list[int]:
-        """Ids of ended PACS jobs whose outcome no decision has seen yet (oldest end first)."""
+    def ended_undecided(self, pipeline_version: str, limit: int = 100) -> list[Job]:
+        """Ended PACS jobs whose outcome no decision has seen yet (oldest end first)."""
         terminal = [JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.SKIPPED.value]
         query = (
-            sa.select(jobs.c.id)
+            sa.select(jobs)
             .select_from(jobs.outerjoin(triage_studies, triage_studies.c.study_uid == jobs.c.study_uid))
             .where(
                 jobs.c.pipeline_version == pipeline_version,
@@ -454,7 +449,7 @@ class TriageStore:
             .limit(limit)
         )
         with self.engine.connect() as conn:
-            return [r[0] for r in conn.execute(query)]
+            return [Job.from_row(r) for r in conn.execute(query)]
 
     def labels_to_apply(self, limit: int = 100) -> list[StudyTriage]:
         """Studies whose wanted label differs from the one last applied in the PACS."""
@@ -633,6 +628,20 @@ class TriageStore:
                 ).rowcount
 
         return self.ledger._write("outbox retry", _retry)
+
+    def delivery_counts_by_study(self) -> dict[str, dict[str, int]]:
+        """Notifications by study and state, in one grouped query (what the worklist shows)."""
+        column = triage_deliveries.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(column.study_uid, column.state, sa.func.count(column.id)).group_by(
+                    column.study_uid, column.state
+                )
+            )
+            counts: dict[str, dict[str, int]] = {}
+            for row in rows:
+                counts.setdefault(str(row[0]), {})[str(row[1])] = int(row[2])
+            return counts
 
     def delivery_counts(self) -> dict[str, int]:
         """Number of notifications by state."""

@@ -38,7 +38,8 @@ EXPLICIT_LITTLE = (("application/dicom", "1.2.840.10008.1.2.1"),)
 
 
 @contextmanager
-def _mapped_errors(what: str) -> Iterator[None]:
+def mapped_errors(what: str) -> Iterator[None]:
+    """Turn an HTTP failure of a PACS request into the node's error classes (what the worker retries or fails)."""
     try:
         yield
     except requests.exceptions.HTTPError as exc:
@@ -141,7 +142,7 @@ class PacsClient:
             The studies of the page (fewer than ``limit`` on the last page).
         """
         filters = {"ModalitiesInStudy": modality} if modality else None
-        with _mapped_errors("QIDO studies"):
+        with mapped_errors("QIDO studies"):
             found = self._client.search_for_studies(
                 limit=limit, offset=offset, search_filters=filters, fields=["StudyInstanceUID", "ModalitiesInStudy"]
             )
@@ -155,7 +156,7 @@ class PacsClient:
         list[SeriesSummary]
             Every series of the study, the node's own result series included.
         """
-        with _mapped_errors("QIDO series"):
+        with mapped_errors("QIDO series"):
             found = self._client.search_for_series(
                 study_instance_uid=study_uid,
                 fields=["Manufacturer", "SeriesDescription", "NumberOfSeriesRelatedInstances", "SOPClassUID"],
@@ -164,7 +165,7 @@ class PacsClient:
 
     def series_metadata(self, study_uid: str, series_uid: str) -> list[InstanceSummary]:
         """WADO-RS metadata of a series' instances (no pixel data), for series selection."""
-        with _mapped_errors("WADO-RS metadata"):
+        with mapped_errors("WADO-RS metadata"):
             found = self._client.retrieve_series_metadata(study_uid, series_uid)
         return [InstanceSummary.from_json(item) for item in found]
 
@@ -178,14 +179,14 @@ class PacsClient:
             False: as stored (``transfer-syntax=*``); True: transcoded by the PACS to Explicit VR
             Little Endian, for pixel data this process cannot decode.
         """
-        with _mapped_errors("WADO-RS series"):  # streamed: the response body is never held whole next to the datasets
+        with mapped_errors("WADO-RS series"):  # streamed: the response body is never held whole next to the datasets
             return list(
                 self._client.iter_series(study_uid, series_uid, media_types=EXPLICIT_LITTLE if transcode else AS_STORED)
             )
 
     def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> pydicom.Dataset:
         """One instance, as stored."""
-        with _mapped_errors("WADO-RS instance"):
+        with mapped_errors("WADO-RS instance"):
             return self._client.retrieve_instance(study_uid, series_uid, sop_uid, media_types=AS_STORED)
 
     # --- STOW-RS ---------------------------------------------------------------------------
@@ -210,7 +211,7 @@ class PacsClient:
                 ds.preamble = b"\x00" * 128
             complete_file_meta(ds)
         response: Optional[pydicom.Dataset]
-        with _mapped_errors("STOW-RS"):
+        with mapped_errors("STOW-RS"):
             try:
                 response = self._client.store_instances(list(datasets), study_instance_uid=study_uid)
             except requests.exceptions.HTTPError as exc:
@@ -249,16 +250,16 @@ class PacsClient:
             True when a series was found and deleted.
         """
         root = self.url.rsplit("/dicom-web", 1)[0]
-        with _mapped_errors("series lookup"):
+        with mapped_errors("series lookup"):
             found = self._session.post(f"{root}/tools/lookup", data=series_uid, timeout=self._timeout)
             found.raise_for_status()
         ids = [item["ID"] for item in found.json() if item.get("Type") == "Series"]
         for orthanc_id in ids:
-            with _mapped_errors("series delete"):
+            with mapped_errors("series delete"):
                 self._session.delete(f"{root}/series/{orthanc_id}", timeout=self._timeout).raise_for_status()
         return bool(ids)
 
     def ping(self) -> None:
         """Raise :class:`TransientError` if the PACS does not answer."""
-        with _mapped_errors("QIDO ping"):
+        with mapped_errors("QIDO ping"):
             self._client.search_for_studies(limit=1)

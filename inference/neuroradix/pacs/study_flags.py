@@ -23,7 +23,7 @@ from typing import Optional
 import requests
 
 from neuroradix.errors import NotEligibleError
-from neuroradix.pacs.dicomweb import _mapped_errors
+from neuroradix.pacs.dicomweb import mapped_errors
 from neuroradix.pacs.orthanc_info import parse_version
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class StudyFlags:
 
     def system(self) -> dict:
         """Orthanc's ``/system`` answer (version, database and plugin facts)."""
-        with _mapped_errors("Orthanc /system"):
+        with mapped_errors("Orthanc /system"):
             answer = self._session.get(f"{self.root}/system", timeout=self._timeout)
             answer.raise_for_status()
         return answer.json()
@@ -85,7 +85,7 @@ class StudyFlags:
 
     def study_id(self, study_uid: str) -> str:
         """Orthanc's identifier of the study; :class:`NotEligibleError` when the PACS does not have it."""
-        with _mapped_errors("study lookup"):
+        with mapped_errors("study lookup"):
             found = self._session.post(f"{self.root}/tools/lookup", data=study_uid, timeout=self._timeout)
             found.raise_for_status()
         ids = [item["ID"] for item in found.json() if item.get("Type") == "Study"]
@@ -101,7 +101,7 @@ class StudyFlags:
         """
         orthanc_id = self.study_id(study_uid)
         study = f"{self.root}/studies/{orthanc_id}"
-        with _mapped_errors("triage metadata"):
+        with mapped_errors("triage metadata"):
             self._session.put(
                 f"{study}/metadata/{TRIAGE_METADATA}",
                 data=json.dumps(decision, sort_keys=True).encode(),
@@ -109,7 +109,7 @@ class StudyFlags:
             ).raise_for_status()
         if not self.has_labels():
             return "metadata"
-        with _mapped_errors("triage label"):
+        with mapped_errors("triage label"):
             self._session.put(f"{study}/labels/{label}", data=b"", timeout=self._timeout).raise_for_status()
             current = self._session.get(f"{study}/labels", timeout=self._timeout)
             current.raise_for_status()
@@ -121,7 +121,7 @@ class StudyFlags:
     def labels(self, study_uid: str) -> list[str]:
         """The study's labels (for checks and tests)."""
         orthanc_id = self.study_id(study_uid)
-        with _mapped_errors("study labels"):
+        with mapped_errors("study labels"):
             answer = self._session.get(f"{self.root}/studies/{orthanc_id}/labels", timeout=self._timeout)
             answer.raise_for_status()
         return list(answer.json())
@@ -129,7 +129,7 @@ class StudyFlags:
     def patient_info(self, study_uid: str) -> PatientInfo:
         """The study's patient module and accession number, read over QIDO-RS."""
         fields = ["PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber"]
-        with _mapped_errors("QIDO study"):
+        with mapped_errors("QIDO study"):
             answer = self._session.get(
                 f"{self.root}/dicom-web/studies",
                 params={"StudyInstanceUID": study_uid, "includefield": ",".join(fields)},

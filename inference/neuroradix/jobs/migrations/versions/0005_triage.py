@@ -26,7 +26,6 @@ def upgrade() -> None:
         sa.Column("study_uid", sa.String(64), primary_key=True),
         sa.Column("level", sa.String(16), nullable=False),
         sa.Column("decision", sa.Text, nullable=False, server_default="{}"),
-        sa.Column("context", sa.Text, nullable=False, server_default="{}"),
         sa.Column("decision_seq", sa.Integer, nullable=False, server_default="0"),
         # The job outcome the decision was made from (its id and finished_at): a job that ends again
         # (a rerun, late slices) after the decision is decided again.
